@@ -1,0 +1,276 @@
+"""The ``atbsn`` command line: train, distill, denoise, info, demo.
+
+Errors the user can fix are printed as one line and exit with status 2; no
+traceback unless ``--debug``. Ctrl-C during training saves a checkpoint that
+``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import DistillConfig, TrainConfig, config_fields_help
+from .errors import ATBSNError, BlindSpotError, WriteError
+
+TRAIN_HELP = config_fields_help(TrainConfig)
+DISTILL_HELP = config_fields_help(DistillConfig)
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip() != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ks {text!r}: give comma-separated integers, e.g. 0,1,3,5,7,9,11") from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--axes", help="axes of NOISY, letters from TZSCYX (default: from metadata, else guessed)")
+    p.add_argument("--device", default="auto", help=TRAIN_HELP["device"])
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atbsn", description="Self-supervised denoising with asymmetric "
+                                     "blind spots (AT-BSN) and multi-teacher distillation.")
+    parser.add_argument("--version", action="version", version=f"napari-atbsn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an AT-BSN teacher on noisy data")
+    t.add_argument("noisy", help="noisy image: TIFF (2-D, stack, channels), PNG/JPEG or .npy")
+    t.add_argument("-o", "--output", required=True, help="model folder to write")
+    t.add_argument("--preset", default="small", choices=["paper", "small", "tiny"], help=TRAIN_HELP["preset"])
+    for name, typ in (("k-a", int), ("k-b", int), ("iters", int), ("patch", int), ("batch", int), ("lr", float),
+                      ("seed", int), ("checkpoint-every", int)):
+        t.add_argument(f"--{name}", type=typ, help=TRAIN_HELP[name.replace("-", "_")])
+    t.add_argument("--normalization", choices=["range255", "zscore"], help=TRAIN_HELP["normalization"])
+    t.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    t.add_argument("--resume", action="store_true", help="continue the checkpoint in the output folder")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing model in the output folder")
+    _common(t)
+
+    d = sub.add_parser("distill", help="distil a trained teacher into a fast non-blind student")
+    d.add_argument("noisy")
+    d.add_argument("--teacher", required=True, help="teacher model folder (from 'atbsn train')")
+    d.add_argument("-o", "--output", required=True, help="student model folder to write")
+    d.add_argument("--ks", type=_ks, help=DISTILL_HELP["ks"] + " (default 0,1,3,5,7,9,11)")
+    d.add_argument("--student", choices=["A", "B", "C", "tiny"], help=DISTILL_HELP["student"])
+    for name, typ in (("iters", int), ("patch", int), ("batch", int), ("lr", float), ("seed", int),
+                      ("checkpoint-every", int)):
+        d.add_argument(f"--{name}", type=typ, help=DISTILL_HELP[name.replace("-", "_")])
+    d.add_argument("--mean-teacher", action="store_true", help=DISTILL_HELP["mean_teacher"])
+    d.add_argument("--no-init-from-teacher", action="store_true", help="student C: start from random weights")
+    d.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    d.add_argument("--resume", action="store_true", help="continue the checkpoint in the output folder")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing model in the output folder")
+    _common(d)
+
+    n = sub.add_parser("denoise", help="denoise an image with a teacher or student model")
+    n.add_argument("noisy")
+    n.add_argument("-m", "--model", required=True, help="model folder")
+    n.add_argument("-o", "--output", required=True, help="output .tif or .npy")
+    n.add_argument("--k-b", type=int, help="inference blind-spot size (teachers only; default: the model's, 3)")
+    n.add_argument("--dtype", choices=["float32", "input"], default="float32",
+                   help="output type: float32, or the input's type (rounded and clipped)")
+    n.add_argument("--batch-size", type=int, default=4, help="windows per network call")
+    n.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _common(n)
+
+    i = sub.add_parser("info", help="describe a model folder")
+    i.add_argument("model")
+    i.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    m = sub.add_parser("demo", help="the whole job on the built-in generated sample, with PSNR/SSIM")
+    m.add_argument("-o", "--output", default="atbsn-demo", help="folder for models and results")
+    m.add_argument("--iters", type=int, default=None, help="teacher training iterations")
+    m.add_argument("--distill-iters", type=int, default=None, help="distillation iterations")
+    m.add_argument("--preset", default="small", choices=["paper", "small", "tiny"], help=TRAIN_HELP["preset"])
+    m.add_argument("--device", default="auto", help=TRAIN_HELP["device"])
+    m.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+# -- commands ------------------------------------------------------------------
+class StopFlag:
+    """SIGINT handler that asks the training loop to checkpoint and stop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self) -> StopFlag:
+        self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_: Any) -> None:
+        if self.requested:  # a second Ctrl-C aborts at once
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\natbsn: stopping after this step and saving a checkpoint (Ctrl-C again to abort)...",
+              file=sys.stderr)
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGINT, self._old)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def progress_callback(label: str) -> Callable[[Any], None]:
+    from .events import CheckpointEvent, StepEvent
+    from .progress import ProgressBar
+
+    bar: ProgressBar | None = None
+
+    def cb(event: Any) -> None:
+        nonlocal bar
+        if isinstance(event, StepEvent):
+            bar = bar or ProgressBar(label, event.total)
+            bar.update(event.step, f"loss {event.loss:.4f} lr {event.lr:.2e}")
+        elif isinstance(event, CheckpointEvent) and bar is not None and not bar.tty:
+            print(f"  checkpoint at step {event.step}", file=sys.stderr)
+
+    return cb
+
+
+def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .events import drain
+    from .imageio import read_image
+    from .training import iter_train
+
+    data, axes = read_image(args.noisy, args.axes)
+    print(f"atbsn: {args.noisy}: shape {data.shape}, axes {axes}, dtype {data.dtype}", file=sys.stderr)
+    cfg = TrainConfig(preset=args.preset, device=args.device, amp=not args.no_amp,
+                      **_overrides(args, ["k_a", "k_b", "iters", "patch", "batch", "lr", "seed", "normalization",
+                                          "checkpoint_every"]))
+    with StopFlag() as stop:
+        res = drain(iter_train(data, axes, cfg, args.output, resume=args.resume, overwrite=args.overwrite,
+                               should_stop=stop), progress_callback("train"))
+    return _report_run(res, args.output)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .events import drain
+    from .imageio import read_image
+    from .training import iter_distill
+
+    data, axes = read_image(args.noisy, args.axes)
+    cfg = DistillConfig(device=args.device, amp=not args.no_amp, mean_teacher=args.mean_teacher,
+                        init_from_teacher=not args.no_init_from_teacher,
+                        **_overrides(args, ["ks", "student", "iters", "patch", "batch", "lr", "seed",
+                                            "checkpoint_every"]))
+    with StopFlag() as stop:
+        res = drain(iter_distill(data, args.teacher, axes, cfg, args.output, resume=args.resume,
+                                 overwrite=args.overwrite, should_stop=stop), progress_callback("distill"))
+    return _report_run(res, args.output)
+
+
+def _report_run(res: Any, output: str) -> int:
+    if res.stopped:
+        print(f"atbsn: stopped at step {res.steps}; checkpoint in {res.path}. Run the same command with "
+              f"--resume to continue.", file=sys.stderr)
+        return 130
+    print(f"atbsn: wrote {output} ({res.steps} steps, final loss {res.losses[-1]:.4f})" if res.losses else
+          f"atbsn: wrote {output}", file=sys.stderr)
+    return 0
+
+
+def cmd_denoise(args: argparse.Namespace) -> int:
+    from .events import drain
+    from .imageio import read_image, write_image
+    from .modelio import load_model
+    from .progress import ProgressBar
+
+    src, dst = Path(args.noisy), Path(args.output)
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise WriteError(f"the output {dst} is the input file; choose another output path.")
+    if dst.exists() and not args.overwrite:
+        raise WriteError(f"{dst} already exists; choose another name or pass --overwrite.")
+    model = load_model(args.model, device=args.device)
+    if args.k_b is not None and model.kind != "atbsn":
+        raise BlindSpotError("--k-b applies to AT-BSN teachers; a distilled student has no blind spot. Drop --k-b.")
+    data, axes = read_image(src, args.axes)
+    bar = ProgressBar("denoise", 1)
+
+    def cb(ev: tuple[int, int]) -> None:
+        bar.total = ev[1]
+        bar.update(ev[0])
+
+    out = drain(model.iter_denoise(data, axes, k_b=args.k_b, batch_size=args.batch_size, dtype=args.dtype), cb)
+    write_image(dst, out, axes, overwrite=args.overwrite)
+    print(f"atbsn: wrote {dst} ({model.name}, shape {out.shape}, {out.dtype})", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .modelio import load_network
+
+    net, cfg = load_network(args.model)
+    n_params = sum(p.numel() for p in net.parameters())
+    arch = cfg["arch"]
+    lines = [f"model folder   {args.model}",
+             f"kind           {'AT-BSN teacher' if cfg['kind'] == 'atbsn' else 'distilled student'}",
+             f"preset         {arch['preset']}  ({n_params:,} parameters, {arch['in_channels']} channel(s))",
+             f"window         {cfg['patch']} px (training patch), halo {cfg.get('halo', cfg['patch'] // 4)} px"]
+    if cfg["kind"] == "atbsn":
+        lines.append(f"blind spots    k_a={cfg.get('k_a')} (training), k_b={cfg.get('k_b')} (default inference)")
+    else:
+        kind = "mean-teacher" if cfg.get("mean_teacher") else "multi-teacher"
+        lines.append(f"teachers       Ks={cfg.get('ks')} ({kind})")
+    norm = cfg["normalization"]
+    lines += [f"normalization  {norm['mode']} offset={[round(v, 4) for v in norm['offset']]} "
+              f"scale={[round(v, 4) for v in norm['scale']]}",
+              f"steps          {cfg.get('steps')}",
+              f"written by     napari-atbsn {cfg.get('package_version')} on {cfg.get('created')}"]
+    if "state" in cfg:
+        lines.append("state          resumable checkpoint")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.output, preset=args.preset, iters=args.iters, distill_iters=args.distill_iters,
+             device=args.device)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "distill": cmd_distill, "denoise": cmd_denoise, "info": cmd_info,
+            "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ATBSNError as e:
+        if args.debug:
+            raise
+        print(f"atbsn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\natbsn: interrupted.", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("atbsn: error: out of memory; use a smaller --batch or --patch.", file=sys.stderr)
+        return 2
+    except Exception as e:  # last resort: a bug, but still no wall of traceback for the user
+        if args.debug:
+            raise
+        print(f"atbsn: internal error: {type(e).__name__}: {e}\nPlease report it; re-run with --debug for details.",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The typed, validated configuration tree: every default lives here.
+
+Three kinds of settings:
+
+* architecture presets (:data:`ATBSN_PRESETS`, :data:`STUDENT_PRESETS`),
+* training settings (:class:`TrainConfig`) and distillation settings
+  (:class:`DistillConfig`), whose ``None`` fields take the value of the
+  preset in :data:`TRAIN_DEFAULTS` / :data:`DISTILL_DEFAULTS`,
+* the normalisation stored with a model (:mod:`napari_atbsn.normalization`).
+
+Field ``metadata["help"]`` strings feed the CLI help (and later the widget
+tooltips), so they are written once, here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BlindSpotError, ConfigError
+
+# --------------------------------------------------------------------------
+# Architectures
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UNetArch:
+    """Widths of the shifted-convolution UNet (method.md §1.3).
+
+    ``width`` is the encoder width (48 in the paper), ``dec_width`` the
+    decoder and head width (96), ``depth`` the number of pooling levels (5).
+    The fusion head is 4*dec_width -> 4*dec_width -> dec_width -> C.
+    """
+
+    width: int
+    dec_width: int
+    depth: int
+
+    @property
+    def multiple(self) -> int:
+        """Input sides must be multiples of this (padding handles the rest)."""
+        return 2**self.depth
+
+
+ATBSN_PRESETS: dict[str, UNetArch] = {
+    # The paper network: 1,268,547 parameters for RGB (method.md §1.5).
+    "paper": UNetArch(width=48, dec_width=96, depth=5),
+    # The 16-wide network of our CPU calibration (method.md Decision 8).
+    "small": UNetArch(width=16, dec_width=32, depth=5),
+    # For unit tests only: trains in seconds, depth 3 keeps 32x32 patches legal.
+    "tiny": UNetArch(width=8, dec_width=16, depth=3),
+}
+
+STUDENT_PRESETS: tuple[str, ...] = ("A", "B", "C", "tiny")
+
+#: Blind-spot sizes of the paper's SIDD multi-teacher set (method.md §1.8).
+DEFAULT_KS: tuple[int, ...] = (0, 1, 3, 5, 7, 9, 11)
+
+NORMALIZATION_MODES: tuple[str, ...] = ("range255", "zscore")
+
+
+def check_k(k: Any, *, name: str = "k") -> int:
+    """Validate a blind-spot size: 0 (no blind spot) or a positive odd integer.
+
+    Even sizes are refused because the feature shift ``s = (k + 1) // 2``
+    would silently make them equal to ``k - 1`` (method.md Decision 4).
+    """
+    if isinstance(k, bool) or not isinstance(k, int):
+        try:
+            if float(k) != int(k):
+                raise ValueError
+            k = int(k)
+        except (TypeError, ValueError):
+            raise BlindSpotError(
+                f"{name}={k!r} is not an integer; use 0 or an odd number such as 1, 3, 5, 9."
+            ) from None
+    if k < 0:
+        raise BlindSpotError(f"{name}={k} is negative; use 0 (no blind spot) or an odd number such as 3.")
+    if k != 0 and k % 2 == 0:
+        raise BlindSpotError(
+            f"{name}={k} is even; blind spots are odd squares (k x k centred on the pixel). "
+            f"Use {k - 1} or {k + 1}."
+        )
+    return k
+
+
+def shift_for_k(k: int) -> int:
+    """Feature shift that makes a k x k blind square: s = (k + 1) // 2 (method.md §1.4)."""
+    return (check_k(k) + 1) // 2
+
+
+def check_ks(ks: Any) -> tuple[int, ...]:
+    """Validate a set of teacher blind-spot sizes (non-empty, no duplicates)."""
+    ks = tuple(ks)
+    if not ks:
+        raise ConfigError("The list of teacher blind-spot sizes (--ks) is empty; the paper uses 0,1,3,5,7,9,11.")
+    checked = tuple(check_k(k, name="ks entry") for k in ks)
+    if len(set(checked)) != len(checked):
+        dup = sorted({k for k in checked if checked.count(k) > 1})
+        raise ConfigError(f"--ks lists {dup} more than once; give each blind-spot size once, e.g. 0,1,3,5,7,9,11.")
+    return checked
+
+
+# --------------------------------------------------------------------------
+# Training and distillation
+# --------------------------------------------------------------------------
+
+#: Preset-dependent training defaults. ``paper`` keeps the paper's settings
+#: (method.md §1.6); ``small`` those of our CPU calibration (Decision 8).
+TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "paper": dict(iters=400_000, patch=256, batch=8, lr=3e-4, normalization="range255"),
+    "small": dict(iters=1_000, patch=128, batch=4, lr=1e-3, normalization="zscore"),
+    "tiny": dict(iters=200, patch=32, batch=4, lr=2e-3, normalization="zscore"),
+}
+
+#: Distillation defaults per teacher preset (method.md §1.8 for ``paper``).
+DISTILL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "paper": dict(student="C", iters=100_000, batch=8, lr=3e-4),
+    "small": dict(student="A", iters=600, batch=4, lr=1e-3),
+    "tiny": dict(student="tiny", iters=150, batch=4, lr=2e-3),
+}
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of self-supervised AT-BSN training (stage 1)."""
+
+    preset: str = _help("network size: paper (1.27 M params, GPU), small (CPU in minutes), tiny (tests)",
+                        default="small")
+    k_a: int = _help("blind-spot size used for training (odd; 9 in the paper)", default=9)
+    k_b: int = _help("default blind-spot size for inference, stored with the model", default=3)
+    iters: int | None = _help("training iterations (default: preset's)", default=None)
+    patch: int | None = _help("square training patch side in pixels; inference windows use the same size",
+                              default=None)
+    batch: int | None = _help("patches per step", default=None)
+    lr: float | None = _help("Adam learning rate, cosine-annealed to 0", default=None)
+    normalization: str | None = _help("range255 (paper: robust percentiles to 0..255) or zscore", default=None)
+    seed: int = _help("random seed (patch sampling and weight init)", default=0)
+    device: str = _help("auto, cpu, cuda, cuda:N or mps", default="auto")
+    amp: bool = _help("mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)",
+                      default=True)
+    checkpoint_every: int = _help("save a resumable checkpoint every N steps (0: only at the end)",
+                                  default=500)
+
+    def resolved(self) -> TrainConfig:
+        """Return a copy with preset defaults filled in, validated."""
+        if self.preset not in ATBSN_PRESETS:
+            raise ConfigError(f"Unknown preset {self.preset!r}; choose one of {', '.join(ATBSN_PRESETS)}.")
+        filled = {k: v for k, v in TRAIN_DEFAULTS[self.preset].items() if getattr(self, k) is None}
+        cfg = dataclasses.replace(self, **filled)
+        cfg._validate()
+        return cfg
+
+    def _validate(self) -> None:
+        check_k(self.k_a, name="k_a")
+        if self.k_a == 0:
+            raise BlindSpotError("k_a=0 trains without a blind spot: the network learns the identity. Use 9 (paper) "
+                                 "or 1/3 for nearly pixel-independent noise.")
+        check_k(self.k_b, name="k_b")
+        _positive("iters", self.iters)
+        _positive("batch", self.batch)
+        _check_patch(self.patch, ATBSN_PRESETS[self.preset], self.k_a)
+        if not (self.lr and self.lr > 0):
+            raise ConfigError(f"lr={self.lr} must be a positive number such as 3e-4.")
+        if self.normalization not in NORMALIZATION_MODES:
+            raise ConfigError(f"normalization={self.normalization!r}; choose one of {', '.join(NORMALIZATION_MODES)}.")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every={self.checkpoint_every} must be 0 (off) or positive.")
+
+
+@dataclass
+class DistillConfig:
+    """Settings of multi-teacher distillation (stage 2, method.md §1.8)."""
+
+    student: str | None = _help("student preset: A (0.12 M), B (0.86 M), C (1.0 M) or tiny", default=None)
+    ks: tuple[int, ...] = _help("teacher blind-spot sizes, one backbone pass for all", default=DEFAULT_KS)
+    iters: int | None = _help("distillation iterations (default: teacher preset's)", default=None)
+    patch: int | None = _help("square patch side (default: the teacher's training patch, the only size its "
+                              "outputs are reliable at); inference windows use the same size", default=None)
+    batch: int | None = _help("patches per step", default=None)
+    lr: float | None = _help("Adam learning rate, cosine-annealed to 0", default=None)
+    mean_teacher: bool = _help("ablation: L1 to the mean of the teachers instead of the sum of L1s",
+                               default=False)
+    init_from_teacher: bool = _help("student C only: start from the teacher's UNet weights", default=True)
+    seed: int = _help("random seed", default=0)
+    device: str = _help("auto, cpu, cuda, cuda:N or mps", default="auto")
+    amp: bool = _help("mixed precision on CUDA", default=True)
+    checkpoint_every: int = _help("save a resumable checkpoint every N steps (0: only at the end)", default=500)
+
+    def resolved(self, teacher_preset: str, teacher_patch: int) -> DistillConfig:
+        """Fill defaults from the teacher's preset and patch, and validate."""
+        defaults = {**DISTILL_DEFAULTS.get(teacher_preset, DISTILL_DEFAULTS["small"]), "patch": teacher_patch}
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        cfg = dataclasses.replace(self, **filled)
+        cfg.ks = check_ks(cfg.ks)
+        if cfg.student not in STUDENT_PRESETS:
+            raise ConfigError(f"Unknown student preset {cfg.student!r}; choose one of {', '.join(STUDENT_PRESETS)}.")
+        _positive("iters", cfg.iters)
+        _positive("batch", cfg.batch)
+        _positive("patch", cfg.patch)
+        if cfg.patch % 32 and cfg.student != "tiny":
+            raise ConfigError(f"patch={cfg.patch} must be a multiple of 32 for student {cfg.student}; try "
+                              f"{max(32, cfg.patch // 32 * 32)}.")
+        if not (cfg.lr and cfg.lr > 0):
+            raise ConfigError(f"lr={cfg.lr} must be a positive number such as 3e-4.")
+        return cfg
+
+
+def _positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}={value!r} must be a positive integer.")
+
+
+def _check_patch(patch: Any, arch: UNetArch, k_a: int) -> None:
+    _positive("patch", patch)
+    m = arch.multiple
+    if patch % m:
+        raise ConfigError(f"patch={patch} must be a multiple of {m} for this preset; try {max(m, patch // m * m)}.")
+    if patch <= 2 * ((k_a + 1) // 2):
+        raise ConfigError(f"patch={patch} is too small for k_a={k_a}; use at least {4 * m}.")
+
+
+def config_fields_help(cls: type) -> dict[str, str]:
+    """Map field name -> help text, for CLI and widgets."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

@@ -1,0 +1,52 @@
+"""Choosing the compute device and mixed-precision settings."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from .errors import DeviceError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda > mps > cpu; explicit names are checked to exist."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} requested but CUDA is not available on this machine "
+                              f"(or this PyTorch build has no CUDA); use --device cpu or auto.")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise DeviceError(f"device {name!r} does not exist: this machine has {n} CUDA device(s) "
+                              f"(cuda:0..cuda:{n - 1}).")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise DeviceError("device 'mps' requested but Apple MPS is not available; use --device cpu or auto.")
+    elif dev.type != "cpu":
+        raise DeviceError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps.")
+    return dev
+
+
+def autocast(device: torch.device, enabled: bool) -> Any:
+    """bf16 autocast on CUDA where supported, fp16 otherwise; a no-op elsewhere."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
+    """fp16 (not bf16) needs loss scaling."""
+    return enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()

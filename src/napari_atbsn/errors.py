@@ -1,0 +1,45 @@
+"""Exception types of napari-atbsn.
+
+Every error a user can cause derives from :class:`ATBSNError`, so the CLI
+(and later the widgets) can show its message, which names the problem and
+the fix, without a traceback. Each subclass also derives from the builtin
+exception a Python caller would expect to catch.
+"""
+
+from __future__ import annotations
+
+
+class ATBSNError(Exception):
+    """Base class: a problem with the user's input, files or settings."""
+
+
+class ConfigError(ATBSNError, ValueError):
+    """A setting is out of range, unknown or inconsistent with another."""
+
+
+class BlindSpotError(ConfigError):
+    """A blind-spot size k is not 0 or a positive odd number the network supports."""
+
+
+class AxesError(ATBSNError, ValueError):
+    """An axes string does not describe the data."""
+
+
+class ImageError(ATBSNError, ValueError):
+    """Image data that cannot be used (dtype, size, NaN, ...)."""
+
+
+class ModelFolderError(ATBSNError, OSError):
+    """A model folder is missing, incomplete, corrupted or of another format."""
+
+
+class ReadError(ATBSNError, OSError):
+    """An input file is missing or cannot be read as an image."""
+
+
+class WriteError(ATBSNError, OSError):
+    """An output cannot be written (exists, unwritable, same as the input)."""
+
+
+class DeviceError(ATBSNError, RuntimeError):
+    """A requested compute device does not exist on this machine."""

@@ -1,0 +1,131 @@
+"""Reading and writing images: TIFF (with OME/ImageJ axes), PNG/JPEG and .npy.
+
+Holding the image in memory is fine here; lazy, out-of-core access to
+multi-gigabyte volumes belongs to the tiled pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .axes import guess_axes, validate_axes
+from .errors import AxesError, ImageError, ReadError, WriteError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+# tifffile's letters -> ours. tifffile's S is samples-per-pixel (RGB), i.e. our C;
+# its I/Q (image sequence / unknown) are independent planes, our S.
+_TIFF_AXES = {"S": "C", "I": "S", "Q": "S", "C": "C", "Z": "Z", "T": "T", "Y": "Y", "X": "X"}
+
+
+def read_image(path: str | os.PathLike, axes: str | None = None) -> tuple[np.ndarray, str]:
+    """Read an image file; return ``(array, axes)``.
+
+    Axes come from ``axes`` if given, else from the file's OME/ImageJ
+    metadata (TIFF), else from :func:`napari_atbsn.axes.guess_axes`.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ReadError(f"{p}: no such file; check the path.")
+    if p.is_dir():
+        raise ReadError(f"{p} is a folder, not an image file; give a .tif, .png, .jpg or .npy file.")
+    suffix = p.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        data, file_axes = _read_tiff(p)
+    elif suffix in PIL_SUFFIXES:
+        data, file_axes = _read_pil(p), None
+    elif suffix == ".npy":
+        try:
+            data, file_axes = np.load(p, allow_pickle=False), None
+        except (ValueError, OSError) as e:
+            raise ReadError(f"{p} is not a valid .npy array file ({e}).") from None
+    else:
+        raise ReadError(f"{p}: unsupported file type {suffix!r}; use .tif/.tiff, .png, .jpg or .npy.")
+    if axes is None:
+        axes = file_axes or guess_axes(data.shape)
+    try:
+        axes = validate_axes(axes, data.ndim)
+    except AxesError as e:
+        raise AxesError(f"{p} has shape {data.shape}: {e}") from None
+    check_image(data, p.name)
+    return data, axes
+
+
+def _read_tiff(p: Path) -> tuple[np.ndarray, str | None]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tf:
+            series = tf.series[0]
+            data = series.asarray()
+            raw_axes = series.axes
+    except Exception as e:  # tifffile raises many types for broken files
+        raise ReadError(f"{p} could not be read as a TIFF ({type(e).__name__}: {e}); is the file complete?") from None
+    mapped = "".join(_TIFF_AXES.get(a, "?") for a in raw_axes)
+    # Unknown letters or two letters that map to the same one: fall back to guessing.
+    if "?" in mapped or len(set(mapped)) != len(mapped):
+        return data, None
+    return data, mapped
+
+
+def _read_pil(p: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ReadError(f"{p} could not be read as an image ({e}).") from None
+
+
+def check_image(data: Any, name: str = "image") -> None:
+    """Refuse data no denoiser can use: wrong dtype, fewer than 2 dims."""
+    arr = np.asarray(data) if not hasattr(data, "dtype") else data
+    if arr.dtype.kind not in "uif":
+        raise ImageError(f"{name} has dtype {arr.dtype}; convert it to an integer or float type "
+                         f"(complex, boolean and object images are not supported).")
+    if arr.ndim < 2:
+        raise ImageError(f"{name} is {arr.ndim}-D; an image needs at least 2 dimensions (Y and X).")
+
+
+def write_image(path: str | os.PathLike, data: np.ndarray, axes: str, *, overwrite: bool = False) -> Path:
+    """Write a TIFF (axes in its metadata) or .npy atomically; never clobbers without ``overwrite``."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (*TIFF_SUFFIXES, ".npy"):
+        raise WriteError(f"{p}: unsupported output type {suffix!r}; use .tif or .npy.")
+    if p.exists() and not overwrite:
+        raise WriteError(f"{p} already exists; choose another name or pass --overwrite.")
+    if not p.parent.exists():
+        raise WriteError(f"folder {p.parent} does not exist; create it first.")
+    tmp = p.with_name(f".{p.name}.partial")
+    try:
+        if suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, data)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            import tifffile
+
+            tif_axes = axes.replace("S", "I")  # tifffile calls independent planes I, not S
+            tifffile.imwrite(tmp, data, metadata={"axes": tif_axes}, photometric="minisblack")
+            _fsync(tmp)
+        os.replace(tmp, p)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"could not write {p}: {e.strerror or e}.") from None
+    return p
+
+
+def _fsync(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

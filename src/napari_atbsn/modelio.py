@@ -1,0 +1,243 @@
+"""Model folders: ``model.safetensors`` + ``config.json``, and the runnable :class:`Denoiser`.
+
+A folder alone rebuilds and runs the model. Loading never unpickles: weights
+are read with safetensors, settings with ``json``. Files are written
+atomically (temporary file, fsync, rename) and ``config.json`` last, so a
+folder with a config is complete. Checkpoints add ``optimizer.safetensors``
+and a ``state`` entry in the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .config import ATBSN_PRESETS, STUDENT_PRESETS, UNetArch, check_k
+from .errors import ConfigError, ModelFolderError
+from .normalization import Normalization
+
+FORMAT = "napari-atbsn"
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safetensors"
+
+_REQUIRED = {"format", "format_version", "kind", "arch", "patch", "normalization"}
+_OPTIONAL = {"package_version", "created", "k_a", "k_b", "ks", "mean_teacher", "teacher", "steps",
+             "train", "distill", "data", "state", "halo"}
+
+
+# -- atomic writing -----------------------------------------------------------
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via a fsynced temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+
+
+def save_folder(path: str | os.PathLike, model: nn.Module, config: dict[str, Any], *,
+                optimizer_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a model (or checkpoint) folder; ``config.json`` goes last."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
+               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **config}
+        (p / CONFIG).unlink(missing_ok=True)  # incomplete until the new config lands
+        atomic_write_bytes(p / WEIGHTS, _tensor_bytes(model.state_dict()))
+        if optimizer_tensors is not None:
+            atomic_write_bytes(p / OPTIMIZER, _tensor_bytes(optimizer_tensors))
+        atomic_write_bytes(p / CONFIG, json.dumps(cfg, indent=2).encode())
+    except OSError as e:
+        raise ModelFolderError(f"could not write the model folder {p}: {e.strerror or e}; check free space and "
+                               f"permissions.") from None
+    return p
+
+
+# -- reading -----------------------------------------------------------------
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``config.json`` of a model folder."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelFolderError(f"model folder {p} does not exist; check the path (it is the -o folder of "
+                               f"'atbsn train' or 'atbsn distill').")
+    if not p.is_dir():
+        raise ModelFolderError(f"{p} is a file, not a model folder; give the folder that holds {CONFIG} and "
+                               f"{WEIGHTS}.")
+    cfg_path = p / CONFIG
+    if not cfg_path.exists():
+        raise ModelFolderError(f"{p} has no {CONFIG}: it is not a model folder, or its writing was interrupted.")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{cfg_path} is not valid JSON ({e}); the folder is corrupted.") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise ModelFolderError(f"{cfg_path} is not a napari-atbsn model configuration.")
+    missing = sorted(_REQUIRED - set(cfg))
+    if missing:
+        raise ModelFolderError(f"{cfg_path} lacks {', '.join(missing)}; the folder is incomplete or corrupted.")
+    unknown = sorted(set(cfg) - _REQUIRED - _OPTIONAL)
+    if unknown:
+        raise ModelFolderError(f"{cfg_path} has unknown key(s) {', '.join(unknown)}; it was written by another "
+                               f"program or edited by hand.")
+    version = cfg["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFolderError(f"{p} uses model format version {version}, newer than this napari-atbsn "
+                               f"({__version__}) reads ({FORMAT_VERSION}); upgrade napari-atbsn.")
+    if cfg["kind"] not in ("atbsn", "student"):
+        raise ModelFolderError(f"{cfg_path}: unknown model kind {cfg['kind']!r}.")
+    return cfg
+
+
+def build_model(cfg: dict[str, Any]) -> nn.Module:
+    """An untrained network of the architecture described by ``cfg["arch"]``."""
+    from .models import ATBSN, Student
+
+    arch = cfg["arch"]
+    try:
+        if cfg["kind"] == "atbsn":
+            if arch["preset"] not in ATBSN_PRESETS:
+                raise ConfigError(f"unknown preset {arch['preset']!r}")
+            return ATBSN(int(arch["in_channels"]), arch["preset"], width=int(arch["width"]),
+                         dec_width=int(arch["dec_width"]), depth=int(arch["depth"]))
+        if arch["preset"] not in STUDENT_PRESETS:
+            raise ConfigError(f"unknown student preset {arch['preset']!r}")
+        return Student(arch["preset"], int(arch["in_channels"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFolderError(f"invalid 'arch' entry {arch!r} in the model config ({e}).") from None
+
+
+def arch_dict(model: nn.Module) -> dict[str, Any]:
+    """The ``arch`` config entry describing ``model``."""
+    from .models import ATBSN
+
+    if isinstance(model, ATBSN):
+        a: UNetArch = model.arch
+        return {"preset": model.preset, "in_channels": model.in_channels, "width": a.width,
+                "dec_width": a.dec_width, "depth": a.depth}
+    return {"preset": model.preset, "in_channels": model.in_channels}
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file (never a pickle), with a clear error if it is damaged."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise ModelFolderError(f"{path} is missing; the model folder is incomplete.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelFolderError(f"{path} is not a valid safetensors file ({e}); it may be truncated, corrupted or "
+                               f"a pickle (which napari-atbsn never loads). Re-export or re-train the model.") from None
+
+
+def load_network(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network of a model folder and load its weights."""
+    p = Path(path)
+    cfg = read_config(p)
+    model = build_model(cfg)
+    state = load_tensors(p / WEIGHTS)
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or extra or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                  else f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}")
+        raise ModelFolderError(f"the weights in {p / WEIGHTS} do not match the architecture in {CONFIG} "
+                               f"({detail}); the folder is mismatched or corrupted.")
+    model.load_state_dict(state)
+    model.eval()
+    return model, cfg
+
+
+# -- the runnable model ----------------------------------------------------------
+class Denoiser:
+    """A loaded model with its normalisation and window size, ready to run.
+
+    ``denoiser(window)`` takes raw (N, C, P, P) data (numpy or torch, P the
+    training patch size) and returns it denoised in the same value range.
+    :meth:`denoise` handles whole images of any size and axes, running the
+    network in windows of P with a halo (method.md Decision 8).
+    """
+
+    def __init__(self, network: nn.Module, config: dict[str, Any], *, device: str | torch.device = "cpu",
+                 path: Path | None = None) -> None:
+        from .device import resolve_device
+
+        self.config = config
+        self.path = path
+        self.kind: str = config["kind"]
+        self.patch: int = int(config["patch"])
+        self.halo: int = int(config.get("halo", self.patch // 4))
+        self.k_b: int = int(config.get("k_b", 3))
+        self.normalization = Normalization.from_dict(config["normalization"])
+        self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+        self.network = network.to(self.device).eval()
+        self.in_channels: int = int(config["arch"]["in_channels"])
+
+    @property
+    def name(self) -> str:
+        """Short label for outputs: ``atbsn_kb3`` or ``student_C``."""
+        return f"student_{self.config['arch']['preset']}" if self.kind == "student" else f"atbsn_kb{self.k_b}"
+
+    @torch.no_grad()
+    def run_normalized(self, x: np.ndarray, k_b: int | None = None) -> np.ndarray:
+        """Network on already-normalised (N, C, h, w) float32 data."""
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        if self.kind == "atbsn":
+            y = self.network(t, k=self.k_b if k_b is None else check_k(k_b, name="k_b"))
+        else:
+            y = self.network(t)
+        return y.float().cpu().numpy()
+
+    def __call__(self, window: Any, k_b: int | None = None) -> Any:
+        is_torch = isinstance(window, torch.Tensor)
+        x = window.detach().cpu().numpy() if is_torch else np.asarray(window, dtype=np.float32)
+        y = self.normalization.undo(self.run_normalized(self.normalization.apply(x), k_b))
+        return torch.from_numpy(y) if is_torch else y
+
+    def iter_denoise(self, image: Any, axes: str | None = None, *, k_b: int | None = None,
+                     batch_size: int = 4, dtype: str = "float32") -> Iterator[tuple[int, int]]:
+        """Generator: denoise ``image``; yields (windows_done, total); returns the result.
+
+        ``dtype`` is ``float32`` or ``input`` (the input's dtype, rounded and
+        clipped to its range).
+        """
+        from .denoise import iter_denoise
+
+        return (yield from iter_denoise(self, image, axes, k_b=k_b, batch_size=batch_size, dtype=dtype))
+
+    def denoise(self, image: Any, axes: str | None = None, *, k_b: int | None = None, batch_size: int = 4,
+                dtype: str = "float32") -> np.ndarray:
+        """Denoise a whole image (2-D, stack, channels) and return it in its own layout."""
+        from .events import drain
+
+        return drain(self.iter_denoise(image, axes, k_b=k_b, batch_size=batch_size, dtype=dtype))
+
+
+def load_model(path: str | os.PathLike, *, device: str = "cpu") -> Denoiser:
+    """Load a model folder as a :class:`Denoiser`."""
+    network, cfg = load_network(path)
+    return Denoiser(network, cfg, device=device, path=Path(path))

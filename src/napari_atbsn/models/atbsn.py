@@ -1,0 +1,131 @@
+"""AT-BSN: the asymmetric, tunable blind-spot network (Chen et al., CVPR 2024).
+
+The pipeline of method.md §1.1, written for any H x W:
+
+1. rotate the input by 0, 90 (clockwise), 180 and 270 degrees;
+2. run the shared shifted UNet on each rotation (its receptive field is the
+   upward half-plane of the rotated frame, centre row included);
+3. shift each feature map down by ``s = (k + 1) // 2`` rows *in its rotated
+   frame*, so the four half-planes now stop ``s`` pixels short of the pixel;
+4. rotate back, concatenate along channels (order 0, 90, 180, 270);
+5. fuse with three 1x1 convolutions (nin_A, nin_B, nin_C).
+
+The union of the four shifted half-planes excludes exactly the centred
+``k x k`` square (plus a few position-dependent pixels beside its corners for
+k >= 5, method.md §1.4). Steps 1-2 do not depend on k, which is what makes k
+a free knob: :meth:`ATBSN.teachers` computes them once for many k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ATBSN_PRESETS, UNetArch, check_k
+from ..errors import BlindSpotError, ConfigError
+from .blocks import LEAK, init_weights, shift_rows
+from .unet import UNet
+
+#: torch.rot90 ``k`` for the official order rot0, rot90 (clockwise), rot180, rot270.
+ROTATIONS: tuple[int, ...] = (0, -1, 2, 1)
+
+
+def resolve_arch(preset: str, width: int | None, dec_width: int | None, depth: int | None) -> UNetArch:
+    """Preset widths, with explicit overrides."""
+    if preset not in ATBSN_PRESETS:
+        raise ConfigError(f"Unknown preset {preset!r}; choose one of {', '.join(ATBSN_PRESETS)}.")
+    base = ATBSN_PRESETS[preset]
+    return UNetArch(width=width or base.width, dec_width=dec_width or base.dec_width, depth=depth or base.depth)
+
+
+class ATBSN(nn.Module):
+    """Shifted-convolution blind-spot UNet with a tunable blind-spot size.
+
+    Parameters
+    ----------
+    in_channels : int
+        Image channels C (3 for sRGB, 1 for a single microscopy channel).
+    preset : {"paper", "small", "tiny"}
+        Size preset; ``paper`` is the published network (1,268,547 parameters
+        for C = 3).
+    width, dec_width, depth : int, optional
+        Override the preset's encoder width, decoder width or pooling depth.
+
+    Call ``model(x, k=3)`` with ``x`` of shape (B, C, Y, X), any Y and X.
+    """
+
+    def __init__(self, in_channels: int = 3, preset: str = "paper", *, width: int | None = None,
+                 dec_width: int | None = None, depth: int | None = None) -> None:
+        super().__init__()
+        if in_channels < 1:
+            raise ConfigError(f"in_channels={in_channels} must be at least 1.")
+        self.arch = resolve_arch(preset, width, dec_width, depth)
+        self.preset = preset
+        self.in_channels = in_channels
+        d = self.arch.dec_width
+        self.unet = UNet(self.arch, in_channels, blind=True)
+        self.nin_A = nn.Conv2d(4 * d, 4 * d, 1)
+        self.nin_B = nn.Conv2d(4 * d, d, 1)
+        self.nin_C = nn.Conv2d(d, in_channels, 1)
+        init_weights(self, last=self.nin_C)
+
+    # -- the k-independent part --------------------------------------------
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """UNet features of the four rotations, each in its rotated frame.
+
+        Rotations of equal shape are batched together (all four when Y == X).
+        Each rotated image is zero-padded at its bottom and right to a
+        multiple of ``2**depth``: rows below a pixel never enter its
+        (upward) receptive field, and zeros carry no pixel's own noise, so
+        the padding cannot leak a value around the blind spot.
+        """
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ConfigError(f"expected input of shape (B, {self.in_channels}, Y, X), got {tuple(x.shape)}.")
+        m = self.arch.multiple
+        rotated = [torch.rot90(x, r, dims=(2, 3)) for r in ROTATIONS]
+        out: list[torch.Tensor | None] = [None] * 4
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, t in enumerate(rotated):
+            groups.setdefault(tuple(t.shape[-2:]), []).append(i)
+        for (h, w), idx in groups.items():
+            batch = torch.cat([rotated[i] for i in idx], dim=0)
+            batch = F.pad(batch, (0, (-w) % m, 0, (-h) % m))
+            feats = self.unet(batch)[..., :h, :w]
+            for j, f in zip(idx, feats.chunk(len(idx), dim=0), strict=True):
+                out[j] = f
+        return out  # type: ignore[return-value]
+
+    # -- the k-dependent part ------------------------------------------------
+    def head(self, feats: Sequence[torch.Tensor], k: int) -> torch.Tensor:
+        """Shift (in the rotated frame), un-rotate, concatenate and fuse."""
+        k = check_k(k)
+        s = (k + 1) // 2
+        side = min(feats[0].shape[-2:])
+        if s >= side:
+            raise BlindSpotError(f"k={k} needs a shift of {s} pixels, but the input is only {side} pixels "
+                                 f"across; use k <= {2 * side - 3} or a larger image.")
+        parts = [torch.rot90(shift_rows(f, s), -r, dims=(2, 3)) for f, r in zip(feats, ROTATIONS, strict=True)]
+        h = torch.cat(parts, dim=1)
+        h = F.leaky_relu(self.nin_A(h), LEAK)
+        h = F.leaky_relu(self.nin_B(h), LEAK)
+        return self.nin_C(h)
+
+    def forward(self, x: torch.Tensor, k: int = 3) -> torch.Tensor:
+        """Denoise ``x`` (B, C, Y, X) with a ``k x k`` blind spot (k = 0: none)."""
+        check_k(k)
+        return self.head(self.features(x), k)
+
+    def teachers(self, x: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
+        """Outputs for every k in ``ks`` from ONE pass of the UNet.
+
+        Returns a tensor of shape (len(ks), B, C, Y, X), equal to stacking
+        ``self(x, k)`` for each k (method.md §1.8).
+        """
+        ks = [check_k(k) for k in ks]
+        if not ks:
+            raise BlindSpotError("ks is empty; give at least one blind-spot size, e.g. [0, 1, 3, 5, 7, 9, 11].")
+        feats = self.features(x)
+        return torch.stack([self.head(feats, k) for k in ks], dim=0)

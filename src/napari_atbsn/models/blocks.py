@@ -1,0 +1,84 @@
+"""Building blocks of the blind-spot and plain UNets (method.md §1.2).
+
+Axis convention everywhere: tensors are (B, C, Y, X). "Shifted" blocks give
+an output row ``i`` a receptive field of input rows ``<= i`` only (an upward
+half-plane); the AT-BSN model rotates the image four times to cover all
+directions and then shifts features to open the blind spot.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LEAK = 0.1  # LeakyReLU slope used throughout the paper's networks.
+
+
+class ConvBlock(nn.Module):
+    """3x3 convolution + LeakyReLU(0.1).
+
+    ``blind=True`` makes it the paper's shifted convolution: two zero rows are
+    padded above and none below, so output row ``i`` sees input rows
+    ``i-2 .. i``. Otherwise a plain 'same' convolution with ``padding_mode``.
+    The wrapped convolution is the attribute ``conv`` so state-dict keys
+    follow the official layout (``unet.enc1.conv1.conv.weight``, §1.9).
+    """
+
+    def __init__(self, cin: int, cout: int, *, blind: bool, bias: bool = True,
+                 padding_mode: str = "zeros", act: bool = True) -> None:
+        super().__init__()
+        self.blind = blind
+        self.act = act
+        pad = 0 if blind else 1
+        self.conv = nn.Conv2d(cin, cout, 3, padding=pad, bias=bias, padding_mode=padding_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.blind:
+            x = F.pad(x, (1, 1, 2, 0))  # (left, right, top, bottom): causal in rows
+        x = self.conv(x)
+        return F.leaky_relu(x, LEAK) if self.act else x
+
+
+def shift_rows(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Shift a (B, C, Y, X) map down by ``s`` rows, filling zeros at the top."""
+    if s == 0:
+        return x
+    if s >= x.shape[-2]:
+        return torch.zeros_like(x)
+    return F.pad(x, (0, 0, s, 0))[..., :-s, :]
+
+
+def pool(x: torch.Tensor, *, blind: bool) -> torch.Tensor:
+    """2x2 max-pool; the blind version shifts down one row first (Laine's trick)
+    so that after nearest upsampling row ``i`` still depends on rows ``<= i``."""
+    if blind:
+        x = shift_rows(x, 1)
+    return F.max_pool2d(x, 2)
+
+
+def upsample(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour x2 upsampling (no weights)."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def init_weights(module: nn.Module, last: nn.Conv2d | None = None) -> None:
+    """He init with slope 0.1 for every conv, bias 0; ``last`` gets a linear gain."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, a=LEAK)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    if last is not None:
+        nn.init.kaiming_normal_(last.weight, nonlinearity="linear")
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "constant") -> torch.Tensor:
+    """Pad the bottom and right of (B, C, Y, X) up to multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    if mode == "reflect" and (ph >= h or pw >= w):
+        mode = "replicate"  # reflect needs the pad to be smaller than the side
+    return F.pad(x, (0, pw, 0, ph), mode=mode)

@@ -1,0 +1,53 @@
+"""A dependency-free terminal progress bar with rate and ETA."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def format_seconds(s: float) -> str:
+    s = max(0, int(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
+class ProgressBar:
+    """Redraws one line on a terminal; prints a line every 10 % otherwise (logs, CI)."""
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None, width: int = 24) -> None:
+        self.label, self.total, self.width = label, max(1, total), width
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.perf_counter()
+        self.start_done: int | None = None
+        self._last_decile = -1
+
+    def update(self, done: int, extra: str = "") -> None:
+        if self.start_done is None:  # rate is measured from the first update on
+            self.start_done, self.t0 = done, time.perf_counter()
+        elapsed = time.perf_counter() - self.t0
+        rate = (done - self.start_done) / elapsed if elapsed > 0 and done > self.start_done else 0.0
+        eta_text = format_seconds((self.total - done) / rate) if rate > 0 else "?"
+        frac = done / self.total
+        filled = int(frac * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = (f"{self.label} [{bar}] {done}/{self.total} {100 * frac:3.0f}% {rate:.2f} it/s "
+                f"ETA {eta_text}{'  ' + extra if extra else ''}")
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+            if done >= self.total:
+                self.stream.write("\n")
+        else:
+            decile = int(frac * 10)
+            if decile != self._last_decile or done >= self.total:
+                self._last_decile = decile
+                self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

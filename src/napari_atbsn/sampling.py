@@ -1,0 +1,94 @@
+"""Random training patches drawn from any array-like image data.
+
+A :class:`PlaneSource` reads (C, h, w) crops of single planes by indexing the
+original array (numpy, memmap, dask, zarr ...), so only the pixels of the
+patches in the batch are ever read. Patch positions depend only on
+``(seed, step)``, which makes a resumed run draw the same batches as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .axes import PLANE_LETTERS, validate_axes
+from .errors import ImageError
+from .imageio import check_image
+
+
+class PlaneSource:
+    """The planes of an image array viewed as (N, C, Y, X) without copying it.
+
+    Parameters
+    ----------
+    data : array-like
+        Any object with ``shape``, ``ndim``, ``dtype`` and numpy-style
+        slicing.
+    axes : str
+        Letters of ``data``'s dimensions (see :mod:`napari_atbsn.axes`).
+    """
+
+    def __init__(self, data: Any, axes: str) -> None:
+        if not hasattr(data, "shape"):
+            data = np.asarray(data)
+        check_image(data)
+        self.data = data
+        self.axes = validate_axes(axes, data.ndim)
+        self.plane_dims = [i for i, a in enumerate(self.axes) if a in PLANE_LETTERS]
+        self.plane_shape = tuple(int(data.shape[i]) for i in self.plane_dims)
+        self.n_planes = int(np.prod(self.plane_shape)) if self.plane_shape else 1
+        self.channels = int(data.shape[self.axes.index("C")]) if "C" in self.axes else 1
+        self.height = int(data.shape[self.axes.index("Y")])
+        self.width = int(data.shape[self.axes.index("X")])
+        if self.n_planes == 0 or self.height == 0 or self.width == 0:
+            raise ImageError(f"the image has an empty dimension (shape {tuple(data.shape)}).")
+
+    def read(self, plane: int, y0: int = 0, x0: int = 0, h: int | None = None, w: int | None = None) -> np.ndarray:
+        """Crop of one plane as float32 (C, h, w)."""
+        h = self.height if h is None else h
+        w = self.width if w is None else w
+        idx: list[Any] = [slice(None)] * len(self.axes)
+        for dim, i in zip(self.plane_dims, np.unravel_index(plane, self.plane_shape) if self.plane_shape else (),
+                          strict=True):
+            idx[dim] = int(i)
+        idx[self.axes.index("Y")] = slice(y0, y0 + h)
+        idx[self.axes.index("X")] = slice(x0, x0 + w)
+        crop = np.asarray(self.data[tuple(idx)], dtype=np.float32)
+        kept = [a for a in self.axes if a not in PLANE_LETTERS]  # order of remaining dims
+        if "C" not in kept:
+            crop, kept = crop[None], ["C", *kept]
+        return np.transpose(crop, [kept.index(a) for a in "CYX"])
+
+    def sample_pixels(self, rng: np.random.Generator, max_planes: int = 16, max_side: int = 512) -> np.ndarray:
+        """A (n, C, h, w) sample of whole planes (or centred crops) for fitting normalisation."""
+        n = min(self.n_planes, max_planes)
+        planes = np.sort(rng.choice(self.n_planes, size=n, replace=False))
+        h, w = min(self.height, max_side), min(self.width, max_side)
+        y0, x0 = (self.height - h) // 2, (self.width - w) // 2
+        return np.stack([self.read(int(p), y0, x0, h, w) for p in planes])
+
+
+def dihedral(x: np.ndarray, op: int) -> np.ndarray:
+    """One of the 8 rotations/flips of the square (..., Y, X) array (op in 0..7)."""
+    if op >= 4:
+        x = x[..., ::-1]
+    return np.rot90(x, op % 4, axes=(-2, -1))
+
+
+def sample_batch(source: PlaneSource, step: int, *, seed: int, batch: int, patch: int,
+                 augment: bool = True) -> np.ndarray:
+    """Random (batch, C, patch, patch) float32 patches for training step ``step``."""
+    if source.height < patch or source.width < patch:
+        raise ImageError(f"the image planes ({source.height}x{source.width}) are smaller than the training "
+                         f"patch ({patch}x{patch}); use a smaller --patch (a multiple of 32) or a larger image.")
+    rng = np.random.default_rng([seed, step])
+    out = np.empty((batch, source.channels, patch, patch), dtype=np.float32)
+    for b in range(batch):
+        plane = int(rng.integers(source.n_planes))
+        y0 = int(rng.integers(source.height - patch + 1))
+        x0 = int(rng.integers(source.width - patch + 1))
+        crop = source.read(plane, y0, x0, patch, patch)
+        out[b] = dihedral(crop, int(rng.integers(8))) if augment else crop
+    return out

@@ -1,0 +1,109 @@
+"""Stage 2: blind-spot-based multi-teacher distillation (method.md §1.8).
+
+The trained AT-BSN is the meta-teacher: its rotated UNet features are
+computed once per batch (under ``no_grad``) and the outputs for every k in Ks
+come from shifting those features by ``(k + 1) // 2`` and applying the 1x1
+head. The student learns ``sum_k mean|student(x) - T_k(x)|`` with equal
+weights; ``mean_teacher=True`` is the paper's weaker ablation,
+``mean|student(x) - mean_k T_k(x)|``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..axes import guess_axes
+from ..config import DistillConfig
+from ..device import resolve_device
+from ..errors import BlindSpotError, ConfigError, ImageError, ModelFolderError
+from ..events import CheckpointEvent, StepEvent, drain
+from ..modelio import Denoiser, arch_dict, load_network
+from ..models import ATBSN, Student
+from ..normalization import Normalization
+from ..sampling import PlaneSource, sample_batch
+from .loop import LoopSpec, iter_optimize
+from .train import TrainResult, finish, prepare_output
+
+
+def distill_loss(student_out: torch.Tensor, teachers: torch.Tensor, *, mean_teacher: bool) -> torch.Tensor:
+    """Sum over teachers of per-teacher L1 means (or L1 to the teachers' mean)."""
+    student_out = student_out.float()
+    teachers = teachers.float()
+    if mean_teacher:
+        return F.l1_loss(student_out, teachers.mean(dim=0))
+    return sum(F.l1_loss(student_out, t) for t in teachers)  # type: ignore[return-value]
+
+
+def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config: DistillConfig | None = None,
+                 out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
+                 should_stop: Callable[[], bool] | None = None,
+                 ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
+    """Distil the AT-BSN in folder ``teacher`` into a student on noisy ``data``.
+
+    Events, stopping, resuming and the result are as in
+    :func:`napari_atbsn.training.iter_train`.
+    """
+    net, tcfg = load_network(teacher)
+    if not isinstance(net, ATBSN):
+        raise ModelFolderError(f"{teacher} holds a {tcfg['kind']}, not an AT-BSN teacher; give the folder "
+                               f"written by 'atbsn train'.")
+    cfg = (config or DistillConfig()).resolved(tcfg["arch"]["preset"], int(tcfg["patch"]))
+    s_max = (max(cfg.ks) + 1) // 2
+    if s_max >= cfg.patch:
+        raise BlindSpotError(f"k={max(cfg.ks)} is too large for {cfg.patch}-pixel patches; use smaller Ks.")
+    source = PlaneSource(data, axes or guess_axes(np.shape(data)))
+    if source.channels != net.in_channels:
+        raise ImageError(f"the data has {source.channels} channel(s) but the teacher was trained on "
+                         f"{net.in_channels}; check --axes.")
+    device = resolve_device(cfg.device)
+    out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
+    norm = Normalization.from_dict(tcfg["normalization"])
+    teacher_net = net.to(device).eval().requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    student = Student(cfg.student, source.channels)
+    initialised = False
+    if cfg.init_from_teacher and cfg.student == "C" and not resume:
+        try:
+            student.init_from_teacher(teacher_net)
+            initialised = True
+        except ConfigError:
+            initialised = False  # a non-paper teacher: student C starts from scratch
+
+    def batch_fn(step: int) -> np.ndarray:
+        return norm.apply(sample_batch(source, step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch))
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            targets = teacher_net.teachers(x, cfg.ks)
+        return distill_loss(student(x), targets, mean_teacher=cfg.mean_teacher)
+
+    def config_fn(steps: int) -> dict[str, Any]:
+        return {"kind": "student", "arch": arch_dict(student), "patch": cfg.patch,
+                "normalization": norm.to_dict(), "ks": list(cfg.ks), "mean_teacher": cfg.mean_teacher,
+                "teacher": {"path": str(teacher), "arch": tcfg["arch"], "k_a": tcfg.get("k_a"),
+                            "steps": tcfg.get("steps"), "patch": tcfg["patch"]},
+                "steps": steps, "distill": {**dataclasses.asdict(cfg), "ks": list(cfg.ks),
+                                            "initialised_from_teacher": initialised},
+                "data": {"axes": source.axes, "shape": [int(s) for s in np.shape(data)]}}
+
+    spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
+                    cfg.checkpoint_every, out, config_fn, should_stop)
+    res = yield from iter_optimize(spec, resume=resume)
+    cfg_final = config_fn(res.steps)
+    path = finish(out, student, cfg_final, res.stopped)
+    return TrainResult(Denoiser(student.eval(), cfg_final, device=device, path=path), path, res.steps,
+                       res.stopped, res.losses)
+
+
+def distill(data: Any, teacher: str | Path, axes: str | None = None, config: DistillConfig | None = None,
+            out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
+            callback: Callable[[Any], None] | None = None) -> TrainResult:
+    """Blocking :func:`iter_distill`."""
+    return drain(iter_distill(data, teacher, axes, config, out_dir, resume=resume, overwrite=overwrite), callback)

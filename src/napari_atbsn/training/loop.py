@@ -1,0 +1,150 @@
+"""The optimisation loop shared by training and distillation.
+
+Written once as a generator: every step yields a :class:`StepEvent`, so a
+progress bar advances and a stop request is honoured within one step. The
+learning-rate schedule is cosine annealing to 0 over the full run, stepped
+every iteration (method.md §1.6). Batches depend only on (seed, step), and
+the optimizer and scheduler states are checkpointed, so a resumed run
+continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..device import autocast, needs_grad_scaler
+from ..errors import ATBSNError, ModelFolderError
+from ..events import CheckpointEvent, StepEvent
+from ..modelio import OPTIMIZER, load_tensors, read_config, save_folder
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class LoopSpec:
+    """What the loop needs to know; the callers build the rest."""
+
+    stage: str
+    model: nn.Module
+    iters: int
+    lr: float
+    device: torch.device
+    amp: bool
+    batch_fn: Callable[[int], np.ndarray]  # step -> (B, C, P, P) normalised batch
+    loss_fn: Callable[[torch.Tensor], torch.Tensor]  # batch on device -> scalar loss
+    checkpoint_every: int
+    out_dir: Path | None
+    config_fn: Callable[[int], dict[str, Any]]  # steps done -> config.json content
+    should_stop: Callable[[], bool] | None = None
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    stopped: bool
+    losses: list[float]
+
+
+def make_optimizer(model: nn.Module, lr: float, iters: int) -> tuple[torch.optim.Adam, Any]:
+    """Adam(lr, betas 0.9/0.999), cosine annealing to 0 over ``iters`` steps."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters, eta_min=0.0)
+    return opt, sched
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Adam's per-parameter state as flat named tensors (for safetensors)."""
+    out = {}
+    for idx, state in opt.state_dict()["state"].items():
+        for name, value in state.items():
+            out[f"{idx}.{name}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+    return out
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, sched: Any, tensors: dict[str, torch.Tensor],
+                      sched_state: dict[str, Any]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    sd = opt.state_dict()
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    sched.load_state_dict(sched_state)
+
+
+def save_checkpoint(spec: LoopSpec, opt: Any, sched: Any, steps: int) -> Path:
+    assert spec.out_dir is not None
+    cfg = spec.config_fn(steps)
+    cfg["state"] = {"steps": steps, "scheduler": sched.state_dict()}
+    return save_folder(spec.out_dir / CHECKPOINT_DIR, spec.model, cfg, optimizer_tensors=optimizer_tensors(opt))
+
+
+def load_checkpoint(spec: LoopSpec, opt: Any, sched: Any) -> int:
+    """Restore model, optimizer and schedule from ``out_dir/checkpoint``; return steps done."""
+    assert spec.out_dir is not None
+    ck = spec.out_dir / CHECKPOINT_DIR
+    cfg = read_config(ck)
+    state = cfg.get("state")
+    if not state:
+        raise ModelFolderError(f"{ck} is not a resumable checkpoint (no optimizer state).")
+    weights = load_tensors(ck / "model.safetensors")
+    try:
+        spec.model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ModelFolderError(f"the checkpoint in {ck} does not match the requested network ({e}); resume "
+                               f"with the same preset and channels, or train into a new folder.") from None
+    restore_optimizer(opt, sched, load_tensors(ck / OPTIMIZER), state["scheduler"])
+    return int(state["steps"])
+
+
+def iter_optimize(spec: LoopSpec, *, resume: bool) -> Generator[StepEvent | CheckpointEvent, None, LoopResult]:
+    model = spec.model.to(spec.device).train()
+    opt, sched = make_optimizer(model, spec.lr, spec.iters)
+    start = load_checkpoint(spec, opt, sched) if resume else 0
+    if start > spec.iters:
+        raise ATBSNError(f"the checkpoint has {start} steps, more than --iters {spec.iters}; use --iters >= {start}.")
+    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(spec.device, spec.amp) else None
+    non_blocking = spec.device.type == "cuda"
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    for step in range(start, spec.iters):
+        x = torch.from_numpy(spec.batch_fn(step))
+        if non_blocking:
+            x = x.pin_memory()
+        x = x.to(spec.device, non_blocking=non_blocking)
+        with autocast(spec.device, spec.amp):
+            loss = spec.loss_fn(x)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        value = float(loss.detach())
+        if not np.isfinite(value):
+            raise ATBSNError(f"the {spec.stage} loss became {value} at step {step + 1}; lower the learning "
+                             f"rate (--lr) or check the data for extreme values.")
+        losses.append(value)
+        done = step + 1
+        yield StepEvent(spec.stage, done, spec.iters, value, lr, (done - start) / (time.perf_counter() - t0))
+        stop = spec.should_stop is not None and spec.should_stop()
+        if spec.out_dir is not None and done < spec.iters and (
+                stop or (spec.checkpoint_every and done % spec.checkpoint_every == 0)):
+            path = save_checkpoint(spec, opt, sched, done)
+            yield CheckpointEvent(done, str(path))
+        if stop:
+            return LoopResult(done, True, losses)
+    return LoopResult(spec.iters, False, losses)

@@ -1,0 +1,123 @@
+"""Stage 1: self-supervised AT-BSN training, ``L1(ATBSN(x, k_a), x)`` (method.md §1.6)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..axes import guess_axes
+from ..config import TrainConfig
+from ..device import resolve_device
+from ..errors import ConfigError, ModelFolderError
+from ..events import CheckpointEvent, StepEvent, drain
+from ..modelio import CONFIG, Denoiser, arch_dict, read_config, save_folder
+from ..models import ATBSN
+from ..normalization import Normalization, fit_normalization
+from ..sampling import PlaneSource, sample_batch
+from .loop import CHECKPOINT_DIR, LoopSpec, iter_optimize
+
+
+@dataclass
+class TrainResult:
+    """What a training or distillation run returns."""
+
+    model: Denoiser
+    path: Path | None
+    steps: int
+    stopped: bool
+    losses: list[float]
+
+
+def prepare_output(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> Path | None:
+    """Check the output folder: never clobber a model unless asked; resume needs a checkpoint."""
+    if out_dir is None:
+        if resume:
+            raise ConfigError("resume needs the output folder that holds the checkpoint.")
+        return None
+    p = Path(out_dir)
+    if p.exists() and not p.is_dir():
+        raise ModelFolderError(f"{p} is a file; the output must be a folder.")
+    if resume:
+        if not (p / CHECKPOINT_DIR / CONFIG).exists():
+            raise ModelFolderError(f"nothing to resume: {p / CHECKPOINT_DIR} holds no checkpoint; start without "
+                                   f"--resume.")
+    elif p.exists() and ((p / CONFIG).exists() or (p / CHECKPOINT_DIR).exists()) and not overwrite:
+        raise ModelFolderError(f"{p} already holds a model or checkpoint; use --resume to continue it, "
+                               f"--overwrite to replace it, or another folder.")
+    if p.exists() and overwrite and not resume:
+        (p / CONFIG).unlink(missing_ok=True)
+        shutil.rmtree(p / CHECKPOINT_DIR, ignore_errors=True)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelFolderError(f"cannot create the output folder {p}: {e.strerror or e}.") from None
+    return p
+
+
+def finish(out: Path | None, model: torch.nn.Module, cfg: dict[str, Any], stopped: bool) -> Path | None:
+    """Write the final model folder and drop the checkpoint (unless stopped)."""
+    if out is None or stopped:
+        return out / CHECKPOINT_DIR if out is not None and stopped else None
+    save_folder(out, model, cfg)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    return out
+
+
+def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = None,
+               out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
+               should_stop: Callable[[], bool] | None = None,
+               ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
+    """Train an AT-BSN on noisy ``data`` (any array-like with ``axes``).
+
+    Yields a :class:`StepEvent` per step (and a :class:`CheckpointEvent` per
+    checkpoint); returns a :class:`TrainResult`. With ``out_dir`` the model
+    folder is written there; ``resume=True`` continues ``out_dir/checkpoint``.
+    ``should_stop`` is polled after every step: when it returns True a
+    checkpoint is saved and the run returns with ``stopped=True``.
+    """
+    cfg = (config or TrainConfig()).resolved()
+    source = PlaneSource(data, axes or guess_axes(np.shape(data)))
+    device = resolve_device(cfg.device)
+    out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
+    if resume:
+        assert out is not None
+        norm = Normalization.from_dict(read_config(out / CHECKPOINT_DIR)["normalization"])
+    else:
+        norm = fit_normalization(source.sample_pixels(np.random.default_rng(cfg.seed)), cfg.normalization)
+    torch.manual_seed(cfg.seed)
+    model = ATBSN(source.channels, cfg.preset)
+
+    def batch_fn(step: int) -> np.ndarray:
+        return norm.apply(sample_batch(source, step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch))
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(model(x, cfg.k_a).float(), x.float())
+
+    def config_fn(steps: int) -> dict[str, Any]:
+        return {"kind": "atbsn", "arch": arch_dict(model), "patch": cfg.patch, "k_a": cfg.k_a, "k_b": cfg.k_b,
+                "normalization": norm.to_dict(), "steps": steps, "train": dataclasses.asdict(cfg),
+                "data": {"axes": source.axes, "shape": [int(s) for s in np.shape(data)],
+                         "dtype": str(source.data.dtype)}}
+
+    spec = LoopSpec("train", model, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
+                    cfg.checkpoint_every, out, config_fn, should_stop)
+    res = yield from iter_optimize(spec, resume=resume)
+    cfg_final = config_fn(res.steps)
+    path = finish(out, model, cfg_final, res.stopped)
+    return TrainResult(Denoiser(model.eval(), cfg_final, device=device, path=path), path, res.steps,
+                       res.stopped, res.losses)
+
+
+def train(data: Any, axes: str | None = None, config: TrainConfig | None = None,
+          out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
+          callback: Callable[[Any], None] | None = None) -> TrainResult:
+    """Blocking :func:`iter_train`; ``callback`` receives every event."""
+    return drain(iter_train(data, axes, config, out_dir, resume=resume, overwrite=overwrite), callback)

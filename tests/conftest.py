@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny data and a tiny trained model, made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def sample_stack() -> tuple[np.ndarray, np.ndarray]:
+    from napari_atbsn.sample_data import make_sample
+
+    return make_sample(planes=4, size=128, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, sample_stack) -> Path:
+    """A tiny AT-BSN trained for a few seconds on the sample (model folder path)."""
+    from napari_atbsn.config import TrainConfig
+    from napari_atbsn.training import train
+
+    out = tmp_path_factory.mktemp("models") / "teacher"
+    noisy, _ = sample_stack
+    train(noisy, "ZYX", TrainConfig(preset="tiny", iters=150, patch=32, batch=8, device="cpu"), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory: pytest.TempPathFactory, sample_stack, tiny_teacher) -> Path:
+    from napari_atbsn.config import DistillConfig
+    from napari_atbsn.training import distill
+
+    out = tmp_path_factory.mktemp("models") / "student"
+    noisy, _ = sample_stack
+    distill(noisy, tiny_teacher, "ZYX", DistillConfig(student="tiny", iters=60, batch=8, device="cpu"), out)
+    return out

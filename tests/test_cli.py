@@ -1,0 +1,83 @@
+"""The atbsn command line: the whole job, and one clear line per user error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_atbsn.cli import main
+from napari_atbsn.imageio import read_image, write_image
+
+
+@pytest.fixture(scope="module")
+def noisy_tif(tmp_path_factory, sample_stack) -> Path:
+    return write_image(tmp_path_factory.mktemp("cli") / "noisy.tif", sample_stack[0][:2], "ZYX")
+
+
+def _run(capsys, *args: str) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out + cap.err
+
+
+def test_train_info_distill_denoise(tmp_path: Path, noisy_tif: Path, capsys) -> None:
+    code, out = _run(capsys, "train", noisy_tif, "-o", tmp_path / "t", "--preset", "tiny", "--iters", "4",
+                     "--patch", "32", "--batch", "2", "--device", "cpu")
+    assert code == 0, out
+    assert "axes ZYX" in out
+    code, out = _run(capsys, "info", tmp_path / "t")
+    assert code == 0 and "AT-BSN teacher" in out and "k_a=9" in out and "window         32 px" in out
+    code, out = _run(capsys, "distill", noisy_tif, "--teacher", tmp_path / "t", "-o", tmp_path / "s",
+                     "--student", "tiny", "--iters", "3", "--ks", "0,1,3", "--batch", "2", "--device", "cpu")
+    assert code == 0, out
+    code, out = _run(capsys, "info", tmp_path / "s")
+    assert "Ks=[0, 1, 3]" in out
+    for model, extra in (("t", ["--k-b", "5"]), ("s", [])):
+        dst = tmp_path / f"den_{model}.tif"
+        code, out = _run(capsys, "denoise", noisy_tif, "-m", tmp_path / model, "-o", dst, "--dtype", "input", *extra)
+        assert code == 0, out
+        data, axes = read_image(dst)
+        assert axes == "ZYX" and data.shape == (2, 128, 128) and data.dtype == np.uint16
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "{tmp}/missing.tif", "-o", "{tmp}/m"], "no such file"),
+    (["train", "{noisy}", "-o", "{tmp}/m", "--k-a", "4"], "even"),
+    (["train", "{noisy}", "-o", "{tmp}/m", "--iters", "0"], "iters=0"),
+    (["train", "{noisy}", "-o", "{tmp}/m", "--axes", "ZZX"], "repeats"),
+    (["train", "{noisy}", "-o", "{tmp}/m", "--device", "cuda:7"], "cuda"),
+    (["train", "{noisy}", "-o", "{tmp}/m", "--preset", "tiny", "--patch", "256"], "smaller than the training patch"),
+    (["denoise", "{noisy}", "-m", "{tmp}/nomodel", "-o", "{tmp}/o.tif"], "does not exist"),
+    (["denoise", "{noisy}", "-m", "{tmp}", "-o", "{noisy}"], "is the input"),
+    (["info", "{noisy}"], "is a file"),
+    (["distill", "{noisy}", "--teacher", "{tmp}/nomodel", "-o", "{tmp}/s"], "does not exist"),
+])
+def test_user_errors_are_one_line_without_traceback(tmp_path: Path, noisy_tif: Path, capsys, args, message) -> None:
+    args = [a.format(tmp=tmp_path, noisy=noisy_tif) for a in args]
+    code, out = _run(capsys, *args)
+    assert code == 2
+    assert message in out and "Traceback" not in out
+    assert out.strip().startswith("atbsn") and out.strip().count("\n") <= 1
+    assert not (tmp_path / "m" / "config.json").exists()
+
+
+def test_denoise_refuses_existing_output_and_kb_for_student(tmp_path: Path, noisy_tif: Path, tiny_student: Path,
+                                                             capsys) -> None:
+    dst = tmp_path / "o.tif"
+    dst.write_bytes(b"precious")
+    code, out = _run(capsys, "denoise", noisy_tif, "-m", tiny_student, "-o", dst)
+    assert code == 2 and "--overwrite" in out and dst.read_bytes() == b"precious"
+    code, out = _run(capsys, "denoise", noisy_tif, "-m", tiny_student, "-o", tmp_path / "o2.tif", "--k-b", "3")
+    assert code == 2 and "no blind spot" in out and not (tmp_path / "o2.tif").exists()
+
+
+def test_demo_tiny(tmp_path: Path, capsys) -> None:
+    code, out = _run(capsys, "demo", "-o", tmp_path / "demo", "--preset", "tiny", "--device", "cpu")
+    assert code == 0, out
+    for line in ("noisy input", "AT-BSN teacher k_b=3", "student tiny"):
+        assert line in out
+    names = {p.name for p in (tmp_path / "demo").iterdir()}
+    assert {"noisy.tif", "clean.tif", "teacher", "student", "results.json", "denoised_atbsn_kb3.tif",
+            "denoised_student_tiny.tif"} <= names

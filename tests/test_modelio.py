@@ -1,0 +1,118 @@
+"""Model folders: safetensors + JSON, loaded without ever unpickling."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import napari_atbsn
+from napari_atbsn.errors import ModelFolderError
+from napari_atbsn.modelio import load_model, read_config
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "m"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_round_trip_gives_identical_outputs(tiny_teacher: Path, sample_stack) -> None:
+    noisy, _ = sample_stack
+    a = napari_atbsn.load_model(tiny_teacher).denoise(noisy[:1], "ZYX")
+    b = load_model(tiny_teacher).denoise(noisy[:1], "ZYX")
+    np.testing.assert_array_equal(a, b)
+    cfg = read_config(tiny_teacher)
+    assert cfg["kind"] == "atbsn" and cfg["patch"] == 32 and cfg["k_a"] == 9 and cfg["steps"] == 150
+    assert cfg["normalization"]["mode"] == "zscore"
+    assert sorted(p.name for p in tiny_teacher.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_window_call_returns_same_range(tiny_teacher: Path, sample_stack) -> None:
+    noisy, _ = sample_stack
+    m = napari_atbsn.load_model(tiny_teacher)
+    win = noisy[:2, None, :32, :32].astype(np.float32)
+    out = m(win)
+    assert out.shape == win.shape and abs(out.mean() - win.mean()) < 0.2 * win.std() + 5
+    t = m(torch.from_numpy(win))
+    assert isinstance(t, torch.Tensor)
+    np.testing.assert_allclose(t.numpy(), out, atol=1e-5)
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        load_model(tmp_path / "nope")
+
+
+def test_file_instead_of_folder(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ModelFolderError, match="is a file"):
+        load_model(tmp_path / "f")
+
+
+def test_truncated_weights(tiny_teacher: Path, tmp_path: Path) -> None:
+    m = _copy(tiny_teacher, tmp_path)
+    w = m / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(ModelFolderError, match="truncated"):
+        load_model(m)
+
+
+def test_unknown_config_key(tiny_teacher: Path, tmp_path: Path) -> None:
+    m = _copy(tiny_teacher, tmp_path)
+    cfg = json.loads((m / "config.json").read_text())
+    cfg["learning_rte"] = 1
+    (m / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFolderError, match="learning_rte"):
+        load_model(m)
+
+
+def test_newer_format_version(tiny_teacher: Path, tmp_path: Path) -> None:
+    m = _copy(tiny_teacher, tmp_path)
+    cfg = json.loads((m / "config.json").read_text())
+    cfg["format_version"] = 99
+    (m / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFolderError, match="upgrade"):
+        load_model(m)
+
+
+def test_mismatched_architecture(tiny_teacher: Path, tmp_path: Path) -> None:
+    m = _copy(tiny_teacher, tmp_path)
+    cfg = json.loads((m / "config.json").read_text())
+    cfg["arch"]["width"] = 12
+    (m / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFolderError, match="do not match"):
+        load_model(m)
+
+
+class _Evil:
+    """Unpickling this would create a marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt", "checkpoint/model.safetensors"])
+def test_pickle_in_model_folder_never_runs(tiny_teacher: Path, tmp_path: Path, name: str) -> None:
+    m = _copy(tiny_teacher, tmp_path)
+    marker = tmp_path / "PWNED"
+    target = m / name
+    target.parent.mkdir(exist_ok=True)
+    if name.startswith("checkpoint"):
+        shutil.copy(m / "config.json", target.parent / "config.json")
+    target.write_bytes(pickle.dumps(_Evil(str(marker))))
+    try:
+        load_model(target.parent)
+    except ModelFolderError as e:
+        assert "pickle" in str(e) or "safetensors" in str(e)
+    assert not marker.exists(), "loading a model folder must never unpickle"
+    if name == "model.pt":  # an extra pickle beside valid weights is simply ignored
+        assert load_model(m).kind == "atbsn"

@@ -1,0 +1,131 @@
+"""Training and distillation: events, losses, resume, and denoising quality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import napari_atbsn
+from napari_atbsn.config import DistillConfig, TrainConfig
+from napari_atbsn.errors import ConfigError, ImageError, ModelFolderError
+from napari_atbsn.events import CheckpointEvent, StepEvent, drain
+from napari_atbsn.metrics import psnr
+from napari_atbsn.modelio import read_config
+from napari_atbsn.training import distill_loss, iter_distill, iter_train, train
+
+TINY = dict(preset="tiny", patch=32, batch=2, device="cpu")
+
+
+def test_events_and_cosine_schedule() -> None:
+    data = np.random.default_rng(0).normal(size=(2, 40, 40)).astype(np.float32)
+    events: list = []
+    res = train(data, "ZYX", TrainConfig(iters=6, lr=1e-3, **TINY), callback=events.append)
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert [e.step for e in steps] == [1, 2, 3, 4, 5, 6] and steps[0].total == 6
+    assert steps[0].lr == pytest.approx(1e-3) and steps[-1].lr < steps[0].lr
+    assert all(e.its_per_sec > 0 and np.isfinite(e.loss) for e in steps)
+    assert res.steps == 6 and not res.stopped and res.path is None
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_stop_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=(3, 48, 48)).astype(np.float32)
+    cfg = TrainConfig(iters=8, checkpoint_every=0, **TINY)
+    train(data, "ZYX", cfg, tmp_path / "full")
+    calls = {"n": 0}
+
+    def stop_after_3() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 3
+
+    gen = iter_train(data, "ZYX", cfg, tmp_path / "part", should_stop=stop_after_3)
+    events: list = []
+    res = drain(gen, events.append)
+    assert res.stopped and res.steps == 3 and any(isinstance(e, CheckpointEvent) for e in events)
+    assert not (tmp_path / "part" / "config.json").exists(), "a stopped run must not look complete"
+    assert read_config(tmp_path / "part" / "checkpoint")["state"]["steps"] == 3
+    res2 = train(data, "ZYX", cfg, tmp_path / "part", resume=True)
+    assert res2.steps == 8 and not (tmp_path / "part" / "checkpoint").exists()
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_existing_model_is_not_clobbered(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=(1, 40, 40)).astype(np.float32)
+    train(data, "ZYX", TrainConfig(iters=1, **TINY), tmp_path / "m")
+    with pytest.raises(ModelFolderError, match="--overwrite"):
+        train(data, "ZYX", TrainConfig(iters=1, **TINY), tmp_path / "m")
+    with pytest.raises(ModelFolderError, match="nothing to resume"):
+        train(data, "ZYX", TrainConfig(iters=1, **TINY), tmp_path / "other", resume=True)
+
+
+@pytest.mark.parametrize("field, value, word", [
+    ("iters", 0, "iters"), ("batch", -1, "batch"), ("patch", 30, "multiple"),
+    ("k_a", 4, "even"), ("k_a", 0, "identity"), ("preset", "huge", "preset")])
+def test_bad_training_settings(field: str, value, word: str) -> None:
+    with pytest.raises(ConfigError, match=word):
+        TrainConfig(**{**TINY, field: value}).resolved()
+
+
+def test_image_smaller_than_patch() -> None:
+    with pytest.raises(ImageError, match="smaller than the training patch"):
+        train(np.random.default_rng(0).random((20, 20)), "YX", TrainConfig(iters=1, **TINY))
+
+
+def test_distill_loss_is_sum_of_per_teacher_l1() -> None:
+    s = torch.zeros(2, 1, 4, 4)
+    t = torch.stack([torch.full((2, 1, 4, 4), v) for v in (1.0, -3.0, 2.0)])
+    assert float(distill_loss(s, t, mean_teacher=False)) == pytest.approx(6.0)
+    assert float(distill_loss(s, t, mean_teacher=True)) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("ks, word", [((), "empty"), ((1, 3, 3), "more than once"), ((0, 2), "even")])
+def test_bad_ks(tiny_teacher: Path, sample_stack, ks, word: str) -> None:
+    with pytest.raises(ConfigError, match=word):
+        drain(iter_distill(sample_stack[0], tiny_teacher, "ZYX", DistillConfig(ks=ks, iters=1)))
+
+
+def test_student_records_its_teachers(tiny_student: Path) -> None:
+    cfg = read_config(tiny_student)
+    assert cfg["kind"] == "student" and cfg["ks"] == [0, 1, 3, 5, 7, 9, 11] and cfg["patch"] == 32
+    assert cfg["mean_teacher"] is False and cfg["teacher"]["k_a"] == 9
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_output_comes_back_in_input_range(tiny_teacher: Path, sample_stack, dtype) -> None:
+    noisy, _ = sample_stack
+    scaled = (noisy[:1] / 2).astype(dtype) if dtype == np.uint8 else noisy[:1].astype(dtype)
+    m = napari_atbsn.load_model(tiny_teacher)
+    out = m.denoise(scaled, "ZYX", dtype="input")
+    assert out.dtype == scaled.dtype and out.shape == scaled.shape
+    assert abs(float(out.mean()) - float(scaled.mean())) < 0.5 * float(scaled.std()) + 2
+
+
+def test_teacher_and_student_beat_the_noisy_input(tiny_teacher: Path, tiny_student: Path, sample_stack) -> None:
+    noisy, clean = sample_stack
+    base = psnr(noisy, clean)
+    teacher = napari_atbsn.load_model(tiny_teacher).denoise(noisy, "ZYX", k_b=3)
+    student = napari_atbsn.load_model(tiny_student).denoise(noisy, "ZYX")
+    assert psnr(teacher, clean) > base + 0.5
+    assert psnr(student, clean) > base + 0.5
+
+
+def test_large_image_denoised_as_well_as_patch_sized_crops(tiny_teacher: Path, sample_stack) -> None:
+    """Decision 8: an image 4x the patch is run in windows, so it loses nothing to its crops."""
+    noisy, clean = sample_stack  # 128 x 128 planes, patch 32
+    m = napari_atbsn.load_model(tiny_teacher)
+    whole = m.denoise(noisy[:2], "ZYX")
+    crops = np.empty_like(whole)
+    for y in range(0, 128, 32):
+        for x in range(0, 128, 32):
+            crops[:, y:y + 32, x:x + 32] = m.denoise(noisy[:2, y:y + 32, x:x + 32], "ZYX")
+    assert psnr(whole, clean[:2]) >= psnr(crops, clean[:2]) - 0.1
