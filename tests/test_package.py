@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.metadata
 import os
 import subprocess
@@ -53,11 +54,10 @@ def test_manifest_validates_and_sample_command_resolves() -> None:
     mf = npe2.PluginManifest.from_file(PKG / "napari.yaml")
     assert mf.name == "napari-atbsn"
     (cmd,) = [c for c in mf.contributions.commands if c.id == "napari-atbsn.sample"]
-    layers = cmd.exec() if hasattr(cmd, "exec") else None
-    if layers is None:
-        from napari_atbsn.sample_data import napari_sample as fn
-
-        layers = fn()
+    module, func = cmd.python_name.split(":")
+    layers = getattr(importlib.import_module(module), func)()
+    (sample,) = mf.contributions.sample_data
+    assert sample.command == cmd.id
     names = [meta["name"] for _, meta, _ in layers]
     assert names == ["atbsn_sample_clean", "atbsn_sample_noisy"]
 

@@ -70,21 +70,23 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, sched: Any, tensors: dict[str, torch.Tensor],
-                      sched_state: dict[str, Any]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
+                      state: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_tensors` plus the JSON part (param groups, schedule)."""
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    sd = opt.state_dict()
-    sd["state"] = state
-    opt.load_state_dict(sd)
-    sched.load_state_dict(sched_state)
+        per_param.setdefault(int(idx), {})[name] = value
+    # The param groups carry the current (annealed) learning rate, which the
+    # cosine schedule's recursive update starts from.
+    opt.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    sched.load_state_dict(state["scheduler"])
 
 
 def save_checkpoint(spec: LoopSpec, opt: Any, sched: Any, steps: int) -> Path:
     assert spec.out_dir is not None
     cfg = spec.config_fn(steps)
-    cfg["state"] = {"steps": steps, "scheduler": sched.state_dict()}
+    cfg["state"] = {"steps": steps, "scheduler": sched.state_dict(),
+                    "param_groups": opt.state_dict()["param_groups"]}
     return save_folder(spec.out_dir / CHECKPOINT_DIR, spec.model, cfg, optimizer_tensors=optimizer_tensors(opt))
 
 
@@ -102,7 +104,7 @@ def load_checkpoint(spec: LoopSpec, opt: Any, sched: Any) -> int:
     except RuntimeError as e:
         raise ModelFolderError(f"the checkpoint in {ck} does not match the requested network ({e}); resume "
                                f"with the same preset and channels, or train into a new folder.") from None
-    restore_optimizer(opt, sched, load_tensors(ck / OPTIMIZER), state["scheduler"])
+    restore_optimizer(opt, sched, load_tensors(ck / OPTIMIZER), state)
     return int(state["steps"])
 
 
