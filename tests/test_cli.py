@@ -81,3 +81,29 @@ def test_demo_tiny(tmp_path: Path, capsys) -> None:
     names = {p.name for p in (tmp_path / "demo").iterdir()}
     assert {"noisy.tif", "clean.tif", "teacher", "student", "results.json", "denoised_atbsn_kb3.tif",
             "denoised_student_tiny.tif"} <= names
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path: Path, noisy_tif: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "t"
+    cmd = [sys.executable, "-m", "napari_atbsn", "train", str(noisy_tif), "-o", str(out), "--preset", "tiny",
+           "--patch", "32", "--batch", "2", "--device", "cpu", "--checkpoint-every", "0"]
+    proc = subprocess.Popen([*cmd, "--iters", "100000"], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the progress bar prints its first line after step 1
+        if line.startswith("train"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert (out / "checkpoint" / "config.json").exists() and not (out / "config.json").exists()
+    from napari_atbsn.modelio import read_config
+
+    steps = read_config(out / "checkpoint")["state"]["steps"]
+    done = subprocess.run([*cmd, "--iters", str(steps + 2), "--resume"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert read_config(out)["steps"] == steps + 2 and not (out / "checkpoint").exists()

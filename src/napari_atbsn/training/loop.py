@@ -105,6 +105,8 @@ def load_checkpoint(spec: LoopSpec, opt: Any, sched: Any) -> int:
         raise ModelFolderError(f"the checkpoint in {ck} does not match the requested network ({e}); resume "
                                f"with the same preset and channels, or train into a new folder.") from None
     restore_optimizer(opt, sched, load_tensors(ck / OPTIMIZER), state)
+    # A resume with a different --iters anneals from the current rate to 0 at the new end.
+    sched.T_max = spec.iters
     return int(state["steps"])
 
 
