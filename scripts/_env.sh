@@ -22,12 +22,12 @@ fi
 VPY="$VENV/bin/python"
 if ! "$VPY" -c "import torch" 2>/dev/null; then
   echo "[setup] installing $TORCH_SPEC (CPU build) into .venv"
-  "$VPY" -m pip install -q "$TORCH_SPEC"
+  "$VPY" -m pip install -q "$TORCH_SPEC" 2> >(grep -v "is ignored: it is neither" >&2)
 fi
 # Install the package when missing or when its metadata is older than pyproject.toml.
 STAMP="$VENV/.atbsn-installed-$1"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || ! "$VPY" -c "import napari_atbsn" 2>/dev/null; then
   echo "[setup] installing napari-atbsn${2:-} into .venv"
-  "$VPY" -m pip install -q -e ".${2:-}"
+  "$VPY" -m pip install -q -e ".${2:-}" 2> >(grep -v "is ignored: it is neither" >&2)
   touch "$STAMP"
 fi

@@ -195,6 +195,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
         raise WriteError(f"the output {dst} is the input file; choose another output path.")
     if dst.exists() and not args.overwrite:
         raise WriteError(f"{dst} already exists; choose another name or pass --overwrite.")
+    if not dst.parent.exists():
+        raise WriteError(f"output folder {dst.parent} does not exist; create it first.")
     model = load_model(args.model, device=args.device)
     if args.k_b is not None and model.kind != "atbsn":
         raise BlindSpotError("--k-b applies to AT-BSN teachers; a distilled student has no blind spot. Drop --k-b.")
