@@ -52,6 +52,9 @@ def test_train_info_distill_denoise(tmp_path: Path, noisy_tif: Path, capsys) -> 
     (["denoise", "{noisy}", "-m", "{tmp}/nomodel", "-o", "{tmp}/o.tif"], "does not exist"),
     (["denoise", "{noisy}", "-m", "{tmp}", "-o", "{noisy}"], "is the input"),
     (["info", "{noisy}"], "is a file"),
+    (["denoise", "{noisy}", "-m", "{tmp}/nomodel", "-o", "{tmp}/o.png"], "unsupported output type"),
+    (["denoise", "{noisy}", "-m", "{tmp}/nomodel", "-o", "{tmp}/nofolder/o.tif"], "does not exist"),
+    (["train", "{noisy}", "-o", "{tmp}/m", "--resume"], "nothing to resume"),
     (["distill", "{noisy}", "--teacher", "{tmp}/nomodel", "-o", "{tmp}/s"], "does not exist"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path: Path, noisy_tif: Path, capsys, args, message) -> None:

@@ -104,3 +104,20 @@ def test_write_never_clobbers_and_leaves_no_partial(tmp_path) -> None:
     with pytest.raises(WriteError, match="does not exist"):
         write_image(tmp_path / "missing" / "o.tif", np.zeros((4, 4), np.float32), "YX")
     assert sorted(f.name for f in tmp_path.iterdir()) == ["o.tif"]
+
+
+@pytest.mark.parametrize("axes, shape, pages, page_shape, back_axes", [
+    ("YXC", (20, 30, 3), 1, (20, 30, 3), "YXC"),   # RGB samples
+    ("YXC", (20, 30, 5), 5, (20, 30), "CYX"),      # not RGB: one page per channel
+    ("YXZ", (20, 30, 4), 4, (20, 30), "ZYX"),
+])
+def test_tiff_pages_are_image_planes(tmp_path, axes: str, shape, pages: int, page_shape, back_axes: str) -> None:
+    import tifffile
+
+    data = (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)
+    p = write_image(tmp_path / "a.tif", data, axes)
+    with tifffile.TiffFile(p) as tf:
+        assert len(tf.pages) == pages and tf.pages[0].shape == page_shape
+    back, got_axes = read_image(p)
+    assert got_axes == back_axes
+    np.testing.assert_array_equal(back, np.transpose(data, [axes.index(a) for a in back_axes]))

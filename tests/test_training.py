@@ -139,3 +139,56 @@ def test_large_image_denoised_as_well_as_patch_sized_crops(tiny_teacher: Path, s
         for x in range(0, 128, 32):
             crops[:, y:y + 32, x:x + 32] = m.denoise(noisy[:2, y:y + 32, x:x + 32], "ZYX")
     assert psnr(whole, clean[:2]) >= psnr(crops, clean[:2]) - 0.1
+
+
+def test_resume_keeps_checkpoint_settings_and_refuses_conflicts(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=(2, 64, 64)).astype(np.float32)
+    stop = iter([False, True])
+    res = drain(iter_train(data, "ZYX", TrainConfig(iters=5, **TINY), tmp_path / "m", should_stop=lambda: next(stop)))
+    assert res.stopped and res.steps == 2
+    with pytest.raises(ConfigError, match="--patch 64 differs from the checkpoint's 32"):
+        train(data, "ZYX", TrainConfig(preset="tiny", patch=64, device="cpu"), tmp_path / "m", resume=True)
+    # Settings not given come from the checkpoint (batch 2, patch 32, iters 5), not from the preset.
+    res = train(data, "ZYX", TrainConfig(preset="tiny", device="cpu"), tmp_path / "m", resume=True)
+    cfg = read_config(tmp_path / "m")
+    assert res.steps == 5 and cfg["patch"] == 32 and cfg["train"]["batch"] == 2
+
+
+def test_interrupted_checkpoint_swap_is_recovered(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=(2, 48, 48)).astype(np.float32)
+    stop = iter([False, False, True])
+    drain(iter_train(data, "ZYX", TrainConfig(iters=6, **TINY), tmp_path / "m", should_stop=lambda: next(stop)))
+    (tmp_path / "m" / "checkpoint").rename(tmp_path / "m" / "checkpoint.old")  # crash between the two renames
+    (tmp_path / "m" / "checkpoint.partial").mkdir()  # and a half-written new one
+    res = train(data, "ZYX", TrainConfig(iters=6, **TINY), tmp_path / "m", resume=True)
+    assert res.steps == 6 and sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json",
+                                                                                      "model.safetensors"]
+
+
+def test_stop_on_the_last_step_still_writes_the_model(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=(1, 40, 40)).astype(np.float32)
+    res = drain(iter_train(data, "ZYX", TrainConfig(iters=2, **TINY), tmp_path / "m", should_stop=lambda: True))
+    assert res.stopped and res.steps == 1  # stopped after step 1 of 2
+    res = drain(iter_train(data, "ZYX", TrainConfig(iters=2, **TINY), tmp_path / "m", resume=True,
+                           should_stop=lambda: True))
+    assert not res.stopped and (tmp_path / "m" / "config.json").exists()
+
+
+def test_overwrite_with_bad_input_keeps_the_old_model(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=(1, 40, 40)).astype(np.float32)
+    train(data, "ZYX", TrainConfig(iters=1, **TINY), tmp_path / "m")
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    with pytest.raises(ImageError, match="smaller than the training patch"):
+        train(data[:, :20, :20], "ZYX", TrainConfig(iters=1, **TINY), tmp_path / "m", overwrite=True)
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    assert read_config(tmp_path / "m")["steps"] == 1
+
+
+def test_denoise_refuses_bad_batch_size_and_kb_for_students(tiny_student: Path, sample_stack) -> None:
+    from napari_atbsn.errors import BlindSpotError
+
+    m = napari_atbsn.load_model(tiny_student)
+    with pytest.raises(ConfigError, match="batch_size"):
+        m.denoise(sample_stack[0][:1], "ZYX", batch_size=-1)
+    with pytest.raises(BlindSpotError, match="no blind spot"):
+        m.denoise(sample_stack[0][:1], "ZYX", k_b=3)

@@ -29,6 +29,18 @@ def _ks(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--ks {text!r}: give comma-separated integers, e.g. 0,1,3,5,7,9,11") from None
 
 
+def _typed(p: argparse.ArgumentParser, helps: dict[str, str], specs: Sequence[tuple[str, type]]) -> None:
+    """Options whose help text comes from the config field of the same name."""
+    for name, typ in specs:
+        p.add_argument(f"--{name}", type=typ, help=helps[name.replace("-", "_")])
+
+
+def _run_control(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in the output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model in the output folder")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--axes", help="axes of NOISY, letters from TZSCYX (default: from metadata, else guessed)")
     p.add_argument("--device", default="auto", help=TRAIN_HELP["device"])
@@ -45,13 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("noisy", help="noisy image: TIFF (2-D, stack, channels), PNG/JPEG or .npy")
     t.add_argument("-o", "--output", required=True, help="model folder to write")
     t.add_argument("--preset", default="small", choices=["paper", "small", "tiny"], help=TRAIN_HELP["preset"])
-    for name, typ in (("k-a", int), ("k-b", int), ("iters", int), ("patch", int), ("batch", int), ("lr", float),
-                      ("seed", int), ("checkpoint-every", int)):
-        t.add_argument(f"--{name}", type=typ, help=TRAIN_HELP[name.replace("-", "_")])
+    _typed(t, TRAIN_HELP, [("k-a", int), ("k-b", int), ("iters", int), ("patch", int), ("batch", int),
+                           ("lr", float), ("seed", int), ("checkpoint-every", int)])
     t.add_argument("--normalization", choices=["range255", "zscore"], help=TRAIN_HELP["normalization"])
-    t.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    t.add_argument("--resume", action="store_true", help="continue the checkpoint in the output folder")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing model in the output folder")
+    _run_control(t)
     _common(t)
 
     d = sub.add_parser("distill", help="distil a trained teacher into a fast non-blind student")
@@ -60,14 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", required=True, help="student model folder to write")
     d.add_argument("--ks", type=_ks, help=DISTILL_HELP["ks"] + " (default 0,1,3,5,7,9,11)")
     d.add_argument("--student", choices=["A", "B", "C", "tiny"], help=DISTILL_HELP["student"])
-    for name, typ in (("iters", int), ("patch", int), ("batch", int), ("lr", float), ("seed", int),
-                      ("checkpoint-every", int)):
-        d.add_argument(f"--{name}", type=typ, help=DISTILL_HELP[name.replace("-", "_")])
+    _typed(d, DISTILL_HELP, [("iters", int), ("patch", int), ("batch", int), ("lr", float), ("seed", int),
+                             ("checkpoint-every", int)])
     d.add_argument("--mean-teacher", action="store_true", help=DISTILL_HELP["mean_teacher"])
     d.add_argument("--no-init-from-teacher", action="store_true", help="student C: start from random weights")
-    d.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    d.add_argument("--resume", action="store_true", help="continue the checkpoint in the output folder")
-    d.add_argument("--overwrite", action="store_true", help="replace an existing model in the output folder")
+    _run_control(d)
     _common(d)
 
     n = sub.add_parser("denoise", help="denoise an image with a teacher or student model")
@@ -191,6 +197,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     from .progress import ProgressBar
 
     src, dst = Path(args.noisy), Path(args.output)
+    if dst.suffix.lower() not in (".tif", ".tiff", ".npy"):
+        raise WriteError(f"{dst}: unsupported output type {dst.suffix!r}; use .tif or .npy.")
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise WriteError(f"the output {dst} is the input file; choose another output path.")
     if dst.exists() and not args.overwrite:
@@ -264,14 +272,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\natbsn: interrupted.", file=sys.stderr)
         return 130
     except MemoryError:
-        print("atbsn: error: out of memory; use a smaller --batch or --patch.", file=sys.stderr)
+        print("atbsn: error: out of memory; use a smaller --batch, --patch or --batch-size.", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower() or args.debug:
+            return _internal(e, args)
+        print("atbsn: error: the device ran out of memory; use a smaller --batch, --patch or --batch-size, "
+              "or --device cpu.", file=sys.stderr)
         return 2
     except Exception as e:  # last resort: a bug, but still no wall of traceback for the user
-        if args.debug:
-            raise
-        print(f"atbsn: internal error: {type(e).__name__}: {e}\nPlease report it; re-run with --debug for details.",
-              file=sys.stderr)
-        return 1
+        return _internal(e, args)
+
+
+def _internal(e: Exception, args: argparse.Namespace) -> int:
+    if args.debug:
+        raise e
+    print(f"atbsn: internal error: {type(e).__name__}: {e}\nPlease report it; re-run with --debug for details.",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

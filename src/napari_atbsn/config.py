@@ -54,6 +54,8 @@ ATBSN_PRESETS: dict[str, UNetArch] = {
 }
 
 STUDENT_PRESETS: tuple[str, ...] = ("A", "B", "C", "tiny")
+#: Side multiple each student pools to (A/B: 2 levels, C: 5, tiny: 2).
+STUDENT_MULTIPLE: dict[str, int] = {"A": 4, "B": 4, "C": 32, "tiny": 4}
 
 #: Blind-spot sizes of the paper's SIDD multi-teacher set (method.md §1.8).
 DEFAULT_KS: tuple[int, ...] = (0, 1, 3, 5, 7, 9, 11)
@@ -72,7 +74,7 @@ def check_k(k: Any, *, name: str = "k") -> int:
             if float(k) != int(k):
                 raise ValueError
             k = int(k)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise BlindSpotError(
                 f"{name}={k!r} is not an integer; use 0 or an odd number such as 1, 3, 5, 9."
             ) from None
@@ -204,9 +206,12 @@ class DistillConfig:
         _positive("iters", cfg.iters)
         _positive("batch", cfg.batch)
         _positive("patch", cfg.patch)
-        if cfg.patch % 32 and cfg.student != "tiny":
-            raise ConfigError(f"patch={cfg.patch} must be a multiple of 32 for student {cfg.student}; try "
-                              f"{max(32, cfg.patch // 32 * 32)}.")
+        m = STUDENT_MULTIPLE[cfg.student]
+        if cfg.patch % m:
+            raise ConfigError(f"patch={cfg.patch} must be a multiple of {m} for student {cfg.student}; try "
+                              f"{max(m, cfg.patch // m * m)}.")
+        if cfg.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be 0 (off) or positive.")
         if not (cfg.lr and cfg.lr > 0):
             raise ConfigError(f"lr={cfg.lr} must be a positive number such as 3e-4.")
         return cfg
@@ -224,6 +229,37 @@ def _check_patch(patch: Any, arch: UNetArch, k_a: int) -> None:
         raise ConfigError(f"patch={patch} must be a multiple of {m} for this preset; try {max(m, patch // m * m)}.")
     if patch <= 2 * ((k_a + 1) // 2):
         raise ConfigError(f"patch={patch} is too small for k_a={k_a}; use at least {4 * m}.")
+
+
+#: Settings a resumed run may change; everything else comes from the checkpoint.
+RESUME_FREE = ("iters", "device", "amp", "checkpoint_every")
+
+
+def resume_config(current: Any, saved: dict[str, Any]) -> Any:
+    """The settings of a resumed run: the checkpoint's, except :data:`RESUME_FREE`.
+
+    A value the caller set explicitly (not ``None`` and not the field's
+    default) that differs from the checkpoint is refused: silently changing
+    the patch, for instance, would mislabel the model's inference window.
+    """
+    cls = type(current)
+    defaults = cls()
+    merged = {}
+    for f in dataclasses.fields(cls):
+        cur = getattr(current, f.name)
+        if f.name not in saved:
+            merged[f.name] = cur
+            continue
+        old = tuple(saved[f.name]) if isinstance(saved[f.name], list) else saved[f.name]
+        if f.name in RESUME_FREE:
+            merged[f.name] = old if cur is None else cur
+        elif cur is not None and cur != getattr(defaults, f.name) and cur != old:
+            flag = "--" + f.name.replace("_", "-")
+            raise ConfigError(f"{flag} {cur} differs from the checkpoint's {old}; a resumed run keeps the "
+                              f"checkpoint's settings (only {', '.join(RESUME_FREE)} may change). Drop {flag}.")
+        else:
+            merged[f.name] = old
+    return cls(**merged)
 
 
 def config_fields_help(cls: type) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .axes import from_planes, guess_axes, to_planes, validate_axes
-from .errors import ConfigError, ImageError
+from .errors import BlindSpotError, ConfigError, ImageError
 from .imageio import check_image
 from .tiling import iter_tiled, plan_windows
 
@@ -23,6 +23,10 @@ def iter_denoise(model: Denoiser, image: Any, axes: str | None = None, *, k_b: i
     """Denoise plane by plane; yields (windows_done, windows_total); returns the image."""
     if dtype not in OUTPUT_DTYPES:
         raise ConfigError(f"dtype={dtype!r}; choose float32 or input.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} must be a positive integer (windows per network call).")
+    if k_b is not None and model.kind != "atbsn":
+        raise BlindSpotError("k_b applies to AT-BSN teachers; a distilled student has no blind spot. Leave k_b unset.")
     check_image(image)
     arr = np.asarray(image)
     axes = validate_axes(axes or guess_axes(arr.shape), arr.ndim)

@@ -111,16 +111,31 @@ def write_image(path: str | os.PathLike, data: np.ndarray, axes: str, *, overwri
                 f.flush()
                 os.fsync(f.fileno())
         else:
-            import tifffile
-
-            tif_axes = axes.replace("S", "I")  # tifffile calls independent planes I, not S
-            tifffile.imwrite(tmp, data, metadata={"axes": tif_axes}, photometric="minisblack")
+            _write_tiff(tmp, data, axes)
             _fsync(tmp)
         os.replace(tmp, p)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise WriteError(f"could not write {p}: {e.strerror or e}.") from None
     return p
+
+
+def _write_tiff(path: Path, data: np.ndarray, axes: str) -> None:
+    """TIFF readers take the last two dimensions (or Y, X, RGB samples) as the image plane.
+
+    RGB(A) data with C last is written as colour samples; otherwise Y and X
+    are moved last, keeping the order of the other axes, which the file's
+    metadata records (so a YXC image with 5 channels reads back as CYX).
+    """
+    import tifffile
+
+    if axes.endswith("YXC") and data.shape[-1] in (3, 4):
+        tifffile.imwrite(path, data, photometric="rgb", metadata={"axes": axes.replace("S", "I")[:-1] + "S"})
+        return
+    order = [i for i, a in enumerate(axes) if a not in "YX"] + [axes.index("Y"), axes.index("X")]
+    data = np.transpose(data, order)
+    tif_axes = "".join(axes[i] for i in order).replace("S", "I")  # tifffile calls independent planes I
+    tifffile.imwrite(path, data, metadata={"axes": tif_axes}, photometric="minisblack")
 
 
 def _fsync(p: Path) -> None:

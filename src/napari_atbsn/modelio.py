@@ -90,6 +90,8 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelFolderError(f"{p} has no {CONFIG}: it is not a model folder, or its writing was interrupted.")
     try:
         cfg = json.loads(cfg_path.read_text())
+    except OSError as e:
+        raise ModelFolderError(f"cannot read {cfg_path}: {e.strerror or e}; check its permissions.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelFolderError(f"{cfg_path} is not valid JSON ({e}); the folder is corrupted.") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
@@ -116,6 +118,10 @@ def build_model(cfg: dict[str, Any]) -> nn.Module:
 
     arch = cfg["arch"]
     try:
+        # Bounds keep a hand-edited config from asking for a network that exhausts memory.
+        for key, hi in (("in_channels", 64), ("width", 1024), ("dec_width", 1024), ("depth", 8)):
+            if key in arch and not (isinstance(arch[key], int) and 1 <= arch[key] <= hi):
+                raise ValueError(f"{key}={arch[key]!r} is outside 1..{hi}")
         if cfg["kind"] == "atbsn":
             if arch["preset"] not in ATBSN_PRESETS:
                 raise ConfigError(f"unknown preset {arch['preset']!r}")
@@ -124,7 +130,7 @@ def build_model(cfg: dict[str, Any]) -> nn.Module:
         if arch["preset"] not in STUDENT_PRESETS:
             raise ConfigError(f"unknown student preset {arch['preset']!r}")
         return Student(arch["preset"], int(arch["in_channels"]))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ModelFolderError(f"invalid 'arch' entry {arch!r} in the model config ({e}).") from None
 
 

@@ -67,7 +67,7 @@ class Normalization:
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"invalid normalization entry {d!r} ({e}).") from None
         if norm.mode not in NORMALIZATION_MODES or len(norm.offset) != len(norm.scale) or \
-                not all(np.isfinite(norm.scale)) or min(norm.scale) <= 0:
+                not all(np.isfinite(norm.scale)) or not all(np.isfinite(norm.offset)) or min(norm.scale) <= 0:
             raise ConfigError(f"invalid normalization entry {d!r}.")
         return norm
 

@@ -77,12 +77,17 @@ def dihedral(x: np.ndarray, op: int) -> np.ndarray:
     return np.rot90(x, op % 4, axes=(-2, -1))
 
 
-def sample_batch(source: PlaneSource, step: int, *, seed: int, batch: int, patch: int,
-                 augment: bool = True) -> np.ndarray:
-    """Random (batch, C, patch, patch) float32 patches for training step ``step``."""
+def check_patch_fits(source: PlaneSource, patch: int) -> None:
+    """Training patches must fit inside a plane."""
     if source.height < patch or source.width < patch:
         raise ImageError(f"the image planes ({source.height}x{source.width}) are smaller than the training "
                          f"patch ({patch}x{patch}); use a smaller --patch (a multiple of 32) or a larger image.")
+
+
+def sample_batch(source: PlaneSource, step: int, *, seed: int, batch: int, patch: int,
+                 augment: bool = True) -> np.ndarray:
+    """Random (batch, C, patch, patch) float32 patches for training step ``step``."""
+    check_patch_fits(source, patch)
     rng = np.random.default_rng([seed, step])
     out = np.empty((batch, source.channels, patch, patch), dtype=np.float32)
     for b in range(batch):

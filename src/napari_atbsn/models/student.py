@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..config import ATBSN_PRESETS, STUDENT_PRESETS, UNetArch
+from ..config import ATBSN_PRESETS, STUDENT_MULTIPLE, STUDENT_PRESETS, UNetArch
 from ..errors import ConfigError
 from .blocks import ConvBlock, init_weights, pad_to_multiple, pool, upsample
 from .unet import UNet
@@ -92,12 +92,12 @@ class Student(nn.Module):
         self.in_channels = in_channels
         if preset in _SMALL:
             self.net: nn.Module = SmallUNet(_SMALL[preset], in_channels)
-            self.multiple = 4
+            self.multiple = STUDENT_MULTIPLE[preset]
             last = self.net.dec1[-1].conv
         else:
             arch = ATBSN_PRESETS["paper"] if preset == "C" else _TINY
             self.unet = UNet(arch, in_channels, out_channels=in_channels, blind=False, act_out=False)
-            self.multiple = arch.multiple
+            self.multiple = STUDENT_MULTIPLE[preset]
             last = self.unet.dec1.conv2.conv
         init_weights(self, last=last)
 

@@ -20,16 +20,16 @@ import torch
 import torch.nn.functional as F
 
 from ..axes import guess_axes
-from ..config import DistillConfig
+from ..config import DistillConfig, resume_config
 from ..device import resolve_device
 from ..errors import BlindSpotError, ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, StepEvent, drain
-from ..modelio import Denoiser, arch_dict, load_network
+from ..modelio import arch_dict, load_network
 from ..models import ATBSN, Student
 from ..normalization import Normalization
-from ..sampling import PlaneSource, sample_batch
-from .loop import LoopSpec, iter_optimize
-from .train import TrainResult, finish, prepare_output
+from ..sampling import PlaneSource, check_patch_fits, sample_batch
+from .loop import LoopSpec
+from .train import TrainResult, checkpoint_config, iter_run, prepare_output
 
 
 def distill_loss(student_out: torch.Tensor, teachers: torch.Tensor, *, mean_teacher: bool) -> torch.Tensor:
@@ -54,7 +54,13 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
     if not isinstance(net, ATBSN):
         raise ModelFolderError(f"{teacher} holds a {tcfg['kind']}, not an AT-BSN teacher; give the folder "
                                f"written by 'atbsn train'.")
-    cfg = (config or DistillConfig()).resolved(tcfg["arch"]["preset"], int(tcfg["patch"]))
+    saved = checkpoint_config(out_dir) if resume else None
+    if saved and Path(saved["teacher"]["path"]).resolve() != Path(teacher).resolve():
+        raise ConfigError(f"the checkpoint was distilled from {saved['teacher']['path']}, not {teacher}; resume "
+                          f"with the same --teacher.")
+    base = config or DistillConfig()
+    cfg = (resume_config(base, saved["distill"]) if saved else base).resolved(tcfg["arch"]["preset"],
+                                                                              int(tcfg["patch"]))
     s_max = (max(cfg.ks) + 1) // 2
     if s_max >= cfg.patch:
         raise BlindSpotError(f"k={max(cfg.ks)} is too large for {cfg.patch}-pixel patches; use smaller Ks.")
@@ -62,6 +68,7 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
     if source.channels != net.in_channels:
         raise ImageError(f"the data has {source.channels} channel(s) but the teacher was trained on "
                          f"{net.in_channels}; check --axes.")
+    check_patch_fits(source, cfg.patch)
     device = resolve_device(cfg.device)
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
     norm = Normalization.from_dict(tcfg["normalization"])
@@ -95,11 +102,7 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
 
     spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop)
-    res = yield from iter_optimize(spec, resume=resume)
-    cfg_final = config_fn(res.steps)
-    path = finish(out, student, cfg_final, res.stopped)
-    return TrainResult(Denoiser(student.eval(), cfg_final, device=device, path=path), path, res.steps,
-                       res.stopped, res.losses)
+    return (yield from iter_run(spec, out, config_fn, resume=resume))
 
 
 def distill(data: Any, teacher: str | Path, axes: str | None = None, config: DistillConfig | None = None,

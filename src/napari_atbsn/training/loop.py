@@ -10,6 +10,7 @@ continues exactly where the interrupted one stopped.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ..events import CheckpointEvent, StepEvent
 from ..modelio import OPTIMIZER, load_tensors, read_config, save_folder
 
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_PARTIAL, CHECKPOINT_OLD = "checkpoint.partial", "checkpoint.old"
 
 
 @dataclass
@@ -83,11 +85,32 @@ def restore_optimizer(opt: torch.optim.Optimizer, sched: Any, tensors: dict[str,
 
 
 def save_checkpoint(spec: LoopSpec, opt: Any, sched: Any, steps: int) -> Path:
+    """Write the checkpoint beside the old one, then swap them by renames.
+
+    The previous checkpoint stays intact until the new one is complete, so a
+    crash or a second Ctrl-C while saving never loses the ability to resume.
+    """
     assert spec.out_dir is not None
     cfg = spec.config_fn(steps)
     cfg["state"] = {"steps": steps, "scheduler": sched.state_dict(),
                     "param_groups": opt.state_dict()["param_groups"]}
-    return save_folder(spec.out_dir / CHECKPOINT_DIR, spec.model, cfg, optimizer_tensors=optimizer_tensors(opt))
+    final, partial, old = (spec.out_dir / n for n in (CHECKPOINT_DIR, CHECKPOINT_PARTIAL, CHECKPOINT_OLD))
+    shutil.rmtree(partial, ignore_errors=True)
+    save_folder(partial, spec.model, cfg, optimizer_tensors=optimizer_tensors(opt))
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    partial.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def recover_checkpoint(out_dir: Path) -> None:
+    """Finish a swap that a crash interrupted (only the old checkpoint is left)."""
+    final, old = out_dir / CHECKPOINT_DIR, out_dir / CHECKPOINT_OLD
+    if not final.exists() and old.exists():
+        old.rename(final)
+    shutil.rmtree(out_dir / CHECKPOINT_PARTIAL, ignore_errors=True)
 
 
 def load_checkpoint(spec: LoopSpec, opt: Any, sched: Any) -> int:
@@ -144,7 +167,8 @@ def iter_optimize(spec: LoopSpec, *, resume: bool) -> Generator[StepEvent | Chec
         losses.append(value)
         done = step + 1
         yield StepEvent(spec.stage, done, spec.iters, value, lr, (done - start) / (time.perf_counter() - t0))
-        stop = spec.should_stop is not None and spec.should_stop()
+        # A stop request on the last step is moot: the run is complete.
+        stop = done < spec.iters and spec.should_stop is not None and spec.should_stop()
         if spec.out_dir is not None and done < spec.iters and (
                 stop or (spec.checkpoint_every and done % spec.checkpoint_every == 0)):
             path = save_checkpoint(spec, opt, sched, done)

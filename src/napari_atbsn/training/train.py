@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from ..axes import guess_axes
-from ..config import TrainConfig
+from ..config import TrainConfig, resume_config
 from ..device import resolve_device
 from ..errors import ConfigError, ModelFolderError
 from ..events import CheckpointEvent, StepEvent, drain
 from ..modelio import CONFIG, Denoiser, arch_dict, read_config, save_folder
 from ..models import ATBSN
 from ..normalization import Normalization, fit_normalization
-from ..sampling import PlaneSource, sample_batch
-from .loop import CHECKPOINT_DIR, LoopSpec, iter_optimize
+from ..sampling import PlaneSource, check_patch_fits, sample_batch
+from .loop import CHECKPOINT_DIR, CHECKPOINT_OLD, CHECKPOINT_PARTIAL, LoopSpec, iter_optimize, recover_checkpoint
 
 
 @dataclass
@@ -36,6 +36,19 @@ class TrainResult:
     losses: list[float]
 
 
+def checkpoint_config(out_dir: str | Path | None) -> dict[str, Any]:
+    """The config of the resumable checkpoint in ``out_dir`` (finishing an interrupted swap first)."""
+    if out_dir is None:
+        raise ConfigError("resume needs the output folder that holds the checkpoint.")
+    p = Path(out_dir)
+    if p.is_dir():
+        recover_checkpoint(p)
+    if not (p / CHECKPOINT_DIR / CONFIG).exists():
+        raise ModelFolderError(f"nothing to resume: {p / CHECKPOINT_DIR} holds no checkpoint; start without "
+                               f"--resume.")
+    return read_config(p / CHECKPOINT_DIR)
+
+
 def prepare_output(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> Path | None:
     """Check the output folder: never clobber a model unless asked; resume needs a checkpoint."""
     if out_dir is None:
@@ -46,15 +59,14 @@ def prepare_output(out_dir: str | Path | None, *, resume: bool, overwrite: bool)
     if p.exists() and not p.is_dir():
         raise ModelFolderError(f"{p} is a file; the output must be a folder.")
     if resume:
-        if not (p / CHECKPOINT_DIR / CONFIG).exists():
-            raise ModelFolderError(f"nothing to resume: {p / CHECKPOINT_DIR} holds no checkpoint; start without "
-                                   f"--resume.")
+        checkpoint_config(p)  # raises when there is nothing to resume
     elif p.exists() and ((p / CONFIG).exists() or (p / CHECKPOINT_DIR).exists()) and not overwrite:
         raise ModelFolderError(f"{p} already holds a model or checkpoint; use --resume to continue it, "
                                f"--overwrite to replace it, or another folder.")
     if p.exists() and overwrite and not resume:
         (p / CONFIG).unlink(missing_ok=True)
-        shutil.rmtree(p / CHECKPOINT_DIR, ignore_errors=True)
+        for name in (CHECKPOINT_DIR, CHECKPOINT_PARTIAL, CHECKPOINT_OLD):
+            shutil.rmtree(p / name, ignore_errors=True)
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -71,6 +83,16 @@ def finish(out: Path | None, model: torch.nn.Module, cfg: dict[str, Any], stoppe
     return out
 
 
+def iter_run(spec: LoopSpec, out: Path | None, config_fn: Callable[[int], dict[str, Any]], *, resume: bool,
+             ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
+    """Run the loop, then write the model folder (unless stopped) and wrap the result."""
+    res = yield from iter_optimize(spec, resume=resume)
+    cfg_final = config_fn(res.steps)
+    path = finish(out, spec.model, cfg_final, res.stopped)
+    model = Denoiser(spec.model.eval(), cfg_final, device=spec.device, path=path)
+    return TrainResult(model, path, res.steps, res.stopped, res.losses)
+
+
 def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = None,
                out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
                should_stop: Callable[[], bool] | None = None,
@@ -83,13 +105,14 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
     ``should_stop`` is polled after every step: when it returns True a
     checkpoint is saved and the run returns with ``stopped=True``.
     """
-    cfg = (config or TrainConfig()).resolved()
+    saved = checkpoint_config(out_dir) if resume else None
+    cfg = (resume_config(config or TrainConfig(), saved["train"]) if saved else config or TrainConfig()).resolved()
     source = PlaneSource(data, axes or guess_axes(np.shape(data)))
+    check_patch_fits(source, cfg.patch)  # every check before the output folder is touched
     device = resolve_device(cfg.device)
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
-    if resume:
-        assert out is not None
-        norm = Normalization.from_dict(read_config(out / CHECKPOINT_DIR)["normalization"])
+    if saved:
+        norm = Normalization.from_dict(saved["normalization"])
     else:
         norm = fit_normalization(source.sample_pixels(np.random.default_rng(cfg.seed)), cfg.normalization)
     torch.manual_seed(cfg.seed)
@@ -109,11 +132,7 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
 
     spec = LoopSpec("train", model, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop)
-    res = yield from iter_optimize(spec, resume=resume)
-    cfg_final = config_fn(res.steps)
-    path = finish(out, model, cfg_final, res.stopped)
-    return TrainResult(Denoiser(model.eval(), cfg_final, device=device, path=path), path, res.steps,
-                       res.stopped, res.losses)
+    return (yield from iter_run(spec, out, config_fn, resume=resume))
 
 
 def train(data: Any, axes: str | None = None, config: TrainConfig | None = None,
