@@ -101,35 +101,48 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--distill-iters", type=int, default=600)
     ap.add_argument("--student", default="A")
+    ap.add_argument("--ks", default="0,1,3,5,7,9,11", help="teacher blind spots for distillation")
+    ap.add_argument("--teacher", default=None, help="reuse this trained teacher folder (skips training)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     noisy, clean, axes, drange = load(args.dataset, args.n_images)
+    ks = tuple(int(k) for k in args.ks.split(","))
     tag = f"{args.dataset}_ka{args.k_a}_{args.preset}_p{args.patch}_i{args.iters}"
     out = Path(args.out) / tag
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    tr = train(noisy, axes, TrainConfig(preset=args.preset, k_a=args.k_a, iters=args.iters, patch=args.patch,
-                                        batch=args.batch, lr=args.lr, device="cpu"), out / "teacher", overwrite=True)
+    if args.teacher:
+        from napari_atbsn import load_model
+
+        teacher_dir = Path(args.teacher)
+        tr_model = load_model(teacher_dir)
+        args.k_a = tr_model.config["k_a"]
+    else:
+        teacher_dir = out / "teacher"
+        tr_model = train(noisy, axes, TrainConfig(preset=args.preset, k_a=args.k_a, iters=args.iters,
+                                                  patch=args.patch, batch=args.batch, lr=args.lr, device="cpu"),
+                         teacher_dir, overwrite=True).model
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    st = distill(noisy, out / "teacher", axes, DistillConfig(student=args.student, iters=args.distill_iters,
-                                                             batch=args.batch, device="cpu"),
-                 out / "student", overwrite=True)
+    st = distill(noisy, teacher_dir, axes, DistillConfig(student=args.student, iters=args.distill_iters, ks=ks,
+                                                         batch=args.batch, device="cpu"),
+                 out / f"student_{args.student}_ks{''.join(map(str, ks))}", overwrite=True)
     t_distill = time.perf_counter() - t0
 
     sel = slice(0, args.eval_planes) if args.dataset == "fmd" else slice(None)
     ev_noisy, ev_clean = noisy[sel], np.asarray(clean[sel])
-    sweep = teacher_sweep(tr.model, ev_noisy, axes)
+    sweep = teacher_sweep(tr_model, ev_noisy, axes)
     results = {"noisy input": ev_noisy.astype(np.float32)}
     results.update({f"AT-BSN k_a={args.k_a} k_b={kb}": v for kb, v in sweep.items()})
     results["teacher mean over k_b 0,1,3,5,9"] = np.mean([sweep[k] for k in KBS], axis=0)
-    results[f"student {args.student} (Ks 0..11)"] = st.model.denoise(ev_noisy, axes)
+    results[f"student {args.student} (Ks {args.ks})"] = st.model.denoise(ev_noisy, axes)
     rows = []
     for name, img in results.items():
         rows.append((name, psnr(img, ev_clean, drange), ssim(img, ev_clean, drange, axes=axes)))
-    print(f"\n{args.dataset}: {ev_noisy.shape} {axes}; training {t_train:.0f} s ({args.iters} it, "
-          f"{args.preset}, patch {args.patch}, batch {args.batch}), distillation {t_distill:.0f} s "
+    trained = f"teacher from {args.teacher}" if args.teacher else \
+        f"training {t_train:.0f} s ({args.iters} it, {args.preset}, patch {args.patch}, batch {args.batch})"
+    print(f"\n{args.dataset}: {ev_noisy.shape} {axes}; {trained}, distillation {t_distill:.0f} s "
           f"({args.distill_iters} it, student {args.student}); {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads\n")
     print("| method | PSNR (dB) | SSIM |\n|---|---|---|")

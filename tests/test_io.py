@@ -121,3 +121,16 @@ def test_tiff_pages_are_image_planes(tmp_path, axes: str, shape, pages: int, pag
     back, got_axes = read_image(p)
     assert got_axes == back_axes
     np.testing.assert_array_equal(back, np.transpose(data, [axes.index(a) for a in back_axes]))
+
+
+@pytest.mark.parametrize("kind, axes, shape", [("imagej", "ZCYX", (3, 2, 16, 20)), ("imagej", "TZYX", (2, 3, 16, 20)),
+                                               ("ome", "ZYX", (4, 16, 20)), ("ome", "CYX", (2, 16, 20))])
+def test_axes_from_imagej_and_ome_metadata(tmp_path, kind: str, axes: str, shape) -> None:
+    import tifffile
+
+    data = np.arange(np.prod(shape), dtype=np.uint16).reshape(shape)
+    p = tmp_path / ("a.ome.tif" if kind == "ome" else "a.tif")
+    tifffile.imwrite(p, data, imagej=kind == "imagej", ome=kind == "ome", metadata={"axes": axes})
+    back, got = read_image(p)
+    assert got == axes
+    np.testing.assert_array_equal(back, data)
