@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .config import DistillConfig, TrainConfig
 from .imageio import write_image
 from .metrics import psnr, ssim
@@ -88,5 +86,4 @@ def main() -> None:  # pragma: no cover - thin wrapper for `python -m napari_atb
 
 
 if __name__ == "__main__":  # pragma: no cover
-    np.set_printoptions(precision=3)
     main()

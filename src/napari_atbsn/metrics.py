@@ -44,9 +44,9 @@ def ssim(image: np.ndarray, reference: np.ndarray, data_range: float | None = No
         raise ValueError(f"shapes differ: {x.shape} vs {ref.shape}")
     axes = validate_axes(axes or guess_axes(x.shape), x.ndim)
     rng = float(ref.max() - ref.min()) if data_range is None else float(data_range)
-    a = to_planes(x, axes).reshape(-1, *x.shape[-2:]) if axes.endswith("YX") else \
-        to_planes(x, axes).reshape((-1, *to_planes(x, axes).shape[-2:]))
-    b = to_planes(ref, axes).reshape(a.shape)
+    planes_x, planes_ref = to_planes(x, axes), to_planes(ref, axes)  # (N, C, Y, X)
+    a = planes_x.reshape(-1, *planes_x.shape[-2:])
+    b = planes_ref.reshape(a.shape)
     c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
     g = _gaussian_window()
     mu_a, mu_b = _filter(a, g), _filter(b, g)
