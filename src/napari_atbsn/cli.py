@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__
 from .config import DistillConfig, TrainConfig, config_fields_help
-from .errors import ATBSNError, BlindSpotError, WriteError
+from .errors import ATBSNError, WriteError
 
 TRAIN_HELP = config_fields_help(TrainConfig)
 DISTILL_HELP = config_fields_help(DistillConfig)
@@ -192,22 +192,15 @@ def _report_run(res: Any, output: str) -> int:
 
 def cmd_denoise(args: argparse.Namespace) -> int:
     from .events import drain
-    from .imageio import read_image, write_image
+    from .imageio import check_output_path, read_image, write_image
     from .modelio import load_model
     from .progress import ProgressBar
 
     src, dst = Path(args.noisy), Path(args.output)
-    if dst.suffix.lower() not in (".tif", ".tiff", ".npy"):
-        raise WriteError(f"{dst}: unsupported output type {dst.suffix!r}; use .tif or .npy.")
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise WriteError(f"the output {dst} is the input file; choose another output path.")
-    if dst.exists() and not args.overwrite:
-        raise WriteError(f"{dst} already exists; choose another name or pass --overwrite.")
-    if not dst.parent.exists():
-        raise WriteError(f"output folder {dst.parent} does not exist; create it first.")
+    check_output_path(dst, overwrite=args.overwrite)
     model = load_model(args.model, device=args.device)
-    if args.k_b is not None and model.kind != "atbsn":
-        raise BlindSpotError("--k-b applies to AT-BSN teachers; a distilled student has no blind spot. Drop --k-b.")
     data, axes = read_image(src, args.axes)
     bar = ProgressBar("denoise", 1)
 

@@ -93,16 +93,22 @@ def check_image(data: Any, name: str = "image") -> None:
         raise ImageError(f"{name} is {arr.ndim}-D; an image needs at least 2 dimensions (Y and X).")
 
 
-def write_image(path: str | os.PathLike, data: np.ndarray, axes: str, *, overwrite: bool = False) -> Path:
-    """Write a TIFF (axes in its metadata) or .npy atomically; never clobbers without ``overwrite``."""
+def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Refuse an output we cannot or must not write, before any work is done."""
     p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix not in (*TIFF_SUFFIXES, ".npy"):
-        raise WriteError(f"{p}: unsupported output type {suffix!r}; use .tif or .npy.")
+    if p.suffix.lower() not in (*TIFF_SUFFIXES, ".npy"):
+        raise WriteError(f"{p}: unsupported output type {p.suffix!r}; use .tif or .npy.")
     if p.exists() and not overwrite:
         raise WriteError(f"{p} already exists; choose another name or pass --overwrite.")
     if not p.parent.exists():
-        raise WriteError(f"folder {p.parent} does not exist; create it first.")
+        raise WriteError(f"output folder {p.parent} does not exist; create it first.")
+    return p
+
+
+def write_image(path: str | os.PathLike, data: np.ndarray, axes: str, *, overwrite: bool = False) -> Path:
+    """Write a TIFF (axes in its metadata) or .npy atomically; never clobbers without ``overwrite``."""
+    p = check_output_path(path, overwrite=overwrite)
+    suffix = p.suffix.lower()
     tmp = p.with_name(f".{p.name}.partial")
     try:
         if suffix == ".npy":

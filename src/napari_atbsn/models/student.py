@@ -90,14 +90,13 @@ class Student(nn.Module):
             raise ConfigError(f"in_channels={in_channels} must be at least 1.")
         self.preset = preset
         self.in_channels = in_channels
+        self.multiple = STUDENT_MULTIPLE[preset]
         if preset in _SMALL:
             self.net: nn.Module = SmallUNet(_SMALL[preset], in_channels)
-            self.multiple = STUDENT_MULTIPLE[preset]
             last = self.net.dec1[-1].conv
         else:
             arch = ATBSN_PRESETS["paper"] if preset == "C" else _TINY
             self.unet = UNet(arch, in_channels, out_channels=in_channels, blind=False, act_out=False)
-            self.multiple = STUDENT_MULTIPLE[preset]
             last = self.unet.dec1.conv2.conv
         init_weights(self, last=last)
 

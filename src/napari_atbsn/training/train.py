@@ -50,17 +50,16 @@ def checkpoint_config(out_dir: str | Path | None) -> dict[str, Any]:
 
 
 def prepare_output(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> Path | None:
-    """Check the output folder: never clobber a model unless asked; resume needs a checkpoint."""
+    """Check the output folder: never clobber a model unless asked.
+
+    With ``resume`` the caller has already read the checkpoint (:func:`checkpoint_config`).
+    """
     if out_dir is None:
-        if resume:
-            raise ConfigError("resume needs the output folder that holds the checkpoint.")
         return None
     p = Path(out_dir)
     if p.exists() and not p.is_dir():
         raise ModelFolderError(f"{p} is a file; the output must be a folder.")
-    if resume:
-        checkpoint_config(p)  # raises when there is nothing to resume
-    elif p.exists() and ((p / CONFIG).exists() or (p / CHECKPOINT_DIR).exists()) and not overwrite:
+    if not resume and p.exists() and ((p / CONFIG).exists() or (p / CHECKPOINT_DIR).exists()) and not overwrite:
         raise ModelFolderError(f"{p} already holds a model or checkpoint; use --resume to continue it, "
                                f"--overwrite to replace it, or another folder.")
     if p.exists() and overwrite and not resume:
