@@ -32,7 +32,6 @@ import torch
 
 from napari_atbsn.config import DistillConfig, TrainConfig
 from napari_atbsn.metrics import psnr, ssim
-from napari_atbsn.tiling import iter_tiled
 from napari_atbsn.training import distill, train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -64,28 +63,12 @@ def load(dataset: str, n_images: int) -> tuple[np.ndarray, np.ndarray, str, floa
 
 
 def teacher_sweep(model, noisy: np.ndarray, axes: str, kbs=KBS) -> dict[int, np.ndarray]:
-    """All k_b outputs from one UNet pass per window (ATBSN.teachers)."""
-    from napari_atbsn.axes import from_planes, to_planes
+    """All k_b outputs from one UNet pass per window (ATBSN.teachers via the in-memory pipeline)."""
+    from napari_atbsn.events import drain
+    from napari_atbsn.pipeline import iter_denoise_array
 
-    planes = to_planes(noisy, axes).astype(np.float32)
-    n, c, h, w = planes.shape
-    out = np.empty((n, len(kbs) * c, h, w), np.float32)
-
-    def fn(tiles: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            t = model.network.teachers(torch.from_numpy(np.ascontiguousarray(tiles)), kbs)
-        k, b = t.shape[:2]
-        return t.permute(1, 0, 2, 3, 4).reshape(b, k * c, *t.shape[-2:]).numpy()
-
-    for i in range(n):
-        normed = model.normalization.apply(planes[i])
-        for _ in iter_tiled(fn, normed, window=model.patch, halo=model.halo, batch_size=8, out=out[i]):
-            pass
-    res = {}
-    for j, kb in enumerate(kbs):
-        den = model.normalization.undo(out[:, j * c:(j + 1) * c])
-        res[kb] = from_planes(den, axes, noisy.shape)
-    return res
+    outs = drain(iter_denoise_array(model, noisy, axes, ks=list(kbs), batch_size=8, dtype="float32"))
+    return dict(zip(kbs, outs, strict=True))
 
 
 def main() -> None:

@@ -11,12 +11,11 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import DistillConfig, TrainConfig, config_fields_help
-from .errors import ATBSNError, WriteError
+from .errors import ATBSNError
 
 TRAIN_HELP = config_fields_help(TrainConfig)
 DISTILL_HELP = config_fields_help(DistillConfig)
@@ -54,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train an AT-BSN teacher on noisy data")
-    t.add_argument("noisy", help="noisy image: TIFF (2-D, stack, channels), PNG/JPEG or .npy")
+    t.add_argument("noisy", help="noisy image or volume: TIFF/OME-TIFF, .zarr/.ome.zarr, .nii(.gz), .npy, PNG/JPEG "
+                   "(read lazily, patch by patch)")
     t.add_argument("-o", "--output", required=True, help="model folder to write")
     t.add_argument("--preset", default="small", choices=["paper", "small", "tiny"], help=TRAIN_HELP["preset"])
     _typed(t, TRAIN_HELP, [("k-a", int), ("k-b", int), ("iters", int), ("patch", int), ("batch", int),
@@ -76,15 +76,34 @@ def build_parser() -> argparse.ArgumentParser:
     _run_control(d)
     _common(d)
 
-    n = sub.add_parser("denoise", help="denoise an image with a teacher or student model")
-    n.add_argument("noisy")
+    n = sub.add_parser("denoise", help="denoise an image or volume of any size, chunk by chunk (resumable)",
+                       description="Denoise IN with a teacher or student model. The network runs on windows of "
+                       "the model's training patch size; the output is written chunk by chunk, so memory does "
+                       "not grow with the volume. A killed or stopped run resumes when the same command is run "
+                       "again.")
+    n.add_argument("noisy", metavar="IN", help="TIFF/BigTIFF/OME-TIFF/ImageJ, .zarr/.ome.zarr, .nii(.gz), .npy, "
+                   "PNG/JPEG")
     n.add_argument("-m", "--model", required=True, help="model folder")
-    n.add_argument("-o", "--output", required=True, help="output .tif or .npy")
-    n.add_argument("--k-b", type=int, help="inference blind-spot size (teachers only; default: the model's, 3)")
+    n.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output .ome.zarr/.zarr (OME-NGFF, with a pyramid), .tif (BigTIFF, tiled) or .npy")
+    n.add_argument("--k-b", type=int, nargs="+", metavar="K",
+                   help="inference blind-spot size(s) (teachers only; default: the model's). Several values give "
+                   "several outputs, OUT_kbK, from one network pass per window")
+    n.add_argument("--chunk", type=int, help="output chunk side in pixels (default: from free memory)")
+    n.add_argument("--window", type=int, help="expert: network window side (default: the training patch; "
+                   "the networks are not size-invariant)")
+    n.add_argument("--halo", type=int, help="expert: context kept around each window's centre (default window/4)")
+    n.add_argument("--roi", help="sub-volume to denoise, e.g. Z=10:20,Y=0:512,X=100:600 (context outside it "
+                   "is still read, so the result equals the same pixels of a full run)")
     n.add_argument("--dtype", choices=["float32", "input"], default="float32",
                    help="output type: float32, or the input's type (rounded and clipped)")
-    n.add_argument("--batch-size", type=int, default=4, help="windows per network call")
-    n.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    n.add_argument("--batch-size", type=int, help="windows per network call (default: 4 on CPU, from free "
+                   "memory on GPU; halved automatically when the device runs out of memory)")
+    n.add_argument("--scheduler", default="sync", help="sync (default), threads, processes, or tcp://HOST:PORT "
+                   "of a running dask.distributed scheduler")
+    n.add_argument("--workers", type=int, help="dask workers for threads/processes (default 2)")
+    n.add_argument("--overwrite", action="store_true", help="replace an existing output (kept until the new one "
+                   "is complete) or restart a different partial job")
     _common(n)
 
     i = sub.add_parser("info", help="describe a model folder")
@@ -105,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 class StopFlag:
     """SIGINT handler that asks the training loop to checkpoint and stop."""
 
-    def __init__(self) -> None:
+    def __init__(self, message: str = "stopping after this step and saving a checkpoint") -> None:
         self.requested = False
+        self.message = message
         self._old: Any = None
 
     def __enter__(self) -> StopFlag:
@@ -117,8 +137,7 @@ class StopFlag:
         if self.requested:  # a second Ctrl-C aborts at once
             raise KeyboardInterrupt
         self.requested = True
-        print("\natbsn: stopping after this step and saving a checkpoint (Ctrl-C again to abort)...",
-              file=sys.stderr)
+        print(f"\natbsn: {self.message} (Ctrl-C again to abort)...", file=sys.stderr)
 
     def __exit__(self, *exc: Any) -> None:
         signal.signal(signal.SIGINT, self._old)
@@ -148,13 +167,20 @@ def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def _open_training_data(path: str, axes: str | None) -> tuple[Any, str]:
+    """Training data stays on disk: patches are read from the lazy array as they are drawn."""
+    from .readers import open_image
+
+    img = open_image(path, axes)
+    print(f"atbsn: {path}: shape {img.shape}, axes {img.axes}, dtype {img.dtype}", file=sys.stderr)
+    return img.data, img.axes
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .events import drain
-    from .imageio import read_image
     from .training import iter_train
 
-    data, axes = read_image(args.noisy, args.axes)
-    print(f"atbsn: {args.noisy}: shape {data.shape}, axes {axes}, dtype {data.dtype}", file=sys.stderr)
+    data, axes = _open_training_data(args.noisy, args.axes)
     cfg = TrainConfig(preset=args.preset, device=args.device, amp=not args.no_amp,
                       **_overrides(args, ["k_a", "k_b", "iters", "patch", "batch", "lr", "seed", "normalization",
                                           "checkpoint_every"]))
@@ -166,10 +192,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from .events import drain
-    from .imageio import read_image
     from .training import iter_distill
 
-    data, axes = read_image(args.noisy, args.axes)
+    data, axes = _open_training_data(args.noisy, args.axes)
     cfg = DistillConfig(device=args.device, amp=not args.no_amp, mean_teacher=args.mean_teacher,
                         init_from_teacher=not args.no_init_from_teacher,
                         **_overrides(args, ["ks", "student", "iters", "patch", "batch", "lr", "seed",
@@ -192,25 +217,40 @@ def _report_run(res: Any, output: str) -> int:
 
 def cmd_denoise(args: argparse.Namespace) -> int:
     from .events import drain
-    from .imageio import check_output_path, read_image, write_image
     from .modelio import load_model
+    from .pipeline import check_scheduler, iter_run, plan_job
     from .progress import ProgressBar
+    from .readers import open_image
 
-    src, dst = Path(args.noisy), Path(args.output)
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-        raise WriteError(f"the output {dst} is the input file; choose another output path.")
-    check_output_path(dst, overwrite=args.overwrite)
+    check_scheduler(args.scheduler)
+    source = open_image(args.noisy, args.axes)
+    print(f"atbsn: {args.noisy}: shape {source.shape}, axes {source.axes}, {source.dtype} "
+          f"({source.nbytes / 2**30:.2f} GiB, {source.format})", file=sys.stderr)
     model = load_model(args.model, device=args.device)
-    data, axes = read_image(src, args.axes)
+    k_b = args.k_b[0] if args.k_b and len(args.k_b) == 1 else args.k_b
+    workers = args.workers or (2 if args.scheduler in ("threads", "processes") else 1)
+    job = plan_job(source, model, args.output, k_b=k_b, roi=args.roi, chunk=args.chunk, window=args.window,
+                   halo=args.halo, batch_size=args.batch_size, dtype=args.dtype, overwrite=args.overwrite,
+                   workers=workers)
+    print(f"atbsn: {model.name}, window {job.window} (halo {job.halo}), chunk {job.chunk}, "
+          f"{len(job.units())} chunks, scheduler {args.scheduler}", file=sys.stderr)
     bar = ProgressBar("denoise", 1)
 
     def cb(ev: tuple[int, int]) -> None:
-        bar.total = ev[1]
+        bar.total = max(1, ev[1])
         bar.update(ev[0])
 
-    out = drain(model.iter_denoise(data, axes, k_b=args.k_b, batch_size=args.batch_size, dtype=args.dtype), cb)
-    write_image(dst, out, axes, overwrite=args.overwrite)
-    print(f"atbsn: wrote {dst} ({model.name}, shape {out.shape}, {out.dtype})", file=sys.stderr)
+    def log(msg: str) -> None:
+        print(f"atbsn: {msg}", file=sys.stderr)
+
+    with StopFlag("stopping after the chunks in progress; run the same command to resume") as stop:
+        res = drain(iter_run(job, overwrite=args.overwrite, scheduler=args.scheduler, workers=workers,
+                             should_stop=stop, log=log), cb)
+    if not res.complete:
+        return 130
+    for p in res.paths:
+        print(f"atbsn: wrote {p} ({res.units_computed} chunks computed, {res.units_resumed} resumed, "
+              f"{res.seconds:.1f} s)", file=sys.stderr)
     return 0
 
 

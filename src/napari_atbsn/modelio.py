@@ -9,11 +9,12 @@ and a ``state`` entry in the config.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
-from datetime import datetime, timezone
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def save_folder(path: str | os.PathLike, model: nn.Module, config: dict[str, Any
     try:
         p.mkdir(parents=True, exist_ok=True)
         cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
-               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **config}
+               "created": datetime.now(UTC).isoformat(timespec="seconds"), **config}
         (p / CONFIG).unlink(missing_ok=True)  # incomplete until the new config lands
         atomic_write_bytes(p / WEIGHTS, _tensor_bytes(model.state_dict()))
         if optimizer_tensors is not None:
@@ -217,6 +218,34 @@ class Denoiser:
         else:
             y = self.network(t)
         return y.float().cpu().numpy()
+
+    @torch.no_grad()
+    def run_windows(self, x: np.ndarray, ks: Sequence[int | None]) -> np.ndarray:
+        """Normalised (B, C, w, w) windows -> (K, B, C, w, w), one output per k in ``ks``.
+
+        A teacher computes the rotated UNet features once and applies the head
+        for each k (None: the model's own k_b); a student has one output.
+        """
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        # PyTorch's CPU kernels take another code path for a batch of one, whose rounding differs; pairing a
+        # lone window with a copy keeps every window's result independent of how windows are batched.
+        single = t.shape[0] == 1
+        if single:
+            t = torch.cat([t, t])
+        if self.kind == "atbsn":
+            y = self.network.teachers(t, [self.k_b if k is None else check_k(k, name="k_b") for k in ks])
+        else:
+            y = self.network(t)[None]
+        return y[:, :1].float().cpu().numpy() if single else y.float().cpu().numpy()
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what determines the output: kind, normalisation, window, default k_b and weights."""
+        h = hashlib.sha256(json.dumps({"kind": self.kind, "norm": self.normalization.to_dict(), "patch": self.patch,
+                                       "k_b": self.k_b, "arch": self.config["arch"]}, sort_keys=True).encode())
+        for key, tensor in sorted(self.network.state_dict().items()):
+            h.update(key.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def __call__(self, window: Any, k_b: int | None = None) -> Any:
         is_torch = isinstance(window, torch.Tensor)

@@ -1,4 +1,4 @@
-"""Windowed inference: the network only ever sees windows of its training size.
+"""Windowed inference geometry: the network only ever sees windows of its training size.
 
 Why: the networks are not size-invariant (method.md Decision 8). Every
 shifted conv and pool pads zeros at the top of its rotated frame, and the
@@ -7,11 +7,19 @@ larger image, the same weights drift (20.7 dB whole-image vs 35.5 dB tiled in
 our calibration). So inference runs on ``window x window`` crops with a
 ``halo`` of real context, and keeps only each window's centre.
 
-The plan is pure geometry. Along each axis, kept "cores" of ``window - 2*halo``
-pixels tile the image; each window is its core plus the halo, clamped inside
-the image. Invariant: every output pixel is written exactly once, and each
-kept pixel is at least ``halo`` from its window's edge unless that edge is the
-image's own border.
+Two grids, both pure geometry (numpy only, no torch):
+
+* the **window grid** is anchored to the whole plane: along each axis, kept
+  "cores" of ``window - 2*halo`` pixels tile the plane from 0; each window is
+  its core plus the halo, clamped inside the plane. It depends only on the
+  plane size, the window and the halo, so every output pixel always comes
+  from the same window whatever is being computed around it;
+* the **chunk grid** cuts the output (the plane, or a region of interest) into
+  blocks of any size. A chunk is computed from exactly the windows whose
+  kept core meets it (:meth:`AxisPlan.windows_for`), read from one region
+  (:meth:`AxisPlan.read_range`). So results do not depend on the chunk size,
+  and chunks can be computed in any order, on any worker, or again after an
+  interruption.
 """
 
 from __future__ import annotations
@@ -34,10 +42,17 @@ class Span:
     keep_stop: int
 
 
+def check_window(window: int, halo: int) -> None:
+    for name, v in (("window", window), ("halo", halo)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise ConfigError(f"{name}={v!r} must be an integer number of pixels.")
+    if window <= 0 or halo < 0 or window - 2 * halo <= 0:
+        raise ConfigError(f"window={window} and halo={halo} leave no centre to keep; use 0 <= halo < window/2.")
+
+
 def plan_axis(length: int, window: int, halo: int) -> list[Span]:
     """Windows along one axis of ``length`` pixels (length may be < window: padded later)."""
-    if window <= 0 or halo < 0 or window - 2 * halo <= 0:
-        raise ConfigError(f"window={window} and halo={halo} leave no centre to keep; use halo < window/2.")
+    check_window(window, halo)
     core = window - 2 * halo
     spans = []
     for c0 in range(0, length, core):
@@ -57,27 +72,134 @@ def default_halo(window: int) -> int:
     return window // 4
 
 
-def iter_tiled(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *, window: int, halo: int,
-               batch_size: int, out: np.ndarray) -> Iterator[tuple[int, int]]:
-    """Apply ``fn`` (B, C, w, w) -> (B, C', w, w) to a (C, Y, X) image in windows.
+class AxisPlan:
+    """The window grid along one axis, as arrays, with chunk -> window lookups."""
 
-    Fills ``out`` (C', Y, X); yields ``(windows_done, windows_total)`` after
-    each batch so callers can report progress and stop. Planes smaller than
-    the window are zero-padded at the bottom/right (zeros, in the normalised
-    space, carry no pixel's own value).
+    def __init__(self, length: int, window: int, halo: int) -> None:
+        spans = plan_axis(length, window, halo)
+        self.length, self.window, self.halo = int(length), int(window), int(halo)
+        self.starts = np.array([s.start for s in spans], dtype=np.int64)
+        self.keep_starts = np.array([s.keep_start for s in spans], dtype=np.int64)
+        self.keep_stops = np.array([s.keep_stop for s in spans], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def windows_for(self, a: int, b: int) -> tuple[int, int]:
+        """Indices [i0, i1) of the windows whose kept core meets [a, b)."""
+        if not 0 <= a < b <= self.length:
+            raise ValueError(f"range [{a}, {b}) is outside the axis [0, {self.length}).")
+        # cores partition the axis in order, so both ends are a binary search
+        i0 = int(np.searchsorted(self.keep_stops, a, side="right"))
+        i1 = int(np.searchsorted(self.keep_starts, b, side="left"))
+        return i0, i1
+
+    def read_range(self, i0: int, i1: int) -> tuple[int, int]:
+        """The pixels windows i0..i1-1 read (clamped to the axis; shorter than a window only if the axis is)."""
+        return int(self.starts[i0]), int(min(self.starts[i1 - 1] + self.window, self.length))
+
+
+@dataclass(frozen=True)
+class Box:
+    """A chunk of one plane's output: rows [y0, y1), columns [x0, x1)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+
+def chunk_boxes(region: Box, chunk: tuple[int, int]) -> list[Box]:
+    """The chunk grid over ``region`` (the plane or a region of interest), anchored at its corner."""
+    cy, cx = chunk
+    if cy < 1 or cx < 1:
+        raise ConfigError(f"chunk={chunk} must be positive.")
+    return [Box(y, min(y + cy, region.y1), x, min(x + cx, region.x1))
+            for y in range(region.y0, region.y1, cy) for x in range(region.x0, region.x1, cx)]
+
+
+@dataclass(frozen=True)
+class PlaneGrid:
+    """The window grid of a whole ``height x width`` plane."""
+
+    y: AxisPlan
+    x: AxisPlan
+
+    @classmethod
+    def of(cls, height: int, width: int, window: int, halo: int) -> PlaneGrid:
+        return cls(AxisPlan(height, window, halo), AxisPlan(width, window, halo))
+
+    @property
+    def window(self) -> int:
+        return self.y.window
+
+    def windows(self, box: Box) -> tuple[range, range]:
+        """Window indices (along y and x) that ``box`` needs."""
+        return range(*self.y.windows_for(box.y0, box.y1)), range(*self.x.windows_for(box.x0, box.x1))
+
+    def read_box(self, box: Box) -> Box:
+        """The source pixels the windows of ``box`` read."""
+        ys, xs = self.windows(box)
+        y0, y1 = self.y.read_range(ys.start, ys.stop)
+        x0, x1 = self.x.read_range(xs.start, xs.stop)
+        return Box(y0, y1, x0, x1)
+
+    def count(self, box: Box) -> int:
+        ys, xs = self.windows(box)
+        return len(ys) * len(xs)
+
+
+# fn maps a batch of normalised windows (B, C, w, w) to (K, B, C', w, w): K outputs per window
+# (several blind-spot sizes from one backbone pass, or K = 1).
+WindowFn = Callable[[np.ndarray], np.ndarray]
+# read(y0, y1, x0, x1) -> normalised (C, y1 - y0, x1 - x0) float32 pixels of the plane
+Reader = Callable[[int, int, int, int], np.ndarray]
+
+
+def iter_box(fn: WindowFn, read: Reader, grid: PlaneGrid, box: Box, *,
+             batch_size: int) -> Iterator[int | np.ndarray]:
+    """Compute one chunk: yields the number of windows done after each batch, then the (K, C', h, w) result.
+
+    Windows are read from one region and batched in a fixed (row-major) order,
+    so the same chunk always gives the same bytes. Planes smaller than the
+    window are zero-padded at the bottom/right (zeros, in the normalised space,
+    carry no pixel's own value).
     """
-    h, w = image.shape[-2:]
-    ph, pw = max(window - h, 0), max(window - w, 0)
+    w = grid.window
+    ys, xs = grid.windows(box)
+    rb = grid.read_box(box)
+    ry0, rx0 = rb.y0, rb.x0
+    region = read(rb.y0, rb.y1, rb.x0, rb.x1)
+    ph, pw = max(w - region.shape[-2], 0), max(w - region.shape[-1], 0)
     if ph or pw:
-        image = np.pad(image, ((0, 0), (0, ph), (0, pw)))
-    plan = plan_windows(h, w, window, halo)
-    done = 0
-    for i in range(0, len(plan), batch_size):
-        chunk = plan[i:i + batch_size]
-        tiles = np.stack([image[:, ys.start:ys.start + window, xs.start:xs.start + window] for ys, xs in chunk])
+        region = np.pad(region, ((0, 0), (0, ph), (0, pw)))
+    todo = list(itertools.product(ys, xs))
+    out: np.ndarray | None = None
+    for i in range(0, len(todo), batch_size):
+        batch = todo[i:i + batch_size]
+        tiles = np.stack([region[:, grid.y.starts[iy] - ry0:grid.y.starts[iy] - ry0 + w,
+                                 grid.x.starts[ix] - rx0:grid.x.starts[ix] - rx0 + w] for iy, ix in batch])
         res = fn(tiles)
-        for (ys, xs), r in zip(chunk, res, strict=True):
-            out[:, ys.keep_start:ys.keep_stop, xs.keep_start:xs.keep_stop] = r[
-                :, ys.keep_start - ys.start:ys.keep_stop - ys.start, xs.keep_start - xs.start:xs.keep_stop - xs.start]
-        done += len(chunk)
-        yield done, len(plan)
+        if out is None:
+            out = np.empty((res.shape[0], res.shape[2], *box.shape), dtype=np.float32)
+        for b, (iy, ix) in enumerate(batch):
+            # the part of this window's kept core that lies in the chunk
+            ky0, ky1 = max(grid.y.keep_starts[iy], box.y0), min(grid.y.keep_stops[iy], box.y1)
+            kx0, kx1 = max(grid.x.keep_starts[ix], box.x0), min(grid.x.keep_stops[ix], box.x1)
+            sy, sx = grid.y.starts[iy], grid.x.starts[ix]
+            out[:, :, ky0 - box.y0:ky1 - box.y0, kx0 - box.x0:kx1 - box.x0] = \
+                res[:, b, :, ky0 - sy:ky1 - sy, kx0 - sx:kx1 - sx]
+        yield len(batch)
+    assert out is not None  # a non-empty box always needs at least one window
+    yield out
+
+
+def run_box(fn: WindowFn, read: Reader, grid: PlaneGrid, box: Box, *, batch_size: int) -> np.ndarray:
+    """:func:`iter_box` without progress."""
+    *_, out = iter_box(fn, read, grid, box, batch_size=batch_size)
+    assert isinstance(out, np.ndarray)
+    return out

@@ -1,0 +1,331 @@
+"""Streaming, resumable outputs of a chunked denoise: OME-Zarr, BigTIFF and .npy.
+
+Every output is first built in a work store beside it, ``.NAME.partial``: an
+OME-Zarr group (zarr v2, OME-NGFF 0.4) whose level-0 array has one storage
+chunk per unit of work, so units can be written by any worker in any order.
+After a unit's chunk is stored, an empty marker file records it as done. A
+run killed at any moment leaves at worst a chunk without its marker, which
+the next run recomputes; markers therefore never lie.
+
+When every unit is done, the store is finished: OME-Zarr gets its pyramid
+and NGFF metadata and is renamed to NAME; TIFF and .npy are streamed tile by
+tile (band by band) into a temporary file renamed to NAME. So NAME exists
+only when it is complete, and an older NAME replaced with ``overwrite`` is
+kept until the new one is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import AxesError, WriteError
+
+ZARR_FORMAT = 2  # OME-NGFF 0.4 sits on zarr v2: what napari-ome-zarr, Fiji (MoBIE/n5-viewer) and QuPath read today
+NGFF_VERSION = "0.4"
+DONE_DIR = ".atbsn-done"
+ATTR = "napari_atbsn"
+TIFF_OUT_SUFFIXES = (".tif", ".tiff", ".btf")
+TIFF_TILE = 256
+PYRAMID_MAX_SIDE = 1024  # add half-resolution levels until the image fits this
+
+_NGFF_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+
+
+def output_kind(path: str | os.PathLike) -> str:
+    """``zarr`` (also .ome.zarr), ``tiff`` or ``npy``, from the file name."""
+    name = Path(path).name.lower()
+    if name.endswith(".zarr"):
+        return "zarr"
+    if name.endswith(TIFF_OUT_SUFFIXES):
+        return "tiff"
+    if name.endswith(".npy"):
+        return "npy"
+    raise WriteError(f"{path}: unsupported output type; use .ome.zarr / .zarr (chunked, any size), "
+                     f".tif (BigTIFF, tiled) or .npy.")
+
+
+def _split_suffix(name: str) -> tuple[str, str]:
+    low = name.lower()
+    for suf in (".ome.zarr", ".ome.tiff", ".ome.tif", ".zarr", ".tiff", ".tif", ".btf", ".npy"):
+        if low.endswith(suf):
+            return name[:-len(suf)], name[-len(suf):]
+    return name, ""
+
+
+def outputs_for(path: str | os.PathLike, ks: Sequence[int | None]) -> list[Path]:
+    """One output per blind-spot size: ``out.tif`` -> ``out_kb1.tif``, ``out_kb3.tif`` when there are several."""
+    p = Path(path)
+    if len(ks) == 1:
+        return [p]
+    stem, suffix = _split_suffix(p.name)
+    return [p.with_name(f"{stem}_kb{k}{suffix}") for k in ks]
+
+
+def work_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial")
+
+
+def store_axes(axes: str) -> str:
+    """OME-NGFF 0.4 axis order for an image with ``axes``: time, channel (or a custom axis), then space.
+
+    Our independent-samples axis S has no NGFF type; it takes the custom slot,
+    which NGFF allows only when there is no channel axis.
+    """
+    if "S" in axes and "C" in axes:
+        raise AxesError(f"axes {axes!r} has both S (samples) and C (channels), which OME-Zarr cannot store "
+                        f"together; write a .tif instead, or denoise the samples separately with --roi.")
+    return "".join(a for a in "TCSZYX" if a in axes)
+
+
+def ngff_axes(axes: str, units: dict[str, str] | None = None) -> list[dict[str, str]]:
+    out = []
+    for a in axes:
+        entry = {"name": a.lower()}
+        if a in _NGFF_TYPES:
+            entry["type"] = _NGFF_TYPES[a]
+        if units and a in units:
+            entry["unit"] = units[a]
+        out.append(entry)
+    return out
+
+
+class OutputStore:
+    """One output file or folder and its resumable work store."""
+
+    def __init__(self, final: str | os.PathLike) -> None:
+        self.final = Path(final)
+        self.kind = output_kind(self.final)
+        self.work = work_path(self.final)
+        self.done_dir = self.work / DONE_DIR
+        self.array_path = self.work / "0"
+
+    # -- checks before any work ---------------------------------------------------
+    def check(self, *, overwrite: bool) -> None:
+        if not self.final.parent.is_dir():
+            raise WriteError(f"output folder {self.final.parent} does not exist; create it first.")
+        if self.final.exists() and not overwrite:
+            raise WriteError(f"{self.final} already exists; choose another name or pass --overwrite "
+                             f"(the old output is kept until the new one is complete).")
+        if not os.access(self.final.parent, os.W_OK):
+            raise WriteError(f"output folder {self.final.parent} is not writable; choose another output path.")
+
+    # -- the work store --------------------------------------------------------------
+    def job(self) -> dict[str, Any] | None:
+        """The job recorded in an existing work store; None if there is none or it is unreadable."""
+        attrs = self.work / ".zattrs"
+        try:
+            meta = json.loads(attrs.read_text())
+            job = meta[ATTR]["job"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return job if isinstance(job, dict) and self.array_path.is_dir() else None
+
+    def has_partial(self) -> bool:
+        return self.work.exists()
+
+    def create(self, job: dict[str, Any], *, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str) -> None:
+        """A fresh work store; the job is written last, so a readable job means a usable store."""
+        import zarr
+
+        self.discard()
+        group = zarr.open_group(str(self.work), mode="w", zarr_format=ZARR_FORMAT)
+        group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+        self.done_dir.mkdir()
+        group.attrs[ATTR] = {"job": job, "complete": False}
+
+    def discard(self) -> None:
+        if self.work.exists():
+            shutil.rmtree(self.work)
+
+    def done(self) -> set[str]:
+        try:
+            return set(os.listdir(self.done_dir))
+        except FileNotFoundError:
+            return set()
+
+    def mark_done(self, key: str) -> None:
+        (self.done_dir / key).touch()
+
+    # -- finishing --------------------------------------------------------------
+    def finish(self, *, axes: str, out_axes: str, scale: dict[str, float] | None = None,
+               name: str = "denoised") -> Path:
+        """Turn the complete work store into the final output (atomic rename); returns its path."""
+        import zarr
+
+        if self.kind == "zarr":
+            group = zarr.open_group(str(self.work), mode="r+", zarr_format=ZARR_FORMAT)
+            levels = build_pyramid(group, axes)
+            meta = dict(group.attrs[ATTR])
+            meta["complete"] = True
+            group.attrs.update({ATTR: meta, "multiscales": [multiscales(axes, levels, scale or {}, name)]})
+            shutil.rmtree(self.done_dir, ignore_errors=True)
+            _replace_dir(self.work, self.final)
+        else:
+            arr = zarr.open_array(str(self.array_path), mode="r")
+            tmp = self.final.with_name(f".{self.final.name}.writing")
+            try:
+                if self.kind == "tiff":
+                    write_tiff_tiled(tmp, arr, axes, out_axes)
+                else:
+                    write_npy_banded(tmp, arr, axes, out_axes)
+                os.replace(tmp, self.final)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise WriteError(f"could not write {self.final}: {e.strerror or e}; the finished work is kept "
+                                 f"in {self.work}, so running the same command again only rewrites the file.") \
+                    from None
+            self.discard()
+        return self.final
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``; an old ``dst`` is only deleted once ``src`` is in place."""
+    old = dst.with_name(f".{dst.name}.old")
+    if dst.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+# -- OME-NGFF multiscale pyramid ---------------------------------------------------
+def pyramid_shapes(shape: tuple[int, ...], axes: str) -> list[tuple[int, ...]]:
+    """Level shapes: halve Y and X (rounding up) until the larger side is <= PYRAMID_MAX_SIDE."""
+    yi, xi = axes.index("Y"), axes.index("X")
+    shapes = [tuple(shape)]
+    while max(shapes[-1][yi], shapes[-1][xi]) > PYRAMID_MAX_SIDE:
+        s = list(shapes[-1])
+        s[yi], s[xi] = (s[yi] + 1) // 2, (s[xi] + 1) // 2
+        shapes.append(tuple(s))
+    return shapes
+
+
+def build_pyramid(group: Any, axes: str) -> int:
+    """Write levels 1.. of ``group`` by 2x2 means of the level above; returns the number of levels.
+
+    Computed with dask chunk by chunk, so memory stays at a few chunks; odd
+    sizes repeat the last row/column (so edge pixels average with themselves).
+    """
+    import dask.array as da
+
+    base = group["0"]
+    shapes = pyramid_shapes(base.shape, axes)
+    yi, xi = axes.index("Y"), axes.index("X")
+    for level in range(1, len(shapes)):
+        prev = da.from_zarr(group[str(level - 1)])
+        pad = [(0, 0)] * prev.ndim
+        pad[yi], pad[xi] = (0, prev.shape[yi] % 2), (0, prev.shape[xi] % 2)
+        if any(p[1] for p in pad):
+            prev = da.pad(prev, pad, mode="edge")
+        small = da.coarsen(np.mean, prev.astype(np.float64), {yi: 2, xi: 2})
+        small = _cast(small, base.dtype)
+        target = group.create_array(str(level), shape=shapes[level], chunks=base.chunks, dtype=base.dtype,
+                                    fill_value=0, overwrite=True)
+        da.store(small.rechunk(base.chunks), target, lock=False, scheduler="threads")
+    return len(shapes)
+
+
+def _cast(x: Any, dtype: np.dtype) -> Any:
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return x.round().clip(info.min, info.max).astype(dtype)
+    return x.astype(dtype)
+
+
+def multiscales(axes: str, levels: int, scale: dict[str, float], name: str) -> dict[str, Any]:
+    """The NGFF 0.4 ``multiscales`` entry; level l is 2**l coarser in Y and X, centred on the same pixels."""
+    datasets = []
+    for level in range(levels):
+        f = 2 ** level
+        s = [float(scale.get(a, 1.0)) * (f if a in "YX" else 1) for a in axes]
+        t = [float(scale.get(a, 1.0)) * (f - 1) / 2 if a in "YX" else 0.0 for a in axes]
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": s}]
+        if level:
+            transforms.append({"type": "translation", "translation": t})
+        datasets.append({"path": str(level), "coordinateTransformations": transforms})
+    return {"version": NGFF_VERSION, "name": name, "axes": ngff_axes(axes), "datasets": datasets,
+            "type": "mean", "metadata": {"method": "2x2 mean of the level above", "software": "napari-atbsn"}}
+
+
+# -- TIFF and .npy, streamed from the work store --------------------------------------
+def file_axes(axes: str) -> str:
+    """Axes of a TIFF/.npy output: the input's order with Y and X moved last (TIFF stores 2-D pages)."""
+    return "".join(a for a in axes if a not in "YX") + "YX"
+
+
+def _pages(arr: Any, store_ax: str, out_ax: str) -> Iterator[tuple[tuple[Any, ...], tuple[int, ...]]]:
+    """For each page of the output (index over its non-YX axes), the matching store index."""
+    lead = out_ax[:-2]
+    sizes = [arr.shape[store_ax.index(a)] for a in lead]
+    for page in np.ndindex(*sizes):
+        idx: list[Any] = [slice(None)] * len(store_ax)
+        for a, i in zip(lead, page, strict=True):
+            idx[store_ax.index(a)] = int(i)
+        yield tuple(idx), page
+
+
+def write_tiff_tiled(path: Path, arr: Any, store_ax: str, out_ax: str) -> None:
+    """BigTIFF, one tiled page per plane/channel, streamed from ``arr`` one band of tiles at a time."""
+    import tifffile
+
+    yi, xi = store_ax.index("Y"), store_ax.index("X")
+    h, w = arr.shape[yi], arr.shape[xi]
+    tile = min(TIFF_TILE, -(-max(h, w) // 16) * 16)  # TIFF tiles are multiples of 16
+    shape = tuple(arr.shape[store_ax.index(a)] for a in out_ax)
+
+    def tiles() -> Iterator[np.ndarray]:
+        for idx, _ in _pages(arr, store_ax, out_ax):
+            for y in range(0, h, tile):
+                band_idx = list(idx)
+                band_idx[yi] = slice(y, min(y + tile, h))
+                band = np.asarray(arr[tuple(band_idx)])  # (rows, w): the page's other axes are indexed
+                for x in range(0, w, tile):
+                    t = np.zeros((tile, tile), dtype=arr.dtype)
+                    part = band[:, x:x + tile]
+                    t[:part.shape[0], :part.shape[1]] = part
+                    yield t
+
+    tif_axes = out_ax.replace("S", "I")  # tifffile's name for a sequence of independent images
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        tw.write(tiles(), shape=shape, dtype=arr.dtype, tile=(tile, tile), photometric="minisblack",
+                 metadata={"axes": tif_axes})
+    _fsync(path)
+
+
+def write_npy_banded(path: Path, arr: Any, store_ax: str, out_ax: str) -> None:
+    """A .npy in the output's axes order, written through a memory map one band at a time."""
+    yi = store_ax.index("Y")
+    h = arr.shape[yi]
+    shape = tuple(arr.shape[store_ax.index(a)] for a in out_ax)
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=arr.dtype, shape=shape)
+    try:
+        band_rows = max(1, (64 << 20) // max(1, arr.shape[store_ax.index("X")] * arr.dtype.itemsize))
+        for idx, page in _pages(arr, store_ax, out_ax):
+            for y in range(0, h, band_rows):
+                band_idx = list(idx)
+                band_idx[yi] = slice(y, min(y + band_rows, h))
+                mm[(*page, slice(y, min(y + band_rows, h)))] = np.asarray(arr[tuple(band_idx)])
+        mm.flush()
+    finally:
+        del mm
+    _fsync(path)
+
+
+def _fsync(p: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

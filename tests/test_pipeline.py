@@ -1,0 +1,356 @@
+"""Chunked, out-of-core denoising: invariance, resume, outputs, schedulers, errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_atbsn.errors import ATBSNError, BlindSpotError, ConfigError, DeviceError, WriteError
+from napari_atbsn.modelio import load_model
+from napari_atbsn.pipeline import auto_chunk, denoise, iter_run, lazy_denoise, plan_job
+from napari_atbsn.readers import open_image
+from napari_atbsn.tiling import Box
+
+
+@pytest.fixture(scope="module")
+def rgb_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-channel tiny teacher (a few steps: the invariances do not need a good model)."""
+    from napari_atbsn.config import TrainConfig
+    from napari_atbsn.training import train
+
+    out = tmp_path_factory.mktemp("models") / "two_channel"
+    data = np.random.default_rng(0).normal(100, 10, size=(2, 2, 40, 40)).astype(np.float32)
+    train(data, "ZCYX", TrainConfig(preset="tiny", iters=2, patch=32, batch=2, device="cpu"), out)
+    return out
+
+
+def _read(path: Path) -> np.ndarray:
+    return np.asarray(open_image(path).data)
+
+
+def _same(a: np.ndarray, b: np.ndarray, model) -> bool:
+    """Equal up to float32 rounding: <= 1e-5 in the model's normalised units (about 1 ppm of the data range).
+
+    Identical settings give identical bytes; other torch thread counts (workers) may round differently.
+    """
+    return a.shape == b.shape and float(np.max(np.abs(a.astype(np.float64) - b))) <= 1e-5 * max(
+        model.normalization.scale)
+
+
+def _volume(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """uint16 noise in the range of the models' training data (the sample: offset 100, a few counts of noise)."""
+    rng = np.random.default_rng(seed)
+    return (107 + 9 * rng.normal(size=shape)).clip(0, 65535).astype(np.uint16)
+
+
+CASES = [("YX", (77, 101)), ("ZYX", (3, 45, 70)), ("ZCYX", (2, 2, 50, 41)), ("YXC", (37, 66, 2))]
+
+
+@pytest.mark.parametrize("axes, shape", CASES)
+def test_chunk_size_does_not_change_the_result(tmp_path: Path, tiny_teacher: Path, rgb_model: Path, axes: str,
+                                               shape: tuple[int, ...]) -> None:
+    model = load_model(rgb_model if "C" in axes else tiny_teacher)
+    img = _volume(shape)
+    small = denoise(img, model, tmp_path / "c16.ome.zarr", axes=axes, chunk=16)
+    big = denoise(img, model, tmp_path / "c1024.ome.zarr", axes=axes, chunk=1024)
+    assert small.complete and big.complete and small.units_total > big.units_total
+    a, b = _read(small.paths[0]), _read(big.paths[0])
+    assert a.shape == b.shape and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)  # same settings, same bytes: stronger than the 1e-5 required
+    # ... and equals the in-memory path (one chunk per plane), in the input's axes order
+    direct = model.denoise(img, axes)
+    np.testing.assert_allclose(np.asarray(big.open().data).transpose(_to_input(big.open().axes, axes)), direct,
+                               atol=1e-5)
+
+
+def _to_input(out_axes: str, in_axes: str) -> list[int]:
+    return [out_axes.index(a) for a in in_axes]
+
+
+def test_result_equals_direct_evaluation_of_each_window(tmp_path: Path, tiny_teacher: Path) -> None:
+    """Each output pixel is its window's kept centre with that window run alone through the network."""
+    from napari_atbsn.tiling import plan_windows
+
+    model = load_model(tiny_teacher)
+    img = _volume((70, 90), seed=4).astype(np.float32)
+    res = denoise(img, model, tmp_path / "o.ome.zarr", axes="YX", chunk=24)
+    out = _read(res.paths[0])
+    norm = model.normalization
+    expected = np.full(img.shape, np.nan, np.float32)
+    w = model.patch
+    for ys, xs in plan_windows(*img.shape, w, model.halo):
+        win = img[None, None, ys.start:ys.start + w, xs.start:xs.start + w]
+        y = norm.undo(model.run_windows(norm.apply(win), [None])[0])[0, 0]
+        expected[ys.keep_start:ys.keep_stop, xs.keep_start:xs.keep_stop] = \
+            y[ys.keep_start - ys.start:ys.keep_stop - ys.start, xs.keep_start - xs.start:xs.keep_stop - xs.start]
+    assert np.max(np.abs(out - expected)) <= 1e-5
+
+
+def test_roi_equals_the_same_pixels_of_a_full_run(tmp_path: Path, tiny_teacher: Path) -> None:
+    model = load_model(tiny_teacher)
+    img = _volume((4, 60, 80), seed=5)
+    full = _read(denoise(img, model, tmp_path / "full.ome.zarr", axes="ZYX", chunk=32).paths[0])
+    part = denoise(img, model, tmp_path / "roi.ome.zarr", axes="ZYX", roi="Z=1:3,Y=7:50,X=20:", chunk=32)
+    np.testing.assert_allclose(_read(part.paths[0]), full[1:3, 7:50, 20:], atol=1e-5)
+
+
+def test_schedulers_and_workers_give_the_same_result(tmp_path: Path, tiny_teacher: Path) -> None:
+    model = load_model(tiny_teacher)
+    img = _volume((3, 50, 64), seed=6)
+    tif = tmp_path / "in.tif"
+    tifffile.imwrite(tif, img, metadata={"axes": "ZYX"})
+    ref = _read(denoise(tif, model, tmp_path / "sync.ome.zarr", chunk=32).paths[0])
+    for sched, workers in (("threads", 1), ("threads", 2), ("processes", 2)):
+        res = denoise(tif, model, tmp_path / f"{sched}{workers}.ome.zarr", chunk=32, scheduler=sched, workers=workers)
+        assert res.complete
+        assert _same(_read(res.paths[0]), ref, model), (sched, workers)
+
+
+def test_distributed_scheduler_gives_the_same_result(tmp_path: Path, tiny_teacher: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    model = load_model(tiny_teacher)
+    img = _volume((2, 40, 50), seed=7)
+    ref = _read(denoise(img, model, tmp_path / "sync.ome.zarr", axes="ZYX", chunk=32).paths[0])
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
+                                  dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://")
+        res = denoise(img, model, tmp_path / "dist.ome.zarr", axes="ZYX", chunk=32, scheduler=cluster.scheduler_address)
+    assert _same(_read(res.paths[0]), ref, model)
+
+
+def test_stopped_job_resumes_to_a_byte_identical_result(tmp_path: Path, tiny_teacher: Path) -> None:
+    model = load_model(tiny_teacher)
+    img = _volume((3, 64, 64), seed=8)
+    ref = denoise(img, model, tmp_path / "ref.tif", axes="ZYX", chunk=32)
+    out = tmp_path / "o.tif"
+    calls = {"n": 0}
+
+    def stop_after_five() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    first = denoise(img, model, out, axes="ZYX", chunk=32, should_stop=stop_after_five)
+    assert not first.complete and not out.exists()
+    work = tmp_path / ".o.tif.partial"
+    assert work.is_dir() and 0 < len(list((work / ".atbsn-done").iterdir())) < first.units_total
+    second = denoise(img, model, out, axes="ZYX")  # same job: resumes with the stored chunk size
+    assert second.complete and second.units_resumed > 0
+    assert second.units_computed + second.units_resumed == second.units_total
+    assert out.read_bytes() == ref.paths[0].read_bytes()
+    assert not work.exists()
+
+
+def test_sigkill_at_any_moment_then_rerun_gives_identical_bytes(tmp_path: Path, tiny_teacher: Path) -> None:
+    """Kill -9 a real `atbsn denoise` mid-way; the same command finishes it, equal to an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    img = _volume((6, 96, 96), seed=9)
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, img, metadata={"axes": "ZYX"})
+    cmd = [sys.executable, "-m", "napari_atbsn", "denoise", str(src), "-m", str(tiny_teacher), "--chunk", "32",
+           "--device", "cpu", "--dtype", "input"]
+    subprocess.run([*cmd, "-o", str(tmp_path / "ref.ome.zarr")], check=True, capture_output=True)
+    out = tmp_path / "o.ome.zarr"
+    done_dir = tmp_path / ".o.ome.zarr.partial" / ".atbsn-done"
+    proc = subprocess.Popen([*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not done_dir.exists() or len(list(done_dir.iterdir())) < 10):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "a killed run must not leave an output that looks complete"
+    n_done = len(list(done_dir.iterdir()))
+    assert 10 <= n_done < 6 * 9
+    rerun = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stderr
+    ref_arr, out_arr = zarr.open_array(tmp_path / "ref.ome.zarr" / "0"), zarr.open_array(out / "0")
+    assert out_arr.dtype == np.uint16
+    np.testing.assert_array_equal(out_arr[:], ref_arr[:])
+    for chunk in sorted((tmp_path / "ref.ome.zarr" / "0").rglob("*")):  # the stored chunks, byte for byte
+        rel = chunk.relative_to(tmp_path / "ref.ome.zarr")
+        if chunk.is_file() and rel.name != ".zattrs":
+            assert (out / rel).read_bytes() == chunk.read_bytes(), rel
+
+
+def test_ome_zarr_output_has_ngff_multiscales(tmp_path: Path, tiny_teacher: Path, monkeypatch) -> None:
+    import napari_atbsn.outputs as outputs
+
+    monkeypatch.setattr(outputs, "PYRAMID_MAX_SIDE", 40)
+    model = load_model(tiny_teacher)
+    img = _volume((2, 90, 70), seed=10)
+    res = denoise(img, model, tmp_path / "o.ome.zarr", axes="ZYX", chunk=32, dtype="input")
+    attrs = json.loads((res.paths[0] / ".zattrs").read_text())
+    ms = attrs["multiscales"][0]
+    assert ms["version"] == "0.4"
+    assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
+    assert all(a["type"] == "space" for a in ms["axes"])
+    assert [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
+    assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 2.0]
+    g = zarr.open_group(res.paths[0], mode="r")
+    assert g["0"].shape == (2, 90, 70) and g["1"].shape == (2, 45, 35) and g["2"].shape == (2, 23, 18)
+    assert g["1"].dtype == np.uint16
+    lvl0 = g["0"][:].astype(np.float64)
+    np.testing.assert_allclose(g["1"][:, :44, :34], np.rint(lvl0[:, :88, :68].reshape(2, 44, 2, 34, 2).mean((2, 4))),
+                               atol=0.5)
+    assert attrs["napari_atbsn"]["complete"] is True and attrs["napari_atbsn"]["job"]["model"]["name"] == "atbsn_kb3"
+    assert not (res.paths[0] / ".atbsn-done").exists()
+    ome_zarr = pytest.importorskip("ome_zarr.reader")  # the library napari-ome-zarr uses
+    from ome_zarr.io import parse_url
+
+    nodes = list(ome_zarr.Reader(parse_url(str(res.paths[0])))())
+    assert nodes and len(nodes[0].data) == 3 and nodes[0].data[0].shape == (2, 90, 70)
+
+
+def test_tiff_output_is_tiled_bigtiff_with_axes(tmp_path: Path, rgb_model: Path) -> None:
+    model = load_model(rgb_model)
+    img = _volume((2, 50, 41, 2), seed=11)
+    res = denoise(img, model, tmp_path / "o.tif", axes="ZYXC", chunk=32, dtype="input")
+    with tifffile.TiffFile(res.paths[0]) as tf:
+        assert tf.is_bigtiff and tf.pages[0].is_tiled and tf.series[0].axes == "ZCYX"
+        data = tf.series[0].asarray()
+    zres = denoise(img, model, tmp_path / "o.ome.zarr", axes="ZYXC", chunk=32, dtype="input")
+    zarr_img = open_image(zres.paths[0])
+    assert zarr_img.axes == "CZYX"
+    np.testing.assert_array_equal(data, np.asarray(zarr_img.data).transpose(1, 0, 2, 3))
+    assert data.dtype == np.uint16
+    npy = denoise(img, model, tmp_path / "o.npy", axes="ZYXC", chunk=32, dtype="input")
+    np.testing.assert_array_equal(np.load(npy.paths[0]), data)
+
+
+def test_several_k_b_give_several_outputs_from_one_pass(tmp_path: Path, tiny_teacher: Path) -> None:
+    model = load_model(tiny_teacher)
+    img = _volume((50, 60), seed=12)
+    res = denoise(img, model, tmp_path / "o.ome.zarr", axes="YX", k_b=[1, 5], chunk=32)
+    assert [p.name for p in res.paths] == ["o_kb1.ome.zarr", "o_kb5.ome.zarr"]
+    for k, p in zip([1, 5], res.paths, strict=True):
+        np.testing.assert_allclose(_read(p), model.denoise(img, "YX", k_b=k), atol=1e-5)
+    lazy = lazy_denoise(img, model, axes="YX", k_b=[1, 5], chunk=20)
+    np.testing.assert_allclose(lazy[1].compute(), _read(res.paths[1]), atol=1e-5)
+
+
+def test_lazy_result_reads_only_what_is_asked(tiny_teacher: Path) -> None:
+    model = load_model(tiny_teacher)
+    img = _volume((5, 64, 64), seed=13)
+    lazy = denoise(img, model, axes="ZYX", chunk=32)
+    assert lazy.shape == img.shape and lazy.dtype == np.float32
+    np.testing.assert_allclose(lazy[2, 32:, :32].compute(), model.denoise(img[2], "YX")[32:, :32], atol=1e-5)
+
+
+def test_existing_output_is_never_clobbered_and_overwrite_replaces_only_when_done(tmp_path: Path,
+                                                                                  tiny_teacher: Path) -> None:
+    model = load_model(tiny_teacher)
+    img = _volume((40, 40))
+    out = tmp_path / "o.tif"
+    out.write_bytes(b"precious")
+    with pytest.raises(WriteError, match="--overwrite"):
+        denoise(img, model, out, axes="YX")
+    assert out.read_bytes() == b"precious"
+    res = denoise(img, model, out, axes="YX", overwrite=True, should_stop=lambda: True)
+    assert not res.complete and out.read_bytes() == b"precious"  # kept until the new one is complete
+    denoise(img, model, out, axes="YX", overwrite=True)
+    assert tifffile.imread(out).shape == (40, 40)
+
+
+def test_a_different_partial_job_is_refused(tmp_path: Path, tiny_teacher: Path) -> None:
+    model = load_model(tiny_teacher)
+    img = _volume((40, 40))
+    out = tmp_path / "o.ome.zarr"
+    denoise(img, model, out, axes="YX", chunk=16, should_stop=lambda: True)
+    with pytest.raises(WriteError, match=r"different job.*k_b"):
+        denoise(img, model, out, axes="YX", k_b=5)
+    with pytest.raises(WriteError, match="chunk=16"):
+        denoise(img, model, out, axes="YX", chunk=32)
+    assert denoise(img, model, out, axes="YX", k_b=5, overwrite=True).complete
+
+
+def test_out_of_memory_backs_off_the_batch_size(tmp_path: Path, tiny_teacher: Path, monkeypatch) -> None:
+    model = load_model(tiny_teacher)
+    img = _volume((60, 60))
+    ref = _read(denoise(img, model, tmp_path / "ref.ome.zarr", axes="YX", batch_size=2).paths[0])
+    real = model.run_windows
+
+    def limited(x, ks):
+        if len(x) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(x, ks)
+
+    monkeypatch.setattr(model, "run_windows", limited)
+    logs: list[str] = []
+    res = denoise(img, model, tmp_path / "o.ome.zarr", axes="YX", batch_size=8, log=logs.append)
+    assert res.complete and any("batch-size 4" in m for m in logs) and any("batch-size 2" in m for m in logs)
+    assert np.max(np.abs(_read(res.paths[0]) - ref)) <= 1e-5
+
+    def never(x, ks):
+        raise RuntimeError("CUDA out of memory.")
+
+    monkeypatch.setattr(model, "run_windows", never)
+    with pytest.raises(DeviceError, match="one 32-pixel window"):
+        denoise(img, model, tmp_path / "o2.ome.zarr", axes="YX", batch_size=2)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"k_b": 4}, BlindSpotError, "even"),
+    ({"k_b": [3, 3]}, BlindSpotError, "repeats"),
+    ({"chunk": 0}, ConfigError, "chunk=0"),
+    ({"window": 32, "halo": 16}, ConfigError, "no centre"),
+    ({"window": 1024}, ConfigError, "not size-invariant"),
+    ({"dtype": "int8"}, ConfigError, "float32 or input"),
+    ({"roi": "Q=1:2"}, ATBSNError, "Q"),
+    ({"axes": "ZCYX"}, ATBSNError, "ZCYX"),
+])
+def test_bad_settings_fail_before_anything_is_written(tmp_path: Path, tiny_teacher: Path, kwargs, error,
+                                                      message) -> None:
+    model = load_model(tiny_teacher)
+    kwargs = {"axes": "ZYX", **kwargs}
+    with pytest.raises(error, match=message):
+        plan_job(_volume((2, 40, 40)), model, tmp_path / "o.ome.zarr", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_type_and_folder_errors(tmp_path: Path, tiny_teacher: Path) -> None:
+    model = load_model(tiny_teacher)
+    img = _volume((40, 40))
+    with pytest.raises(WriteError, match="unsupported output type"):
+        plan_job(img, model, tmp_path / "o.png", axes="YX")
+    with pytest.raises(WriteError, match="does not exist"):
+        plan_job(img, model, tmp_path / "no" / "o.tif", axes="YX")
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, img)
+    with pytest.raises(WriteError, match="is the input"):
+        plan_job(src, model, src, overwrite=True)
+
+
+def test_auto_chunk_follows_free_memory() -> None:
+    region = Box(0, 20000, 0, 20000)
+    big = auto_chunk(128, 32, 1, 1, 1, region, memory=64 << 30)
+    small = auto_chunk(128, 32, 1, 1, 1, region, memory=256 << 20)
+    assert big == 2048 and small < big and small % 64 == 0
+    assert auto_chunk(128, 32, 1, 1, 1, Box(0, 100, 0, 90), memory=64 << 30) == 128  # no larger than the image
+    assert auto_chunk(128, 32, 1, 1, 1, region, memory=1) == 64  # at least one core
+
+
+def test_progress_counts_every_window_once(tmp_path: Path, tiny_teacher: Path) -> None:
+    model = load_model(tiny_teacher)
+    job = plan_job(_volume((2, 40, 70)), model, tmp_path / "o.ome.zarr", axes="ZYX", chunk=24)
+    events = list(_gen(iter_run(job)))
+    done, total = events[-1]
+    assert done == total == sum(job.grid.count(b) for _, b in job.units())
+    assert all(b[0] >= a[0] for a, b in itertools.pairwise(events))
+
+
+def _gen(g):
+    try:
+        while True:
+            yield next(g)
+    except StopIteration:
+        return
