@@ -9,6 +9,7 @@ import pytest
 
 from napari_atbsn.cli import main
 from napari_atbsn.imageio import read_image, write_image
+from napari_atbsn.readers import open_image
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +111,47 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path: Path, noisy_t
     done = subprocess.run([*cmd, "--iters", str(steps + 2), "--resume"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert read_config(out)["steps"] == steps + 2 and not (out / "checkpoint").exists()
+
+
+def test_denoise_volume_options(tmp_path: Path, noisy_tif: Path, tiny_teacher: Path, capsys) -> None:
+    out = tmp_path / "o.ome.zarr"
+    code, text = _run(capsys, "denoise", noisy_tif, "-m", tiny_teacher, "-o", out, "--k-b", "1", "3", "--chunk", "48",
+                      "--roi", "Z=1,Y=10:90", "--dtype", "input")
+    assert code == 0, text
+    assert "chunk 48" in text and "ETA" in text
+    for k in (1, 3):
+        img = open_image(tmp_path / f"o_kb{k}.ome.zarr")
+        assert img.axes == "ZYX" and img.shape == (1, 80, 128) and img.dtype == np.uint16
+    code, text = _run(capsys, "denoise", noisy_tif, "-m", tiny_teacher, "-o", out, "--k-b", "1", "3")
+    assert code == 2 and "already exists" in text and "--overwrite" in text
+    code, text = _run(capsys, "denoise", noisy_tif, "-m", tiny_teacher, "-o", tmp_path / "x.tif", "--scheduler", "mpi")
+    assert code == 2 and "tcp://HOST:PORT" in text
+
+
+def test_ctrl_c_during_denoise_leaves_a_partial_output_that_the_same_command_finishes(tmp_path: Path,
+                                                                                       tiny_teacher: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import tifffile
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, np.random.default_rng(0).normal(107, 9, (8, 128, 128)).astype(np.float32),
+                     metadata={"axes": "ZYX"})
+    out = tmp_path / "o.tif"
+    cmd = [sys.executable, "-m", "napari_atbsn", "denoise", str(src), "-m", str(tiny_teacher), "-o", str(out),
+           "--chunk", "32", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    done = tmp_path / ".o.tif.partial" / ".atbsn-done"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not done.exists() or len(list(done.iterdir())) < 5):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command to resume" in err and not out.exists()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stderr and read_image(out)[0].shape == (8, 128, 128)

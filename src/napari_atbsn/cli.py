@@ -223,10 +223,13 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     from .readers import open_image
 
     check_scheduler(args.scheduler)
+    _check_output_first(args.noisy, args.output)
     source = open_image(args.noisy, args.axes)
     print(f"atbsn: {args.noisy}: shape {source.shape}, axes {source.axes}, {source.dtype} "
           f"({source.nbytes / 2**30:.2f} GiB, {source.format})", file=sys.stderr)
-    model = load_model(args.model, device=args.device)
+    remote = args.scheduler.startswith("tcp://")
+    # with a cluster the model only plans here (a login node may have no GPU); workers load it on --device
+    model = load_model(args.model, device="cpu" if remote else args.device)
     k_b = args.k_b[0] if args.k_b and len(args.k_b) == 1 else args.k_b
     workers = args.workers or (2 if args.scheduler in ("threads", "processes") else 1)
     job = plan_job(source, model, args.output, k_b=k_b, roi=args.roi, chunk=args.chunk, window=args.window,
@@ -245,13 +248,27 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 
     with StopFlag("stopping after the chunks in progress; run the same command to resume") as stop:
         res = drain(iter_run(job, overwrite=args.overwrite, scheduler=args.scheduler, workers=workers,
-                             should_stop=stop, log=log), cb)
+                             should_stop=stop, log=log, worker_device=args.device if remote else None), cb)
     if not res.complete:
         return 130
     for p in res.paths:
         print(f"atbsn: wrote {p} ({res.units_computed} chunks computed, {res.units_resumed} resumed, "
               f"{res.seconds:.1f} s)", file=sys.stderr)
     return 0
+
+
+def _check_output_first(src: str, dst: str) -> None:
+    """Output mistakes are reported before the (slower) input and model loading."""
+    from pathlib import Path
+
+    from .errors import WriteError
+    from .outputs import output_kind
+
+    output_kind(dst)
+    if Path(dst).exists() and Path(src).exists() and Path(dst).resolve() == Path(src).resolve():
+        raise WriteError(f"the output {dst} is the input file; choose another output path.")
+    if not Path(dst).resolve().parent.is_dir():
+        raise WriteError(f"output folder {Path(dst).parent} does not exist; create it first.")
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -597,12 +597,14 @@ def _output_lock(job: Job) -> Iterator[None]:
 
 
 def iter_run(job: Job, *, overwrite: bool = False, scheduler: str = "sync", workers: int = 1,
-             should_stop: Callable[[], bool] | None = None,
-             log: Callable[[str], None] | None = None) -> Generator[tuple[int, int], None, DenoiseResult]:
+             should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None,
+             worker_device: str | None = None) -> Generator[tuple[int, int], None, DenoiseResult]:
     """Run a planned job; yields (windows_done, windows_total); returns the :class:`DenoiseResult`.
 
     Stopping (``should_stop``) or killing the process leaves a partial output
-    that the same call continues.
+    that the same call continues. ``worker_device`` is the device worker
+    processes load the model on (default: the job model's own), e.g. ``cuda``
+    on GPU nodes of a cluster whose client runs on a CPU-only login node.
     """
     check_scheduler(scheduler)
     if scheduler != "sync" and job.model.path is None:
@@ -628,7 +630,7 @@ def iter_run(job: Job, *, overwrite: bool = False, scheduler: str = "sync", work
         if len(todo) < len(units):
             say(f"resuming: {len(units) - len(todo)} of {len(units)} chunks already done")
         yield done, total
-        spec = UnitSpec(uuid.uuid4().hex, ModelRef(str(job.model.path or ""), str(job.model.device),
+        spec = UnitSpec(uuid.uuid4().hex, ModelRef(str(job.model.path or ""), worker_device or str(job.model.device),
                                                    job.model.fingerprint() if scheduler != "sync" else ""),
                         tuple(job.ks), job.geom, job.window, job.halo, job.batch_size, str(job.out_dtype),
                         tuple(str(s.array_path) for s in job.stores), job.record["axes"],
@@ -683,8 +685,8 @@ def _run_sync(job: Job, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: 
 
 def _run_dask(job: Job, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: str, workers: int,
               should_stop: Callable[[], bool], say: Callable[[str], None]) -> Iterator[int]:
-    """Units as dask tasks, submitted in waves so that a stop request is honoured between waves."""
-    import dask
+    """Units as dask tasks: on a local pool in waves (a stop request is honoured between waves), or all at once
+    on a distributed cluster."""
     import torch
 
     grid = job.grid
@@ -693,10 +695,10 @@ def _run_dask(job: Job, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: 
         import dask.array as da
 
         data = da.from_array(data, chunks="auto")
-    client = None
     if scheduler.startswith("tcp://"):
-        client = _client(scheduler)
-        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        yield from _distributed_compute([_unit_task(job, spec, grid, data, n, box) for n, box in todo],
+                                        scheduler, should_stop)
+        return
     wave = max(4, 4 * workers)
     old_threads = torch.get_num_threads()
     if scheduler == "threads":  # threads share this process's runtime and torch's thread pool
@@ -707,23 +709,37 @@ def _run_dask(job: Job, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: 
         for i in range(0, len(todo), wave):
             if should_stop():
                 return
-            tasks = []
-            for n, box in todo[i:i + wave]:
-                r = grid.read_box(box)
-                region = data[job.geom.source_index(n, r.y0, r.y1, r.x0, r.x1)]
-                tasks.append(dask.delayed(run_unit, pure=False)(spec, n, box, (r.y0, r.x0), region,
-                                                                dask_key_name=f"atbsn-unit-{unit_key(n, box)}"))
-            if client is not None:
-                from distributed import as_completed
-
-                for fut in as_completed(client.compute(tasks), loop=client.loop):
-                    yield fut.result()
-            else:
-                yield from _local_compute(tasks, scheduler, workers)
+            tasks = [_unit_task(job, spec, grid, data, n, box) for n, box in todo[i:i + wave]]
+            yield from _local_compute(tasks, scheduler, workers)
     finally:
         torch.set_num_threads(old_threads)
-        if client is not None:
-            client.close()
+
+
+def _unit_task(job: Job, spec: UnitSpec, grid: PlaneGrid, data: Any, n: int, box: Box) -> Any:
+    """A delayed :func:`run_unit` whose source region is a dask slice, so reads are tasks on the workers too."""
+    import dask
+
+    r = grid.read_box(box)
+    region = data[job.geom.source_index(n, r.y0, r.y1, r.x0, r.x1)]
+    return dask.delayed(run_unit, pure=False)(spec, n, box, (r.y0, r.x0), region,
+                                              dask_key_name=f"atbsn-unit-{unit_key(n, box)}")
+
+
+def _distributed_compute(tasks: list[Any], address: str, should_stop: Callable[[], bool]) -> Iterator[int]:
+    """All units at once on a dask.distributed cluster (it schedules them as workers arrive); a stop cancels
+    what has not started."""
+    from distributed import as_completed
+
+    client = _client(address)
+    try:
+        futures = client.compute(tasks)
+        for fut in as_completed(futures, loop=client.loop):
+            yield int(fut.result())
+            if should_stop():
+                client.cancel(futures)
+                return
+    finally:
+        client.close()
 
 
 def _open_store(s: OutputStore) -> Any:
@@ -802,8 +818,10 @@ def denoise(source: Any, model: Denoiser | str | os.PathLike, out: str | os.Path
     from .events import drain
     from .modelio import load_model
 
+    remote = isinstance(scheduler, str) and scheduler.startswith("tcp://")
     if not hasattr(model, "run_windows"):
-        model = load_model(model, device=device)
+        # with a cluster the model only plans here; the workers load it on their own device
+        model = load_model(model, device="cpu" if remote else device)
     workers = workers or (2 if scheduler in ("threads", "processes") else 1)
     if out is None:
         return lazy_denoise(source, model, axes=axes, k_b=k_b, roi=roi, chunk=chunk, window=window, halo=halo,
@@ -812,7 +830,7 @@ def denoise(source: Any, model: Denoiser | str | os.PathLike, out: str | os.Path
                    batch_size=batch_size, dtype=dtype, overwrite=overwrite, workers=workers)
     cb = (lambda ev: progress(*ev)) if progress else None
     return drain(iter_run(job, overwrite=overwrite, scheduler=scheduler, workers=workers, should_stop=should_stop,
-                          log=log), cb)
+                          log=log, worker_device=device if remote else None), cb)
 
 
 def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: int | Sequence[int] | None = None,

@@ -309,8 +309,8 @@ class _FileArray:
                     self._handle = self._open_checked()
                 handle = self._handle
         out = np.asarray(handle[key], dtype=self.dtype)
-        # A slice of a read-only memory map would fail any in-place step downstream (and pin the map): copy it.
-        if isinstance(handle, np.memmap) or not out.flags.writeable:
+        # A read-only slice would fail any in-place step downstream: copy it.
+        if not out.flags.writeable:
             out = out.copy()
         return out
 
@@ -350,14 +350,33 @@ def _stamp(path: str) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+class _TransientMap:
+    """Reads through a memory map made for each read and dropped after it.
+
+    A long-lived map of a big file would keep every page read so far in the
+    process's resident set (RSS), so a 4 GB volume read once would look like a
+    4 GB process; mapping per read keeps RSS at the size of the chunks in flight.
+    """
+
+    def __init__(self, open_map: Any) -> None:
+        self.open_map = open_map
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        mm = self.open_map()
+        try:
+            return np.array(mm[key])
+        finally:
+            del mm  # the last reference: numpy unmaps the file here
+
+
 class _TiffArray(_FileArray):
     """One series/level of a TIFF: a memory map when contiguous and uncompressed, else tifffile's zarr store."""
 
     def _open(self) -> Any:
         if self.params["offset"] is not None:
             # What tifffile.memmap does, minus parsing every IFD of the file again in each worker.
-            return np.memmap(self.path, dtype=self.params["file_dtype"], mode="r", offset=self.params["offset"],
-                             shape=self.shape)
+            return _TransientMap(lambda: np.memmap(self.path, dtype=self.params["file_dtype"], mode="r",
+                                                   offset=self.params["offset"], shape=self.shape))
         import tifffile
         import zarr
 
@@ -367,7 +386,7 @@ class _TiffArray(_FileArray):
 
 class _NpyArray(_FileArray):
     def _open(self) -> Any:
-        return np.load(self.path, mmap_mode="r", allow_pickle=False)
+        return _TransientMap(lambda: np.load(self.path, mmap_mode="r", allow_pickle=False))
 
 
 class _NiftiArray(_FileArray):
