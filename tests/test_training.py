@@ -192,3 +192,40 @@ def test_denoise_refuses_bad_batch_size_and_kb_for_students(tiny_student: Path, 
         m.denoise(sample_stack[0][:1], "ZYX", batch_size=-1)
     with pytest.raises(BlindSpotError, match="no blind spot"):
         m.denoise(sample_stack[0][:1], "ZYX", k_b=3)
+
+
+class _CountingArray:
+    """A large on-disk-like array that records every read."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.reads: list[int] = []
+
+    def __getitem__(self, key):
+        out = self.data[key]
+        self.reads.append(out.size)
+        return out
+
+
+def test_training_reads_patches_not_the_volume(tmp_path: Path) -> None:
+    """Memory does not grow with the file: normalisation reads a bounded sample, steps read only their patches."""
+    rng = np.random.default_rng(0)
+    vol = _CountingArray((100 + 10 * rng.normal(size=(40, 96, 96))).astype(np.float32))
+    train(vol, "ZYX", TrainConfig(preset="tiny", iters=3, patch=32, batch=2, device="cpu"), tmp_path / "m")
+    plane = 96 * 96
+    assert max(vol.reads) <= plane  # never more than one plane at a time
+    assert sum(vol.reads) <= 16 * plane + 3 * 2 * 32 * 32  # the normalisation sample (<= 16 planes) + the patches
+    patch_reads = [r for r in vol.reads if r == 32 * 32]
+    assert len(patch_reads) == 3 * 2
+
+
+def test_training_from_a_lazy_file(tmp_path: Path, sample_stack) -> None:
+    from napari_atbsn.readers import open_image
+
+    noisy, _ = sample_stack
+    zarr = pytest.importorskip("zarr")
+    z = zarr.open_array(tmp_path / "noisy.zarr", mode="w", shape=noisy.shape, chunks=(1, 64, 64), dtype=noisy.dtype)
+    z[:] = noisy
+    img = open_image(tmp_path / "noisy.zarr", "ZYX")
+    res = train(img, None, TrainConfig(preset="tiny", iters=2, patch=32, batch=2, device="cpu"), tmp_path / "m")
+    assert res.steps == 2 and (tmp_path / "m" / "model.safetensors").exists()

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .modelio import Denoiser
+    from .readers import LazyImage
 
 
 def load_model(path: Any, *, device: str = "cpu") -> Denoiser:
@@ -21,4 +22,22 @@ def load_model(path: Any, *, device: str = "cpu") -> Denoiser:
     return _load(path, device=device)
 
 
-__all__ = ["__version__", "load_model"]
+def open_image(source: Any, axes: str | None = None, **kwargs: Any) -> LazyImage:
+    """Open a TIFF/OME-TIFF/ImageJ, Zarr/OME-Zarr, NIfTI, .npy or an array lazily (see :mod:`.readers`)."""
+    from .readers import open_image as _open
+
+    return _open(source, axes, **kwargs)
+
+
+def denoise(source: Any, model: Any, out: Any = None, **kwargs: Any) -> Any:
+    """Denoise an image or volume of any size in chunks (see :func:`napari_atbsn.pipeline.denoise`).
+
+    With ``out`` (.ome.zarr, .zarr, .tif, .npy) the result is streamed there, resumably, and a
+    :class:`~napari_atbsn.pipeline.DenoiseResult` is returned; without, a lazy dask array.
+    """
+    from .pipeline import denoise as _denoise
+
+    return _denoise(source, model, out, **kwargs)
+
+
+__all__ = ["__version__", "denoise", "load_model", "open_image"]

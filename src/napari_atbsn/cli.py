@@ -14,11 +14,20 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
-from .config import DistillConfig, TrainConfig, config_fields_help
+from .config import DBSNConfig, DistillConfig, TrainConfig, UnpairedConfig, config_fields_help
 from .errors import ATBSNError
 
 TRAIN_HELP = config_fields_help(TrainConfig)
 DISTILL_HELP = config_fields_help(DistillConfig)
+DBSN_HELP = config_fields_help(DBSNConfig)
+UNPAIRED_HELP = config_fields_help(UnpairedConfig)
+
+
+def _phases(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--phases {text!r}: give three fractions, e.g. 0.5,0.2,0.3") from None
 
 
 def _ks(text: str) -> tuple[int, ...]:
@@ -52,20 +61,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-atbsn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train an AT-BSN teacher on noisy data")
+    t = sub.add_parser("train", help="train an AT-BSN teacher (or a D-BSN) on noisy data",
+                       description="Train on noisy data only. --method atbsn (default) suits spatially "
+                       "correlated noise; --method dbsn suits pixel-independent noise. 'atbsn analyze' tells "
+                       "which.")
     t.add_argument("noisy", help="noisy image or volume: TIFF/OME-TIFF, .zarr/.ome.zarr, .nii(.gz), .npy, PNG/JPEG "
                    "(read lazily, patch by patch)")
     t.add_argument("-o", "--output", required=True, help="model folder to write")
+    t.add_argument("--method", default="atbsn", choices=["atbsn", "dbsn"],
+                   help="atbsn: asymmetric blind spots, for correlated noise; dbsn: one-pixel blind spot with a "
+                   "noise model and Bayes fusion, for pixel-independent noise")
     t.add_argument("--preset", default="small", choices=["paper", "small", "tiny"], help=TRAIN_HELP["preset"])
+    t.add_argument("--noise-model", choices=["gaussian", "poisson-gaussian", "multivariate-gaussian"],
+                   help="dbsn only: " + DBSN_HELP["noise_model"] + " (default poisson-gaussian)")
+    t.add_argument("--gamma", type=float, help="dbsn only: " + DBSN_HELP["gamma"])
+    t.add_argument("--phases", type=_phases, help="dbsn only: " + DBSN_HELP["phases"])
     _typed(t, TRAIN_HELP, [("k-a", int), ("k-b", int), ("iters", int), ("patch", int), ("batch", int),
                            ("lr", float), ("seed", int), ("checkpoint-every", int)])
-    t.add_argument("--normalization", choices=["range255", "zscore"], help=TRAIN_HELP["normalization"])
+    t.add_argument("--normalization", choices=["range255", "zscore", "range1"],
+                   help=TRAIN_HELP["normalization"] + "; dbsn default range1")
     _run_control(t)
     _common(t)
 
-    d = sub.add_parser("distill", help="distil a trained teacher into a fast non-blind student")
+    d = sub.add_parser("distill", help="distil a trained teacher into a fast non-blind student",
+                       description="An AT-BSN teacher: multi-teacher distillation over blind-spot sizes --ks. "
+                       "A D-BSN teacher: unpaired distillation, with --clean images of similar samples if you have "
+                       "them (noise synthesised by the D-BSN's noise model), else self-distillation.")
     d.add_argument("noisy")
     d.add_argument("--teacher", required=True, help="teacher model folder (from 'atbsn train')")
+    d.add_argument("--clean", help="D-BSN teacher only: clean images of similar samples (not of the same scene)")
+    d.add_argument("--clean-axes", help="axes of --clean (default: from metadata, else guessed)")
+    d.add_argument("--real-weight", type=float, help="D-BSN teacher only: " + UNPAIRED_HELP["real_weight"])
     d.add_argument("-o", "--output", required=True, help="student model folder to write")
     d.add_argument("--ks", type=_ks, help=DISTILL_HELP["ks"] + " (default 0,1,3,5,7,9,11)")
     d.add_argument("--student", choices=["A", "B", "C", "tiny"], help=DISTILL_HELP["student"])
@@ -102,9 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--scheduler", default="sync", help="sync (default), threads, processes, or tcp://HOST:PORT "
                    "of a running dask.distributed scheduler")
     n.add_argument("--workers", type=int, help="dask workers for threads/processes (default 2)")
+    n.add_argument("--save-noise-map", action="store_true", help="D-BSN models: also write the estimated noise "
+                   "standard deviation per pixel, OUT_noise")
     n.add_argument("--overwrite", action="store_true", help="replace an existing output (kept until the new one "
                    "is complete) or restart a different partial job")
     _common(n)
+
+    a = sub.add_parser("analyze", help="measure the noise's spatial correlation and recommend a method",
+                       description="Estimates the noise's autocorrelation (from differences of neighbouring planes "
+                       "when a stack repeats the same scene, else from residuals of single planes) and prints a "
+                       "recommendation; its last line is 'recommended: atbsn k_a=K k_b=K' or 'recommended: dbsn'.")
+    a.add_argument("noisy", metavar="NOISY")
+    a.add_argument("--axes", help="axes of NOISY, letters from TZSCYX (default: from metadata, else guessed)")
+    a.add_argument("--debug", action="store_true", help="show tracebacks")
 
     i = sub.add_parser("info", help="describe a model folder")
     i.add_argument("model")
@@ -151,11 +187,14 @@ def progress_callback(label: str) -> Callable[[Any], None]:
     from .progress import ProgressBar
 
     bar: ProgressBar | None = None
+    stage: str | None = None
 
     def cb(event: Any) -> None:
-        nonlocal bar
+        nonlocal bar, stage
         if isinstance(event, StepEvent):
-            bar = bar or ProgressBar(label, event.total)
+            if bar is None or event.stage != stage:  # D-BSN trains in phases: one bar each
+                stage = event.stage
+                bar = ProgressBar(stage if stage.startswith("dbsn") else label, event.total)
             bar.update(event.step, f"loss {event.loss:.4f} lr {event.lr:.2e}")
         elif isinstance(event, CheckpointEvent) and bar is not None and not bar.tty:
             print(f"  checkpoint at step {event.step}", file=sys.stderr)
@@ -178,22 +217,49 @@ def _open_training_data(path: str, axes: str | None) -> tuple[Any, str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .events import drain
-    from .training import iter_train
+    from .training import iter_train, iter_train_dbsn
 
+    _check_method_flags(args)
     data, axes = _open_training_data(args.noisy, args.axes)
-    cfg = TrainConfig(preset=args.preset, device=args.device, amp=not args.no_amp,
-                      **_overrides(args, ["k_a", "k_b", "iters", "patch", "batch", "lr", "seed", "normalization",
-                                          "checkpoint_every"]))
+    common = ["iters", "patch", "batch", "lr", "seed", "normalization", "checkpoint_every"]
     with StopFlag() as stop:
-        res = drain(iter_train(data, axes, cfg, args.output, resume=args.resume, overwrite=args.overwrite,
-                               should_stop=stop), progress_callback("train"))
+        if args.method == "dbsn":
+            dcfg = DBSNConfig(preset=args.preset, device=args.device, amp=not args.no_amp,
+                              **_overrides(args, [*common, "noise_model", "gamma", "phases"]))
+            run = iter_train_dbsn(data, axes, dcfg, args.output, resume=args.resume, overwrite=args.overwrite,
+                                  should_stop=stop)
+        else:
+            cfg = TrainConfig(preset=args.preset, device=args.device, amp=not args.no_amp,
+                              **_overrides(args, ["k_a", "k_b", *common]))
+            run = iter_train(data, axes, cfg, args.output, resume=args.resume, overwrite=args.overwrite,
+                             should_stop=stop)
+        res = drain(run, progress_callback("train"))
     return _report_run(res, args.output)
+
+
+def _check_method_flags(args: argparse.Namespace) -> None:
+    from .errors import ConfigError
+
+    wrong = {"atbsn": ["noise_model", "gamma", "phases"], "dbsn": ["k_a", "k_b"]}[args.method]
+    given = [f"--{n.replace('_', '-')}" for n in wrong if getattr(args, n, None) is not None]
+    if given:
+        other = "dbsn" if args.method == "atbsn" else "atbsn"
+        raise ConfigError(f"{', '.join(given)} apply to --method {other}, not {args.method}; drop them or change "
+                          f"--method.")
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from .events import drain
+    from .modelio import read_config
     from .training import iter_distill
 
+    if read_config(args.teacher)["kind"] == "dbsn":
+        return _distill_dbsn(args)
+    if args.clean or args.real_weight is not None:
+        from .errors import ConfigError
+
+        raise ConfigError("--clean and --real-weight are for D-BSN teachers (unpaired distillation); an AT-BSN "
+                          "teacher distils from the noisy data alone.")
     data, axes = _open_training_data(args.noisy, args.axes)
     cfg = DistillConfig(device=args.device, amp=not args.no_amp, mean_teacher=args.mean_teacher,
                         init_from_teacher=not args.no_init_from_teacher,
@@ -203,6 +269,41 @@ def cmd_distill(args: argparse.Namespace) -> int:
         res = drain(iter_distill(data, args.teacher, axes, cfg, args.output, resume=args.resume,
                                  overwrite=args.overwrite, should_stop=stop), progress_callback("distill"))
     return _report_run(res, args.output)
+
+
+def _distill_dbsn(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .events import drain
+    from .training import iter_distill_dbsn
+
+    wrong = [f for f, v in (("--ks", args.ks), ("--patch", args.patch), ("--mean-teacher", args.mean_teacher or None),
+                            ("--no-init-from-teacher", args.no_init_from_teacher or None)) if v is not None]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)} apply to AT-BSN teachers; a D-BSN teacher's student uses the "
+                          f"teacher's patch and its Bayes output. Drop them.")
+    data, axes = _open_training_data(args.noisy, args.axes)
+    clean = None
+    clean_axes = None
+    if args.clean:
+        clean, clean_axes = _open_training_data(args.clean, args.clean_axes)
+    cfg = UnpairedConfig(device=args.device, amp=not args.no_amp,
+                         **_overrides(args, ["student", "iters", "batch", "lr", "seed", "checkpoint_every",
+                                             "real_weight"]))
+    with StopFlag() as stop:
+        res = drain(iter_distill_dbsn(data, args.teacher, axes, clean=clean, clean_axes=clean_axes, config=cfg,
+                                      out_dir=args.output, resume=args.resume, overwrite=args.overwrite,
+                                      should_stop=stop), progress_callback("distill"))
+    return _report_run(res, args.output)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import analyze_noise
+    from .readers import open_image
+
+    img = open_image(args.noisy, args.axes)
+    print(f"atbsn: {args.noisy}: shape {img.shape}, axes {img.axes}, dtype {img.dtype}", file=sys.stderr)
+    print(analyze_noise(img).report())
+    return 0
 
 
 def _report_run(res: Any, output: str) -> int:
@@ -234,7 +335,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     workers = args.workers or (2 if args.scheduler in ("threads", "processes") else 1)
     job = plan_job(source, model, args.output, k_b=k_b, roi=args.roi, chunk=args.chunk, window=args.window,
                    halo=args.halo, batch_size=args.batch_size, dtype=args.dtype, overwrite=args.overwrite,
-                   workers=workers)
+                   workers=workers, noise_map=args.save_noise_map)
     print(f"atbsn: {model.name}, window {job.window} (halo {job.halo}), chunk {job.chunk}, "
           f"{len(job.units())} chunks, scheduler {args.scheduler}", file=sys.stderr)
     bar = ProgressBar("denoise", 1)
@@ -277,12 +378,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     net, cfg = load_network(args.model)
     n_params = sum(p.numel() for p in net.parameters())
     arch = cfg["arch"]
+    kind = {"atbsn": "AT-BSN teacher", "student": "distilled student", "dbsn": "D-BSN"}[cfg["kind"]]
     lines = [f"model folder   {args.model}",
-             f"kind           {'AT-BSN teacher' if cfg['kind'] == 'atbsn' else 'distilled student'}",
+             f"kind           {kind}",
              f"preset         {arch['preset']}  ({n_params:,} parameters, {arch['in_channels']} channel(s))",
              f"window         {cfg['patch']} px (training patch), halo {cfg.get('halo', cfg['patch'] // 4)} px"]
     if cfg["kind"] == "atbsn":
         lines.append(f"blind spots    k_a={cfg.get('k_a')} (training), k_b={cfg.get('k_b')} (default inference)")
+    elif cfg["kind"] == "dbsn":
+        lines.append(f"noise model    {arch['noise_model']} (one-pixel blind spot, Bayes fusion gamma="
+                     f"{cfg.get('gamma', 1.0)})")
+    elif cfg.get("method") == "dbsn-unpaired":
+        clean = "with clean images" if cfg.get("unpaired", {}).get("clean") else "self-distillation only"
+        lines.append(f"teacher        D-BSN, unpaired distillation ({clean})")
     else:
         kind = "mean-teacher" if cfg.get("mean_teacher") else "multi-teacher"
         lines.append(f"teachers       Ks={cfg.get('ks')} ({kind})")
@@ -305,8 +413,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "distill": cmd_distill, "denoise": cmd_denoise, "info": cmd_info,
-            "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "distill": cmd_distill, "denoise": cmd_denoise, "analyze": cmd_analyze,
+            "info": cmd_info, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

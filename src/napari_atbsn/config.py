@@ -60,7 +60,30 @@ STUDENT_MULTIPLE: dict[str, int] = {"A": 4, "B": 4, "C": 32, "tiny": 4}
 #: Blind-spot sizes of the paper's SIDD multi-teacher set (method.md §1.8).
 DEFAULT_KS: tuple[int, ...] = (0, 1, 3, 5, 7, 9, 11)
 
-NORMALIZATION_MODES: tuple[str, ...] = ("range255", "zscore")
+@dataclass(frozen=True)
+class DBSNArch:
+    """Widths of D-BSN (method.md §5.1): ``width`` feature channels (96 in the paper), ``blocks``
+    dilated inception blocks per branch (8), ``sigma_width`` channels of the variance networks (32)."""
+
+    width: int
+    blocks: int
+    sigma_width: int
+
+
+DBSN_PRESETS: dict[str, DBSNArch] = {
+    # The paper network: 6,612,289 backbone parameters for one channel (method.md §5.1).
+    "paper": DBSNArch(width=96, blocks=8, sigma_width=32),
+    "small": DBSNArch(width=48, blocks=4, sigma_width=32),
+    "tiny": DBSNArch(width=16, blocks=2, sigma_width=8),
+}
+
+#: D-BSN noise models (method.md §5.2): Gaussian (one variance per image, from the noisy image),
+#: Poisson-Gaussian (a per-pixel variance that depends on the signal, from mu), multivariate Gaussian
+#: (one channel covariance per image, for noise correlated across channels).
+NOISE_MODELS: tuple[str, ...] = ("gaussian", "poisson-gaussian", "multivariate-gaussian")
+
+#: ``range1`` maps robust percentiles to 0..1, the range D-BSN's noise networks are initialised for.
+NORMALIZATION_MODES: tuple[str, ...] = ("range255", "zscore", "range1")
 
 
 def check_k(k: Any, *, name: str = "k") -> int:
@@ -229,6 +252,103 @@ def _check_patch(patch: Any, arch: UNetArch, k_a: int) -> None:
         raise ConfigError(f"patch={patch} must be a multiple of {m} for this preset; try {max(m, patch // m * m)}.")
     if patch <= 2 * ((k_a + 1) // 2):
         raise ConfigError(f"patch={patch} is too small for k_a={k_a}; use at least {4 * m}.")
+
+
+#: D-BSN training defaults per preset. ``paper`` follows the reference scripts (patch 96, batch 8,
+#: Adam 3e-4); the phases split ``iters`` into mu pretraining (MSE), sigma pretraining (mu frozen)
+#: and joint training with the constrained likelihood (method.md §5.3).
+DBSN_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "paper": dict(iters=100_000, patch=96, batch=8, lr=3e-4),
+    "small": dict(iters=1_500, patch=64, batch=4, lr=1e-3),
+    "tiny": dict(iters=200, patch=32, batch=4, lr=2e-3),
+}
+
+
+@dataclass
+class DBSNConfig:
+    """Settings of D-BSN training (method.md §5)."""
+
+    preset: str = _help("network size: paper (6.6 M params, GPU), small (CPU), tiny (tests)", default="small")
+    noise_model: str = _help("gaussian (one level per image), poisson-gaussian (signal-dependent, per pixel) or "
+                             "multivariate-gaussian (noise correlated across channels)", default="poisson-gaussian")
+    iters: int | None = _help("training iterations over all three phases (default: preset's)", default=None)
+    patch: int | None = _help("square training patch side; inference windows use the same size", default=None)
+    batch: int | None = _help("patches per step", default=None)
+    lr: float | None = _help("Adam learning rate, cosine-annealed to 0 within each phase", default=None)
+    normalization: str = _help("range1 (robust percentiles to 0..1, D-BSN's range), range255 or zscore",
+                               default="range1")
+    phases: tuple[float, float, float] = _help("fractions of iters for mu pretraining, sigma pretraining and "
+                                               "joint training", default=(0.5, 0.2, 0.3))
+    gamma: float = _help("default weight of the noise term in the Bayes fusion (1: exact posterior; the "
+                         "reference uses 0.9-1)", default=1.0)
+    seed: int = _help("random seed (patch sampling and weight init)", default=0)
+    device: str = _help("auto, cpu, cuda, cuda:N or mps", default="auto")
+    amp: bool = _help("mixed precision on CUDA for the backbone (the likelihood is always float32)", default=True)
+    checkpoint_every: int = _help("save a resumable checkpoint every N steps (0: only at the end)", default=500)
+
+    def resolved(self) -> DBSNConfig:
+        if self.preset not in DBSN_PRESETS:
+            raise ConfigError(f"Unknown D-BSN preset {self.preset!r}; choose one of {', '.join(DBSN_PRESETS)}.")
+        filled = {k: v for k, v in DBSN_TRAIN_DEFAULTS[self.preset].items() if getattr(self, k) is None}
+        cfg = dataclasses.replace(self, **filled)
+        cfg.phases = tuple(float(f) for f in cfg.phases)  # type: ignore[assignment]
+        if cfg.noise_model not in NOISE_MODELS:
+            raise ConfigError(f"noise_model={cfg.noise_model!r}; choose one of {', '.join(NOISE_MODELS)}.")
+        _positive("iters", cfg.iters)
+        _positive("batch", cfg.batch)
+        _positive("patch", cfg.patch)
+        if cfg.patch < 16:
+            raise ConfigError(f"patch={cfg.patch} is too small for D-BSN; use at least 32.")
+        if not (cfg.lr and cfg.lr > 0):
+            raise ConfigError(f"lr={cfg.lr} must be a positive number such as 3e-4.")
+        if cfg.normalization not in NORMALIZATION_MODES:
+            raise ConfigError(f"normalization={cfg.normalization!r}; choose one of {', '.join(NORMALIZATION_MODES)}.")
+        if len(cfg.phases) != 3 or min(cfg.phases) < 0 or abs(sum(cfg.phases) - 1) > 1e-6 or cfg.phases[2] == 0:
+            raise ConfigError(f"phases={cfg.phases} must be three non-negative fractions summing to 1 (mu, sigma, "
+                              f"joint), with a joint phase, e.g. 0.5,0.2,0.3.")
+        if not 0 < cfg.gamma <= 2:
+            raise ConfigError(f"gamma={cfg.gamma} must be in (0, 2]; 1 is the exact posterior.")
+        if cfg.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be 0 (off) or positive.")
+        return cfg
+
+    def phase_iters(self) -> tuple[int, int, int]:
+        """Steps of the mu, sigma and joint phases (rounding goes to the joint phase)."""
+        assert self.iters is not None
+        mu = int(self.iters * self.phases[0])
+        sigma = int(self.iters * self.phases[1])
+        return mu, sigma, self.iters - mu - sigma
+
+
+@dataclass
+class UnpairedConfig:
+    """Settings of D-BSN's unpaired distillation (method.md §5.4) into one of our students."""
+
+    student: str = _help("student preset: A, B, C or tiny", default="A")
+    iters: int | None = _help("distillation iterations (default: teacher preset's)", default=None)
+    batch: int | None = _help("patches per step; 1 in 8 is real noisy data, the rest synthetic from clean images "
+                              "(at least 1 real)", default=None)
+    lr: float | None = _help("Adam learning rate, cosine-annealed to 0", default=None)
+    real_weight: float = _help("weight of the self-distillation term (student(noisy) vs D-BSN's output)",
+                               default=0.1)
+    seed: int = _help("random seed", default=0)
+    device: str = _help("auto, cpu, cuda, cuda:N or mps", default="auto")
+    amp: bool = _help("mixed precision on CUDA", default=True)
+    checkpoint_every: int = _help("save a resumable checkpoint every N steps (0: only at the end)", default=500)
+
+    def resolved(self, teacher_preset: str) -> UnpairedConfig:
+        defaults = {"paper": dict(iters=50_000, batch=8, lr=3e-4), "small": dict(iters=800, batch=8, lr=1e-3),
+                    "tiny": dict(iters=200, batch=8, lr=2e-3)}.get(teacher_preset, {})
+        cfg = dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        if cfg.student not in STUDENT_PRESETS:
+            raise ConfigError(f"Unknown student preset {cfg.student!r}; choose one of {', '.join(STUDENT_PRESETS)}.")
+        _positive("iters", cfg.iters)
+        _positive("batch", cfg.batch)
+        if not (cfg.lr and cfg.lr > 0):
+            raise ConfigError(f"lr={cfg.lr} must be a positive number such as 3e-4.")
+        if cfg.real_weight < 0:
+            raise ConfigError(f"real_weight={cfg.real_weight} must be >= 0.")
+        return cfg
 
 
 #: Settings a resumed run may change; everything else comes from the checkpoint.

@@ -33,7 +33,8 @@ WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safe
 
 _REQUIRED = {"format", "format_version", "kind", "arch", "patch", "normalization"}
 _OPTIONAL = {"package_version", "created", "k_a", "k_b", "ks", "mean_teacher", "teacher", "steps",
-             "train", "distill", "data", "state", "halo"}
+             "train", "distill", "data", "state", "halo", "method", "gamma", "phase", "unpaired"}
+KINDS = ("atbsn", "student", "dbsn")
 
 
 # -- atomic writing -----------------------------------------------------------
@@ -108,14 +109,14 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFolderError(f"{p} uses model format version {version}, newer than this napari-atbsn "
                                f"({__version__}) reads ({FORMAT_VERSION}); upgrade napari-atbsn.")
-    if cfg["kind"] not in ("atbsn", "student"):
+    if cfg["kind"] not in KINDS:
         raise ModelFolderError(f"{cfg_path}: unknown model kind {cfg['kind']!r}.")
     return cfg
 
 
 def build_model(cfg: dict[str, Any]) -> nn.Module:
     """An untrained network of the architecture described by ``cfg["arch"]``."""
-    from .models import ATBSN, Student
+    from .models import ATBSN, DBSN, Student
 
     arch = cfg["arch"]
     try:
@@ -128,6 +129,8 @@ def build_model(cfg: dict[str, Any]) -> nn.Module:
                 raise ConfigError(f"unknown preset {arch['preset']!r}")
             return ATBSN(int(arch["in_channels"]), arch["preset"], width=int(arch["width"]),
                          dec_width=int(arch["dec_width"]), depth=int(arch["depth"]))
+        if cfg["kind"] == "dbsn":
+            return DBSN(int(arch["in_channels"]), arch["preset"], noise_model=arch["noise_model"])
         if arch["preset"] not in STUDENT_PRESETS:
             raise ConfigError(f"unknown student preset {arch['preset']!r}")
         return Student(arch["preset"], int(arch["in_channels"]))
@@ -137,8 +140,10 @@ def build_model(cfg: dict[str, Any]) -> nn.Module:
 
 def arch_dict(model: nn.Module) -> dict[str, Any]:
     """The ``arch`` config entry describing ``model``."""
-    from .models import ATBSN
+    from .models import ATBSN, DBSN
 
+    if isinstance(model, DBSN):
+        return {"preset": model.preset, "in_channels": model.in_channels, "noise_model": model.noise_model}
     if isinstance(model, ATBSN):
         a: UNetArch = model.arch
         return {"preset": model.preset, "in_channels": model.in_channels, "width": a.width,
@@ -180,6 +185,10 @@ def load_network(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
 
 
 # -- the runnable model ----------------------------------------------------------
+#: The extra output of a D-BSN: its estimated noise standard deviation per pixel.
+NOISE_MAP = "noise"
+
+
 class Denoiser:
     """A loaded model with its normalisation and window size, ready to run.
 
@@ -207,17 +216,19 @@ class Denoiser:
     @property
     def name(self) -> str:
         """Short label for outputs: ``atbsn_kb3`` or ``student_C``."""
+        if self.kind == "dbsn":
+            return "dbsn"
         return f"student_{self.config['arch']['preset']}" if self.kind == "student" else f"atbsn_kb{self.k_b}"
+
+    @property
+    def gamma(self) -> float:
+        """D-BSN: weight of the noise term in the Bayes fusion (stored with the model; 1 = exact posterior)."""
+        return float(self.config.get("gamma", 1.0))
 
     @torch.no_grad()
     def run_normalized(self, x: np.ndarray, k_b: int | None = None) -> np.ndarray:
         """Network on already-normalised (N, C, h, w) float32 data."""
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        if self.kind == "atbsn":
-            y = self.network(t, k=self.k_b if k_b is None else check_k(k_b, name="k_b"))
-        else:
-            y = self.network(t)
-        return y.float().cpu().numpy()
+        return self.run_windows(x, [k_b])[0]
 
     @torch.no_grad()
     def run_windows(self, x: np.ndarray, ks: Sequence[int | None]) -> np.ndarray:
@@ -234,9 +245,31 @@ class Denoiser:
             t = torch.cat([t, t])
         if self.kind == "atbsn":
             y = self.network.teachers(t, [self.k_b if k is None else check_k(k, name="k_b") for k in ks])
+        elif self.kind == "dbsn":
+            y = self._dbsn_outputs(t, ks)
         else:
             y = self.network(t)[None]
         return y[:, :1].float().cpu().numpy() if single else y.float().cpu().numpy()
+
+    def _dbsn_outputs(self, t: torch.Tensor, ks: Sequence[int | str | None]) -> torch.Tensor:
+        """D-BSN: None -> the Bayes-fused image; NOISE_MAP -> the noise standard deviation (normalised units)."""
+        from .models.dbsn import bayes_fusion
+
+        mu, var_mu, var_n = self.network(t)
+        outs = []
+        for k in ks:
+            if k == NOISE_MAP:
+                var = var_n if var_n.ndim == 4 else var_n.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
+                outs.append(var.clamp_min(0).sqrt())
+            else:
+                outs.append(bayes_fusion(t, mu, var_mu, var_n, self.gamma))
+        return torch.stack(outs)
+
+    def undo_output(self, out: np.ndarray, k: int | str | None) -> np.ndarray:
+        """A normalised network output back in the data's units (a noise std scales, an image also shifts)."""
+        if k == NOISE_MAP:
+            return out * np.asarray(self.normalization.scale, dtype=np.float32).reshape(-1, 1, 1)
+        return self.normalization.undo(out)
 
     def fingerprint(self) -> str:
         """SHA-256 of what determines the output: kind, normalisation, window, default k_b and weights."""

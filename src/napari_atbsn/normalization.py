@@ -8,7 +8,9 @@ Modes:
 * ``range255`` (paper preset): robust percentiles p0.1 .. p99.9 map to
   0 .. 255, the range the paper's networks were trained in;
 * ``zscore`` (small/tiny presets): zero mean, unit variance, the setting of our
-  CPU calibration (Decision 8).
+  CPU calibration (Decision 8);
+* ``range1`` (D-BSN): the same percentiles to 0 .. 1, the range D-BSN's noise
+  networks are initialised for (method.md §5.2).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def fit_normalization(samples: np.ndarray, mode: str) -> Normalization:
         offset, scale = x.mean(axis=1), x.std(axis=1)
     else:
         lo, hi = np.percentile(x, [LOW_PERCENTILE, HIGH_PERCENTILE], axis=1)
-        offset, scale = lo, (hi - lo) / 255.0
+        offset, scale = lo, (hi - lo) / (255.0 if mode == "range255" else 1.0)
     if np.any(scale <= 0) or not np.all(np.isfinite(scale)):
         raise ImageError("the image is constant (no variation in at least one channel); there is nothing to "
                          "denoise or learn from.")

@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import AxesError, WriteError
 
+NOISE_LABEL = "noise"  # modelio.NOISE_MAP: D-BSN's noise-map output
 ZARR_FORMAT = 2  # OME-NGFF 0.4 sits on zarr v2: what napari-ome-zarr, Fiji (MoBIE/n5-viewer) and QuPath read today
 NGFF_VERSION = "0.4"
 DONE_DIR = ".atbsn-done"
@@ -60,13 +61,14 @@ def _split_suffix(name: str) -> tuple[str, str]:
     return name, ""
 
 
-def outputs_for(path: str | os.PathLike, ks: Sequence[int | None]) -> list[Path]:
-    """One output per blind-spot size: ``out.tif`` -> ``out_kb1.tif``, ``out_kb3.tif`` when there are several."""
+def outputs_for(path: str | os.PathLike, ks: Sequence[Any]) -> list[Path]:
+    """Output paths: ``out.tif`` for one image; ``out_kb1.tif``, ``out_kb3.tif`` for several blind-spot
+    sizes; ``out_noise.tif`` for a D-BSN noise map."""
     p = Path(path)
-    if len(ks) == 1:
-        return [p]
     stem, suffix = _split_suffix(p.name)
-    return [p.with_name(f"{stem}_kb{k}{suffix}") for k in ks]
+    images = [k for k in ks if k != NOISE_LABEL]
+    return [p.with_name(f"{stem}_noise{suffix}") if k == NOISE_LABEL else
+            p if len(images) == 1 else p.with_name(f"{stem}_kb{k}{suffix}") for k in ks]
 
 
 def work_path(final: Path) -> Path:

@@ -190,7 +190,7 @@ class Runtime:
                 result = item
             else:
                 yield item
-        yield norm.undo(result)
+        yield np.stack([self.model.undo_output(r, k) for r, k in zip(result, self.ks, strict=True)])
 
 
 def _drain_unit(it: Iterator[int | np.ndarray]) -> np.ndarray:
@@ -207,7 +207,7 @@ def iter_denoise_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Seque
     grid = PlaneGrid.of(geom.height, geom.width, model.patch, model.halo)
     rt = Runtime(model, ks, grid, batch_size)
     out_dtype = arr.dtype if dtype == "input" else np.dtype(np.float32)
-    outs = [np.empty(arr.shape, dtype=out_dtype) for _ in ks]
+    outs = [np.empty(arr.shape, dtype=output_dtype(k, out_dtype)) for k in ks]
     total = geom.n_planes * grid.count(geom.region)
     done = 0
     for n in range(geom.n_planes):
@@ -216,8 +216,7 @@ def iter_denoise_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Seque
         for item in rt.iter_unit(raw, (0, 0), box):
             if isinstance(item, np.ndarray):
                 for o, res in zip(outs, item, strict=True):
-                    o[geom.source_index(n, 0, geom.height, 0, geom.width)] = _from_cyx(to_dtype(res, out_dtype),
-                                                                                       geom)
+                    o[geom.source_index(n, 0, geom.height, 0, geom.width)] = _from_cyx(to_dtype(res, o.dtype), geom)
             else:
                 done += item
                 yield done, total
@@ -322,11 +321,18 @@ def store_index(spec: UnitSpec, n: int, box: Box) -> tuple[Any, ...]:
     return tuple(plane[a] if a in plane else spans[a] for a in spec.store_axes)
 
 
+def output_dtype(k: Any, dtype: np.dtype) -> np.dtype:
+    """The noise map is a standard deviation: always float32, whatever the image's output type."""
+    from .modelio import NOISE_MAP
+
+    return np.dtype(np.float32) if k == NOISE_MAP else np.dtype(dtype)
+
+
 def write_unit(spec: UnitSpec, arrays: list[Any], n: int, box: Box, result: np.ndarray) -> None:
     idx = store_index(spec, n, box)
     key = unit_key(n, box)
-    for arr, store, res in zip(arrays, spec.stores, result, strict=True):
-        data = to_dtype(res, np.dtype(spec.out_dtype))
+    for arr, store, res, k in zip(arrays, spec.stores, result, spec.ks, strict=True):
+        data = to_dtype(res, output_dtype(k, np.dtype(spec.out_dtype)))
         arr[idx] = data if "C" in spec.store_axes else data[0]
         # the marker comes only after the chunk is fully stored: a marker never lies
         (Path(store).parent / ".atbsn-done" / key).touch()
@@ -467,14 +473,14 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
              k_b: int | Sequence[int] | None = None, roi: dict[str, slice] | str | None = None,
              chunk: int | None = None, window: int | None = None, halo: int | None = None,
              batch_size: int | None = None, dtype: str = "float32", overwrite: bool = False,
-             workers: int = 1) -> Job:
+             workers: int = 1, noise_map: bool = False) -> Job:
     """Validate everything and decide sizes; raises before anything is written."""
     from .readers import open_image, parse_roi
 
     lazy = open_image(source, axes)
     if isinstance(roi, str):
         roi = parse_roi(roi, lazy.axes)
-    ks = resolve_ks(model, k_b)
+    ks = resolve_ks(model, k_b, noise_map)
     if dtype not in OUTPUT_DTYPES:
         raise ConfigError(f"dtype={dtype!r}; choose float32 or input.")
     window = model.patch if window is None else window
@@ -514,11 +520,20 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
     return job
 
 
-def resolve_ks(model: Denoiser, k_b: int | Sequence[int] | None) -> list[int | None]:
+def resolve_ks(model: Denoiser, k_b: int | Sequence[int] | None, noise_map: bool = False) -> list[Any]:
+    """The outputs to compute: one per k_b (teachers), the image (students, D-BSN), plus D-BSN's noise map."""
     from .config import check_k
+    from .modelio import NOISE_MAP
 
+    if noise_map and model.kind != "dbsn":
+        raise ConfigError(f"a noise map comes from a D-BSN model's noise estimator; {model.name} has none. "
+                          f"Train one with 'atbsn train --method dbsn', or leave out --save-noise-map.")
+    extra = [NOISE_MAP] if noise_map else []
     if k_b is None:
-        return [model.k_b if model.kind == "atbsn" else None]
+        return [model.k_b if model.kind == "atbsn" else None, *extra]
+    if model.kind == "dbsn":
+        raise BlindSpotError("k_b applies to AT-BSN teachers; D-BSN's blind spot is always one pixel (its noise "
+                             "model restores the pixel's own value). Leave k_b unset.")
     if model.kind != "atbsn":
         raise BlindSpotError("k_b applies to AT-BSN teachers; a distilled student has no blind spot. Leave k_b unset.")
     ks = [k_b] if isinstance(k_b, int | np.integer) else list(k_b)
@@ -560,7 +575,7 @@ def _prepare_stores(job: Job, overwrite: bool) -> int:
     chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
     for s, old, k in zip(job.stores, existing, job.ks, strict=True):
         if old is None or overwrite or old.get("chunk") != job.chunk:
-            s.create(_store_record(job, k), shape=shape, chunks=chunks, dtype=str(job.out_dtype))
+            s.create(_store_record(job, k), shape=shape, chunks=chunks, dtype=str(output_dtype(k, job.out_dtype)))
     done_sets = [s.done() for s in job.stores]
     return len(set.intersection(*done_sets)) if done_sets else 0
 
@@ -805,7 +820,8 @@ def denoise(source: Any, model: Denoiser | str | os.PathLike, out: str | os.Path
             chunk: int | None = None, window: int | None = None, halo: int | None = None,
             batch_size: int | None = None, dtype: str = "float32", overwrite: bool = False, scheduler: str = "sync",
             workers: int | None = None, device: str = "auto", progress: Progress | None = None,
-            should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> Any:
+            should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None,
+            noise_map: bool = False) -> Any:
     """Denoise an image or volume of any size in chunks.
 
     ``source`` is a path (TIFF, Zarr/OME-Zarr, NIfTI, .npy ...), an array or a
@@ -813,7 +829,8 @@ def denoise(source: Any, model: Denoiser | str | os.PathLike, out: str | os.Path
     loaded :class:`~napari_atbsn.modelio.Denoiser`. With ``out`` (``.ome.zarr``,
     ``.zarr``, ``.tif`` or ``.npy``) the result is streamed there (resumably) and
     a :class:`DenoiseResult` is returned; without, a lazy dask array (one per
-    k_b when ``k_b`` is a list) that computes chunks on demand.
+    k_b when ``k_b`` is a list) that computes chunks on demand. ``noise_map`` (D-BSN models) adds the
+    estimated noise standard deviation as a second output (``OUT_noise``; the second array).
     """
     from .events import drain
     from .modelio import load_model
@@ -825,9 +842,9 @@ def denoise(source: Any, model: Denoiser | str | os.PathLike, out: str | os.Path
     workers = workers or (2 if scheduler in ("threads", "processes") else 1)
     if out is None:
         return lazy_denoise(source, model, axes=axes, k_b=k_b, roi=roi, chunk=chunk, window=window, halo=halo,
-                            batch_size=batch_size, dtype=dtype)
+                            batch_size=batch_size, dtype=dtype, noise_map=noise_map)
     job = plan_job(source, model, out, axes=axes, k_b=k_b, roi=roi, chunk=chunk, window=window, halo=halo,
-                   batch_size=batch_size, dtype=dtype, overwrite=overwrite, workers=workers)
+                   batch_size=batch_size, dtype=dtype, overwrite=overwrite, workers=workers, noise_map=noise_map)
     cb = (lambda ev: progress(*ev)) if progress else None
     return drain(iter_run(job, overwrite=overwrite, scheduler=scheduler, workers=workers, should_stop=should_stop,
                           log=log, worker_device=device if remote else None), cb)
@@ -835,7 +852,8 @@ def denoise(source: Any, model: Denoiser | str | os.PathLike, out: str | os.Path
 
 def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: int | Sequence[int] | None = None,
                  roi: dict[str, slice] | str | None = None, chunk: int | None = None, window: int | None = None,
-                 halo: int | None = None, batch_size: int | None = None, dtype: str = "float32") -> Any:
+                 halo: int | None = None, batch_size: int | None = None, dtype: str = "float32",
+                 noise_map: bool = False) -> Any:
     """The denoised image as a dask array in the source's axes order; nothing runs until it is computed.
 
     With several k_b, all outputs share one computation per chunk (one backbone pass for all k).
@@ -847,7 +865,7 @@ def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: 
     lazy = open_image(source, axes)
     if isinstance(roi, str):
         roi = parse_roi(roi, lazy.axes)
-    ks = resolve_ks(model, k_b)
+    ks = resolve_ks(model, k_b, noise_map)
     if dtype not in OUTPUT_DTYPES:
         raise ConfigError(f"dtype={dtype!r}; choose float32 or input.")
     window = model.patch if window is None else window
@@ -860,7 +878,9 @@ def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: 
                          f"{model.in_channels}; check the axes or use a model trained on such data.")
     chunk = chunk or auto_chunk(window, halo, geom.channels, len(ks), 1, geom.region)
     rt = Runtime(model, ks, PlaneGrid.of(geom.height, geom.width, window, halo), batch_size or 4)
-    out_dtype = np.dtype(np.float32) if dtype == "float32" else np.dtype(lazy.dtype)
+    image_dtype = np.dtype(np.float32) if dtype == "float32" else np.dtype(lazy.dtype)
+    # one dask array holds every output, so they must share a type: float32 when a noise map rides along
+    out_dtype = np.result_type(*[output_dtype(k, image_dtype) for k in ks])
     data = cropped.data
     r = geom.region
     chunks = []
@@ -887,7 +907,7 @@ def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: 
     meta = np.empty((0,) * (len(geom.axes) + 1), dtype=out_dtype)
     stacked = da.map_blocks(block, chunks=((len(ks),), *chunks), dtype=out_dtype, meta=meta,
                             name=f"atbsn-denoise-{uuid.uuid4().hex}")
-    return [stacked[i] for i in range(len(ks))] if not isinstance(k_b, int | None) else stacked[0]
+    return [stacked[i] for i in range(len(ks))] if len(ks) > 1 else stacked[0]
 
 
 def _full(o: np.ndarray, geom: Geometry) -> list[int]:

@@ -71,6 +71,17 @@ def add_correlated_noise(clean: np.ndarray, *, read_noise: float = 2.0, correlat
     return np.clip(np.rint(noisy), 0, 65535).astype(np.uint16)
 
 
+def add_poisson_gaussian_noise(clean: np.ndarray, *, read_noise: float = 2.0, seed: int = 1) -> np.ndarray:
+    """Pixel-independent Poisson-Gaussian noise (variance = signal + read_noise**2), float32, no offset.
+
+    The regime of confocal/widefield microscopy where D-BSN's one-pixel blind
+    spot and noise model apply (method.md §5).
+    """
+    rng = np.random.default_rng(seed)
+    shot = rng.poisson(np.clip(clean, 0, None)).astype(np.float64)
+    return (shot + rng.normal(0, read_noise, clean.shape)).astype(np.float32)
+
+
 def make_sample(planes: int = 8, size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(noisy uint16 (Z, Y, X), clean float32 (Z, Y, X))``, clean on the same offset as noisy."""
     clean = make_clean(planes, size, seed)

@@ -70,6 +70,15 @@ class PlaneSource:
         return np.stack([self.read(int(p), y0, x0, h, w) for p in planes])
 
 
+def plane_source(data: Any, axes: str | None = None) -> PlaneSource:
+    """A :class:`PlaneSource` over an array or a lazily opened :class:`~napari_atbsn.readers.LazyImage`."""
+    from .axes import guess_axes
+
+    if hasattr(data, "axes") and hasattr(data, "data") and hasattr(data.data, "dask"):  # a LazyImage
+        return PlaneSource(data.data, axes or data.axes)
+    return PlaneSource(data, axes or guess_axes(np.shape(data)))
+
+
 def dihedral(x: np.ndarray, op: int) -> np.ndarray:
     """One of the 8 rotations/flips of the square (..., Y, X) array (op in 0..7)."""
     if op >= 4:

@@ -1,6 +1,8 @@
-"""Self-supervised training (stage 1) and multi-teacher distillation (stage 2)."""
+"""Self-supervised training (stage 1), multi-teacher distillation (stage 2) and D-BSN."""
 
+from .dbsn import distill_dbsn, iter_distill_dbsn, iter_train_dbsn, train_dbsn
 from .distill import distill, distill_loss, iter_distill
 from .train import TrainResult, iter_train, train
 
-__all__ = ["TrainResult", "distill", "distill_loss", "iter_distill", "iter_train", "train"]
+__all__ = ["TrainResult", "distill", "distill_dbsn", "distill_loss", "iter_distill", "iter_distill_dbsn",
+           "iter_train", "iter_train_dbsn", "train", "train_dbsn"]

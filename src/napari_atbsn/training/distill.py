@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..axes import guess_axes
 from ..config import DistillConfig, resume_config
 from ..device import resolve_device
 from ..errors import BlindSpotError, ConfigError, ImageError, ModelFolderError
@@ -27,7 +26,7 @@ from ..events import CheckpointEvent, StepEvent, drain
 from ..modelio import arch_dict, load_network
 from ..models import ATBSN, Student
 from ..normalization import Normalization
-from ..sampling import PlaneSource, check_patch_fits, sample_batch
+from ..sampling import check_patch_fits, plane_source, sample_batch
 from .loop import LoopSpec
 from .train import TrainResult, checkpoint_config, iter_run, prepare_output
 
@@ -64,7 +63,7 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
     s_max = (max(cfg.ks) + 1) // 2
     if s_max >= cfg.patch:
         raise BlindSpotError(f"k={max(cfg.ks)} is too large for {cfg.patch}-pixel patches; use smaller Ks.")
-    source = PlaneSource(data, axes or guess_axes(np.shape(data)))
+    source = plane_source(data, axes)
     if source.channels != net.in_channels:
         raise ImageError(f"the data has {source.channels} channel(s) but the teacher was trained on "
                          f"{net.in_channels}; check --axes.")
@@ -98,7 +97,7 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
                             "steps": tcfg.get("steps"), "patch": tcfg["patch"]},
                 "steps": steps, "distill": {**dataclasses.asdict(cfg), "ks": list(cfg.ks),
                                             "initialised_from_teacher": initialised},
-                "data": {"axes": source.axes, "shape": [int(s) for s in np.shape(data)]}}
+                "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape]}}
 
     spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop)

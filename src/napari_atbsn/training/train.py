@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..axes import guess_axes
 from ..config import TrainConfig, resume_config
 from ..device import resolve_device
 from ..errors import ConfigError, ModelFolderError
@@ -21,7 +20,7 @@ from ..events import CheckpointEvent, StepEvent, drain
 from ..modelio import CONFIG, Denoiser, arch_dict, read_config, save_folder
 from ..models import ATBSN
 from ..normalization import Normalization, fit_normalization
-from ..sampling import PlaneSource, check_patch_fits, sample_batch
+from ..sampling import check_patch_fits, plane_source, sample_batch
 from .loop import CHECKPOINT_DIR, CHECKPOINT_OLD, CHECKPOINT_PARTIAL, LoopSpec, iter_optimize, recover_checkpoint
 
 
@@ -106,7 +105,7 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
     """
     saved = checkpoint_config(out_dir) if resume else None
     cfg = (resume_config(config or TrainConfig(), saved["train"]) if saved else config or TrainConfig()).resolved()
-    source = PlaneSource(data, axes or guess_axes(np.shape(data)))
+    source = plane_source(data, axes)
     check_patch_fits(source, cfg.patch)  # every check before the output folder is touched
     device = resolve_device(cfg.device)
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
@@ -126,7 +125,7 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
     def config_fn(steps: int) -> dict[str, Any]:
         return {"kind": "atbsn", "arch": arch_dict(model), "patch": cfg.patch, "k_a": cfg.k_a, "k_b": cfg.k_b,
                 "normalization": norm.to_dict(), "steps": steps, "train": dataclasses.asdict(cfg),
-                "data": {"axes": source.axes, "shape": [int(s) for s in np.shape(data)],
+                "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape],
                          "dtype": str(source.data.dtype)}}
 
     spec = LoopSpec("train", model, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,

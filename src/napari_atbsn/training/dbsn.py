@@ -1,0 +1,249 @@
+"""D-BSN training (method.md §5.3) and its unpaired distillation into a student (§5.4).
+
+Training runs three phases on the shared loop (events, stop, checkpoints):
+
+1. ``dbsn-mu``: the blind-spot network alone, MSE between mu and the noisy input;
+2. ``dbsn-sigma``: the uncertainty head and the noise estimator with mu frozen,
+   on the constrained likelihood;
+3. ``dbsn-joint``: all three on the constrained likelihood.
+
+Each phase has its own Adam and cosine schedule, like the reference's separate
+scripts. The checkpoint records its phase, so a resumed run continues that
+phase, then the later ones. A batch whose likelihood blows up (Mahalanobis
+term above 1e8, or not finite) is dropped, as in the reference; too many
+dropped batches stop the run with a clear error instead of a NaN model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import STUDENT_MULTIPLE, DBSNConfig, UnpairedConfig, resume_config
+from ..device import resolve_device
+from ..errors import ATBSNError, ConfigError, ImageError, ModelFolderError
+from ..events import CheckpointEvent, StepEvent, drain
+from ..modelio import Denoiser, arch_dict, load_network
+from ..models import DBSN, Student
+from ..models.dbsn import BLOWUP, constrained_nll
+from ..normalization import Normalization, fit_normalization
+from ..sampling import check_patch_fits, plane_source, sample_batch
+from .loop import LoopSpec, iter_optimize
+from .train import TrainResult, checkpoint_config, finish, iter_run, prepare_output
+
+PHASES = ("mu", "sigma", "joint")
+MAX_DROPPED = 0.2  # of a phase's steps
+
+
+class _Guard:
+    """Counts dropped batches; refuses to go on when the likelihood keeps blowing up."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.dropped = steps, 0
+
+    def check(self, loss: torch.Tensor, maha: torch.Tensor) -> bool:
+        ok = bool(torch.isfinite(loss)) and bool(torch.isfinite(maha)) and float(maha) <= BLOWUP
+        if not ok:
+            self.dropped += 1
+            if self.dropped > max(5, MAX_DROPPED * self.steps):
+                raise ATBSNError(f"the D-BSN likelihood blew up in {self.dropped} batches; lower the learning rate "
+                                 f"(--lr) or check the data for extreme values or saturated regions.")
+        return ok
+
+
+def _dropped_batch(model: torch.nn.Module) -> torch.Tensor:
+    # a zero loss connected to the graph: no gradient reaches Adam, the batch is simply skipped
+    return sum(p.sum() * 0 for p in model.parameters() if p.requires_grad)  # type: ignore[return-value]
+
+
+def phase_loss(model: DBSN, phase: str, guard: _Guard) -> Callable[[torch.Tensor], torch.Tensor]:
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        mu, mid = model.features(x)
+        if phase == "mu":
+            return F.mse_loss(mu.float(), x.float())
+        if phase == "sigma":
+            mu, mid = mu.detach(), mid.detach()
+        var_mu = model.var_mu(mid)
+        var_n = model.var_n(model.noise_input(x, mu.detach()))
+        loss, maha = constrained_nll(x, mu, var_mu, var_n)
+        return loss if guard.check(loss, maha) else _dropped_batch(model)
+
+    return loss_fn
+
+
+def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | None = None,
+                    out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
+                    should_stop: Callable[[], bool] | None = None,
+                    ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
+    """Train a D-BSN on noisy ``data``; events, stopping and resuming as in :func:`iter_train`."""
+    saved = checkpoint_config(out_dir) if resume else None
+    if saved is not None and saved.get("kind") != "dbsn":
+        raise ModelFolderError(f"the checkpoint in {out_dir} is not a D-BSN run; resume it with its own method.")
+    base = config or DBSNConfig()
+    cfg = (resume_config(base, saved["train"]) if saved else base).resolved()
+    source = plane_source(data, axes)
+    check_patch_fits(source, cfg.patch)
+    device = resolve_device(cfg.device)
+    out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
+    if saved:
+        norm = Normalization.from_dict(saved["normalization"])
+    else:
+        norm = fit_normalization(source.sample_pixels(np.random.default_rng(cfg.seed)), cfg.normalization)
+    torch.manual_seed(cfg.seed)
+    model = DBSN(source.channels, cfg.preset, noise_model=cfg.noise_model)
+    iters = cfg.phase_iters()
+    start_phase = PHASES.index(saved["phase"]) if saved else 0
+    offsets = np.cumsum((0, *iters))
+
+    def config_fn_for(phase: int) -> Callable[[int], dict[str, Any]]:
+        def config_fn(steps: int) -> dict[str, Any]:
+            return {"kind": "dbsn", "method": "dbsn", "arch": arch_dict(model), "patch": cfg.patch,
+                    "gamma": cfg.gamma, "normalization": norm.to_dict(), "phase": PHASES[phase],
+                    "steps": int(offsets[phase] + steps), "train": dataclasses.asdict(cfg),
+                    "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape],
+                             "dtype": str(source.data.dtype)}}
+        return config_fn
+
+    losses: list[float] = []
+    for phase in range(start_phase, len(PHASES)):
+        if iters[phase] == 0:
+            continue
+
+        def batch_fn(step: int, _off: int = int(offsets[phase])) -> np.ndarray:
+            return norm.apply(sample_batch(source, _off + step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch))
+
+        spec = LoopSpec(f"dbsn-{PHASES[phase]}", model, iters[phase], cfg.lr, device, cfg.amp, batch_fn,
+                        phase_loss(model, PHASES[phase], _Guard(iters[phase])), cfg.checkpoint_every, out,
+                        config_fn_for(phase), should_stop)
+        res = yield from iter_optimize(spec, resume=resume and phase == start_phase)
+        losses += res.losses
+        if res.stopped:
+            path = finish(out, model, config_fn_for(phase)(res.steps), stopped=True)
+            return TrainResult(Denoiser(model.eval(), config_fn_for(phase)(res.steps), device=device), path,
+                               int(offsets[phase] + res.steps), True, losses)
+    final = config_fn_for(len(PHASES) - 1)(iters[-1])
+    final.pop("phase")
+    path = finish(out, model, final, stopped=False)
+    return TrainResult(Denoiser(model.eval(), final, device=device, path=path), path, int(cfg.iters), False, losses)
+
+
+def train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | None = None,
+               out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
+               callback: Callable[[Any], None] | None = None) -> TrainResult:
+    """Blocking :func:`iter_train_dbsn`."""
+    return drain(iter_train_dbsn(data, axes, config, out_dir, resume=resume, overwrite=overwrite), callback)
+
+
+# -- unpaired distillation --------------------------------------------------------------------------
+def synthesize_noisy(model: DBSN, clean: torch.Tensor, u: float, z: torch.Tensor | None = None) -> torch.Tensor:
+    """``clean + N(0, 1) * sigma_n(clean) * u``: noise drawn from the learned model at the clean signal."""
+    var_n = model.var_n(clean)
+    z = torch.randn_like(clean) if z is None else z
+    if var_n.ndim == 4:
+        return clean + z * var_n.clamp_min(0).sqrt() * u
+    chol = torch.linalg.cholesky(var_n.permute(0, 3, 4, 1, 2) + 1e-8 * torch.eye(clean.shape[1], device=clean.device))
+    noise = (chol @ z.permute(0, 2, 3, 1).unsqueeze(-1)).squeeze(-1).permute(0, 3, 1, 2)
+    return clean + noise * u
+
+
+def iter_distill_dbsn(data: Any, teacher: str | Path, axes: str | None = None, *, clean: Any = None,
+                      clean_axes: str | None = None, config: UnpairedConfig | None = None,
+                      out_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+                      should_stop: Callable[[], bool] | None = None,
+                      ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
+    """Distil a D-BSN into a student (method.md §5.4).
+
+    Each batch has ``batch // 8`` (at least one) real noisy patches whose target is the D-BSN's
+    Bayes-fused output, and, when ``clean`` images of similar samples are given, the rest are clean
+    patches with noise synthesised by the D-BSN's noise model (scaled by u ~ U[0.9, 1.1] per batch),
+    whose target is the clean patch. Loss: ``real_weight * MSE(real) + MSE(synthetic)``. Without clean
+    images it is plain self-distillation on the noisy data.
+    """
+    net, tcfg = load_network(teacher)
+    if not isinstance(net, DBSN):
+        raise ModelFolderError(f"{teacher} holds a {tcfg['kind']}, not a D-BSN; give the folder written by "
+                               f"'atbsn train --method dbsn'.")
+    saved = checkpoint_config(out_dir) if resume else None
+    base = config or UnpairedConfig()
+    cfg = (resume_config(base, saved["unpaired"]) if saved else base).resolved(tcfg["arch"]["preset"])
+    patch = int(tcfg["patch"])
+    source = plane_source(data, axes)
+    check_patch_fits(source, patch)
+    if source.channels != net.in_channels:
+        raise ImageError(f"the noisy data has {source.channels} channel(s) but the D-BSN was trained on "
+                         f"{net.in_channels}; check --axes.")
+    clean_source = None
+    if clean is not None:
+        clean_source = plane_source(clean, clean_axes)
+        check_patch_fits(clean_source, patch)
+        if clean_source.channels != source.channels:
+            raise ImageError(f"the clean images have {clean_source.channels} channel(s), the noisy data "
+                             f"{source.channels}; they must match (check --clean-axes).")
+    n_real = max(1, cfg.batch // 8) if clean_source is not None else cfg.batch
+    if clean_source is not None and n_real >= cfg.batch:
+        raise ConfigError(f"batch={cfg.batch} leaves no room for clean patches; use at least 2 (8 in the paper).")
+    device = resolve_device(cfg.device)
+    out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
+    norm = Normalization.from_dict(tcfg["normalization"])
+    gamma = float(tcfg.get("gamma", 1.0))
+    teacher_net = net.to(device).eval().requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    student = Student(cfg.student, source.channels)
+    if patch % STUDENT_MULTIPLE[cfg.student]:
+        raise ConfigError(f"the teacher's patch {patch} is not a multiple of {STUDENT_MULTIPLE[cfg.student]}, "
+                          f"which student {cfg.student} needs; choose another student.")
+
+    current = {"step": 0}
+
+    def batch_fn(step: int) -> np.ndarray:
+        current["step"] = step  # the loss draws its synthetic noise from (seed, step): resumable exactly
+        real = sample_batch(source, step, seed=cfg.seed, batch=n_real, patch=patch)
+        parts = [real]
+        if clean_source is not None:
+            parts.append(sample_batch(clean_source, step, seed=cfg.seed + 1, batch=cfg.batch - n_real, patch=patch))
+        return norm.apply(np.concatenate(parts))
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        from ..models.dbsn import bayes_fusion
+
+        real, clean_x = x[:n_real], x[n_real:]
+        with torch.no_grad():
+            mu, var_mu, var_n = teacher_net(real.float())
+            target = bayes_fusion(real.float(), mu, var_mu, var_n, gamma)
+        loss = cfg.real_weight * F.mse_loss(student(real).float(), target) if clean_source is not None else \
+            F.mse_loss(student(real).float(), target)
+        if clean_source is not None:
+            gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + current["step"])
+            u = 0.9 + 0.2 * float(torch.rand((), generator=gen))
+            z = torch.randn(clean_x.shape, generator=gen).to(clean_x.device)
+            with torch.no_grad():
+                noisy = synthesize_noisy(teacher_net, clean_x.float(), u, z)
+            loss = loss + F.mse_loss(student(noisy).float(), clean_x.float())
+        return loss
+
+    def config_fn(steps: int) -> dict[str, Any]:
+        return {"kind": "student", "method": "dbsn-unpaired", "arch": arch_dict(student), "patch": patch,
+                "normalization": norm.to_dict(), "steps": steps,
+                "teacher": {"path": str(teacher), "kind": "dbsn", "arch": tcfg["arch"], "steps": tcfg.get("steps"),
+                            "patch": patch},
+                "unpaired": {**dataclasses.asdict(cfg), "clean": clean_source is not None, "real_per_batch": n_real},
+                "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape]}}
+
+    spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
+                    cfg.checkpoint_every, out, config_fn, should_stop)
+    return (yield from iter_run(spec, out, config_fn, resume=resume))
+
+
+def distill_dbsn(data: Any, teacher: str | Path, axes: str | None = None, *, clean: Any = None,
+                 clean_axes: str | None = None, config: UnpairedConfig | None = None,
+                 out_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+                 callback: Callable[[Any], None] | None = None) -> TrainResult:
+    """Blocking :func:`iter_distill_dbsn`."""
+    return drain(iter_distill_dbsn(data, teacher, axes, clean=clean, clean_axes=clean_axes, config=config,
+                                   out_dir=out_dir, resume=resume, overwrite=overwrite), callback)

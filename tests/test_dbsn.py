@@ -1,0 +1,189 @@
+"""D-BSN: blindness, Bayes fusion, noise-level estimation, training phases, unpaired distillation, analysis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_atbsn.config import DBSNConfig, UnpairedConfig
+from napari_atbsn.errors import ATBSNError, BlindSpotError, ConfigError, ModelFolderError
+from napari_atbsn.metrics import psnr
+from napari_atbsn.modelio import NOISE_MAP, load_model, read_config
+from napari_atbsn.models import DBSN, bayes_fusion
+from napari_atbsn.models.dbsn import constrained_nll
+from napari_atbsn.sample_data import add_poisson_gaussian_noise, make_clean
+from napari_atbsn.training import distill_dbsn, iter_train_dbsn, train_dbsn
+
+READ_NOISE = 2.0
+
+
+@pytest.fixture(scope="module")
+def pg_data() -> dict[str, np.ndarray]:
+    """Pixel-independent Poisson-Gaussian noise on microscopy-like content (photons), and separate clean images."""
+    clean = make_clean(planes=8, size=128, seed=11, brightness=1.0)
+    other = make_clean(planes=8, size=128, seed=12, brightness=1.0)  # "similar samples", not the same scene
+    return {"clean": clean, "noisy": add_poisson_gaussian_noise(clean, read_noise=READ_NOISE, seed=3),
+            "other_clean": other}
+
+
+@pytest.fixture(scope="module")
+def dbsn_model(tmp_path_factory: pytest.TempPathFactory, pg_data) -> Path:
+    out = tmp_path_factory.mktemp("dbsn") / "model"
+    train_dbsn(pg_data["noisy"], "ZYX", DBSNConfig(preset="tiny", iters=600, patch=32, batch=8, lr=2e-3,
+                                                   device="cpu"), out)
+    return out
+
+
+@pytest.mark.parametrize("noise_model", ["gaussian", "poisson-gaussian", "multivariate-gaussian"])
+def test_the_centre_pixel_is_blind_and_its_neighbours_are_not(noise_model: str) -> None:
+    torch.manual_seed(0)
+    net = DBSN(2, "tiny", noise_model=noise_model)
+    with torch.no_grad():  # the mask must hold whatever the weights become
+        net.branch1.blind.weight.fill_(0.3)
+        net.branch2.blind.weight.fill_(-0.2)
+    x = torch.randn(1, 2, 41, 41, requires_grad=True)
+    mu, var_mu, _ = net(x)
+    (g,) = torch.autograd.grad(mu[0, :, 20, 20].sum() + var_mu[0, ..., 20, 20].sum(), x)
+    assert torch.all(g[0, :, 20, 20] == 0)
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (-1, 0), (0, -2), (2, 2)):
+        assert g[0, :, 20 + dy, 20 + dx].abs().sum() > 0, (dy, dx)
+
+
+def test_paper_backbone_has_the_reference_parameter_count() -> None:
+    from napari_atbsn.models.dbsn import dbsn_parameters
+
+    assert sum(p.numel() for p in dbsn_parameters(DBSN(1, "paper"))["mu"]) == 6_612_289
+
+
+def test_fusion_equals_the_closed_form() -> None:
+    g = torch.Generator().manual_seed(0)
+    y, mu = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g)
+    vm, vn = torch.rand(2, 3, 4, 5, generator=g) + 0.1, torch.rand(2, 3, 4, 5, generator=g) + 0.1
+    for gamma in (1.0, 0.9):
+        expected = (vm * y + gamma * vn * mu) / (vm + gamma * vn)
+        torch.testing.assert_close(bayes_fusion(y, mu, vm, vn, gamma), expected)
+    assert torch.allclose(bayes_fusion(y, mu, vm * 0 + 1e-9, vn), mu, atol=1e-6)  # certain prior: mu
+    assert torch.allclose(bayes_fusion(y, mu, vm, vn * 0 + 1e-9), y, atol=1e-6)  # noiseless pixel: y
+
+
+def test_matrix_fusion_equals_the_posterior_mean() -> None:
+    rng = np.random.default_rng(1)
+    b, c, h, w = 1, 3, 2, 2
+    y, mu = rng.normal(size=(b, c, h, w)), rng.normal(size=(b, c, h, w))
+    a1, a2 = rng.normal(size=(b, c, c, h, w)), rng.normal(size=(b, c, c, h, w))
+    sm = np.einsum("bikyx,bjkyx->bijyx", a1, a1) + 0.5 * np.eye(c)[None, :, :, None, None]
+    sn = np.einsum("bikyx,bjkyx->bijyx", a2, a2) + 0.5 * np.eye(c)[None, :, :, None, None]
+    out = bayes_fusion(*(torch.tensor(v, dtype=torch.float64) for v in (y, mu, sm, sn)), gamma=0.9).numpy()
+    for i in range(h):
+        for j in range(w):
+            pm, pn = np.linalg.inv(sm[0, :, :, i, j]), np.linalg.inv(0.9 * sn[0, :, :, i, j])
+            x = np.linalg.solve(pm + pn, pm @ mu[0, :, i, j] + pn @ y[0, :, i, j])
+            np.testing.assert_allclose(out[0, :, i, j], x, rtol=1e-5)
+    with pytest.raises(ConfigError, match="gamma"):
+        bayes_fusion(torch.tensor(y), torch.tensor(mu), torch.tensor(sm), torch.tensor(sn), gamma=0)
+
+
+def test_constrained_likelihood_matches_its_formula() -> None:
+    y, mu = torch.tensor([[[[1.0]]]]), torch.tensor([[[[0.5]]]])
+    vm, vn = torch.tensor([[[[0.2]]]]), torch.tensor([[[[0.3]]]])
+    loss, maha = constrained_nll(y, mu, vm, vn)
+    expected = 0.25 / 0.5 + np.log(0.3) + 0.2 / 0.3
+    assert float(loss) == pytest.approx(expected, rel=1e-6) and float(maha) == pytest.approx(0.5)
+
+
+def test_estimated_noise_level_is_within_10_percent_of_the_truth(dbsn_model: Path) -> None:
+    """Flat fields of known photon counts through the trained model's noise map."""
+    model = load_model(dbsn_model)
+    rng = np.random.default_rng(5)
+    for level in (20.0, 60.0):
+        flat = rng.poisson(level, size=(96, 96)).astype(np.float32) + rng.normal(0, READ_NOISE, (96, 96))
+        from napari_atbsn.events import drain
+        from napari_atbsn.pipeline import iter_denoise_array
+
+        _, noise = drain(iter_denoise_array(model, flat.astype(np.float32), "YX", ks=[None, NOISE_MAP],
+                                            batch_size=4, dtype="float32"))
+        truth = np.sqrt(level + READ_NOISE**2)
+        est = float(np.median(noise[16:-16, 16:-16]))
+        assert abs(est - truth) / truth <= 0.10, (level, est, truth)
+
+
+def test_dbsn_denoises_pixel_independent_noise(dbsn_model: Path, pg_data) -> None:
+    model = load_model(dbsn_model)
+    cfg = read_config(dbsn_model)
+    assert cfg["kind"] == "dbsn" and cfg["method"] == "dbsn" and cfg["arch"]["noise_model"] == "poisson-gaussian"
+    noisy, clean = pg_data["noisy"][:2], pg_data["clean"][:2]
+    out = model.denoise(noisy, "ZYX")
+    rng = float(clean.max() - clean.min())
+    assert psnr(out, clean, data_range=rng) > psnr(noisy, clean, data_range=rng) + 3
+    assert model.name == "dbsn"
+    with pytest.raises(BlindSpotError, match="k_b"):
+        model.denoise(noisy, "ZYX", k_b=3)
+
+
+def test_phases_stop_and_resume_like_an_uninterrupted_run(tmp_path: Path, pg_data) -> None:
+    data = pg_data["noisy"][:2]
+    cfg = DBSNConfig(preset="tiny", iters=10, patch=32, batch=2, device="cpu", phases=(0.4, 0.3, 0.3),
+                     checkpoint_every=0)
+    full = train_dbsn(data, "ZYX", cfg, tmp_path / "full")
+    assert full.steps == 10 and [len(full.losses)] == [10]
+    calls = {"n": 0}
+
+    def stop_at_six() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 6  # step 6: inside the sigma phase (steps 5-7)
+
+    gen = iter_train_dbsn(data, "ZYX", cfg, tmp_path / "split", should_stop=stop_at_six)
+    stages = []
+    try:
+        while True:
+            ev = next(gen)
+            stages.append(getattr(ev, "stage", None))
+    except StopIteration as e:
+        first = e.value
+    assert first.stopped and stages[0] == "dbsn-mu" and "dbsn-sigma" in stages
+    assert read_config(tmp_path / "split" / "checkpoint")["phase"] == "sigma"
+    resumed = train_dbsn(data, "ZYX", cfg, tmp_path / "split", resume=True)
+    assert resumed.steps == 10 and not resumed.stopped
+    a, b = full.model.network.state_dict(), resumed.model.network.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_a_blowing_up_likelihood_is_guarded() -> None:
+    from napari_atbsn.training.dbsn import _Guard
+
+    guard = _Guard(steps=10)
+    assert guard.check(torch.tensor(1.0), torch.tensor(5.0))
+    assert not guard.check(torch.tensor(1.0), torch.tensor(1e9))
+    assert not guard.check(torch.tensor(float("nan")), torch.tensor(1.0))
+    with pytest.raises(ATBSNError, match="blew up"):
+        for _ in range(10):
+            guard.check(torch.tensor(1.0), torch.tensor(float("inf")))
+
+
+def test_unpaired_distillation_beats_the_dbsn_teacher(tmp_path: Path, dbsn_model: Path, pg_data) -> None:
+    res = distill_dbsn(pg_data["noisy"], dbsn_model, "ZYX", clean=pg_data["other_clean"], clean_axes="ZYX",
+                       config=UnpairedConfig(student="tiny", iters=300, batch=8, lr=2e-3, device="cpu"),
+                       out_dir=tmp_path / "student")
+    cfg = read_config(tmp_path / "student")
+    assert cfg["method"] == "dbsn-unpaired" and cfg["unpaired"]["clean"] and cfg["unpaired"]["real_per_batch"] == 1
+    noisy, clean = pg_data["noisy"][6:], pg_data["clean"][6:]
+    rng = float(clean.max() - clean.min())
+    teacher = psnr(load_model(dbsn_model).denoise(noisy, "ZYX"), clean, data_range=rng)
+    student = psnr(res.model.denoise(noisy, "ZYX"), clean, data_range=rng)
+    assert student > teacher, (student, teacher)
+
+
+def test_unpaired_distillation_refuses_an_atbsn_teacher(tmp_path: Path, tiny_teacher: Path, pg_data) -> None:
+    with pytest.raises(ModelFolderError, match="not a D-BSN"):
+        distill_dbsn(pg_data["noisy"], tiny_teacher, "ZYX", out_dir=tmp_path / "s")
+
+
+def test_bad_dbsn_settings() -> None:
+    for kwargs, word in (({"noise_model": "speckle"}, "noise_model"), ({"phases": (0.5, 0.5, 0.0)}, "joint"),
+                         ({"gamma": 3.0}, "gamma"), ({"preset": "huge"}, "preset")):
+        with pytest.raises(ConfigError, match=word):
+            DBSNConfig(**kwargs).resolved()
