@@ -187,6 +187,8 @@ def load_network(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
 # -- the runnable model ----------------------------------------------------------
 #: The extra output of a D-BSN: its estimated noise standard deviation per pixel.
 NOISE_MAP = "noise"
+#: D-BSN's blind-spot estimate mu before the Bayes fusion (for comparisons).
+BLIND_ESTIMATE = "mu"
 
 
 class Denoiser:
@@ -252,13 +254,16 @@ class Denoiser:
         return y[:, :1].float().cpu().numpy() if single else y.float().cpu().numpy()
 
     def _dbsn_outputs(self, t: torch.Tensor, ks: Sequence[int | str | None]) -> torch.Tensor:
-        """D-BSN: None -> the Bayes-fused image; NOISE_MAP -> the noise standard deviation (normalised units)."""
+        """D-BSN: None -> the Bayes-fused image; NOISE_MAP -> the noise standard deviation (normalised units);
+        BLIND_ESTIMATE -> mu, the one-pixel blind-spot estimate before fusion."""
         from .models.dbsn import bayes_fusion
 
         mu, var_mu, var_n = self.network(t)
         outs = []
         for k in ks:
-            if k == NOISE_MAP:
+            if k == BLIND_ESTIMATE:
+                outs.append(mu)
+            elif k == NOISE_MAP:
                 var = var_n if var_n.ndim == 4 else var_n.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
                 outs.append(var.clamp_min(0).sqrt())
             else:

@@ -48,6 +48,7 @@ class _Guard:
         self.steps, self.dropped = steps, 0
 
     def check(self, loss: torch.Tensor, maha: torch.Tensor) -> bool:
+        loss, maha = loss.detach(), maha.detach()
         ok = bool(torch.isfinite(loss)) and bool(torch.isfinite(maha)) and float(maha) <= BLOWUP
         if not ok:
             self.dropped += 1
