@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--atbsn", default="", help="reuse trained teachers: K_A=FOLDER,... (others are trained)")
     ap.add_argument("--dbsn", default=None, help="reuse a trained D-BSN folder")
     ap.add_argument("--dbsn-preset", default="small")
+    ap.add_argument("--dbsn-iters", type=int, default=None, help="D-BSN steps (default --iters)")
     ap.add_argument("--noise-model", default="poisson-gaussian")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
@@ -90,7 +91,8 @@ def main() -> None:
     else:
         t0 = time.perf_counter()
         dbsn = train_dbsn(noisy, axes, DBSNConfig(preset=args.dbsn_preset, noise_model=args.noise_model,
-                                                  iters=args.iters, patch=args.patch, batch=args.batch,
+                                                  iters=args.dbsn_iters or args.iters, patch=args.patch,
+                                                  batch=args.batch,
                                                   device="cpu"), out / "dbsn", overwrite=True).model
         timings["D-BSN"] = time.perf_counter() - t0
 
@@ -106,7 +108,8 @@ def main() -> None:
     rows = [(name, psnr(img, ev_clean, drange), ssim(img, ev_clean, drange, axes=axes))
             for name, img in results.items()]
     print(f"\n{args.dataset}: {ev_noisy.shape} {axes}; {args.iters} steps each (patch {args.patch}, batch "
-          f"{args.batch}); D-BSN {args.dbsn_preset} {args.noise_model}; trained here: "
+          f"{args.batch}); D-BSN {args.dbsn_preset} {args.noise_model} {args.dbsn_iters or args.iters} steps; "
+          f"trained here: "
           + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "none")
           + f"; {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads\n")
     print(f"analysis: neighbour correlation {analysis.neighbour:.3f} ({analysis.method}); "

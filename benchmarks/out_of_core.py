@@ -60,7 +60,7 @@ def make_volume(path: Path, gigabytes: float, plane: int = PLANE) -> tuple[int, 
             yield base[i % 4]
 
     tifffile.imwrite(path, planes(), shape=(n, plane, plane), dtype=np.uint16, metadata={"axes": "ZYX"},
-                     photometric="minisblack")
+                     photometric="minisblack", bigtiff=n * plane * plane * 2 > 2**31)
     return (n, plane, plane)
 
 
@@ -94,6 +94,7 @@ def cmd_sizes(a: argparse.Namespace, work: Path, model: Path) -> None:
         mpx = np.prod(shape) / 1e6
         rows.append((gb, shape[0], r["seconds"], mpx / r["seconds"], src.stat().st_size / 2**20 / r["seconds"],
                      r["maxrss_mb"]))
+        print(f"  {gb:g} GB: {r['seconds']:.1f} s, peak RSS {r['maxrss_mb']:.0f} MB", file=sys.stderr, flush=True)
         shutil.rmtree(out)
         src.unlink()
     print(f"\n## Volume size vs memory and time ({machine()})\n")

@@ -14,26 +14,34 @@ from napari_atbsn.metrics import psnr
 from napari_atbsn.modelio import NOISE_MAP, load_model, read_config
 from napari_atbsn.models import DBSN, bayes_fusion
 from napari_atbsn.models.dbsn import constrained_nll
-from napari_atbsn.sample_data import add_poisson_gaussian_noise, make_clean
+from napari_atbsn.sample_data import add_poisson_gaussian_noise
 from napari_atbsn.training import distill_dbsn, iter_train_dbsn, train_dbsn
 
 READ_NOISE = 2.0
 
 
+def _smooth_photons(seed: int, planes: int) -> np.ndarray:
+    """Smooth random fields of 5..100 photons: content a small network learns quickly, so the test is about
+    the noise model rather than about how sharp the blind-spot estimate is."""
+    from napari_atbsn.analysis import _gaussian_blur
+
+    field = _gaussian_blur(np.random.default_rng(seed).normal(size=(planes, 128, 128)), 6.0)
+    return (5 + 95 * (field - field.min()) / (field.max() - field.min())).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def pg_data() -> dict[str, np.ndarray]:
-    """Pixel-independent Poisson-Gaussian noise on microscopy-like content (photons), and separate clean images."""
-    clean = make_clean(planes=8, size=128, seed=11, brightness=1.0)
-    other = make_clean(planes=8, size=128, seed=12, brightness=1.0)  # "similar samples", not the same scene
+    """Pixel-independent Poisson-Gaussian noise of known parameters, and clean images of other, similar fields."""
+    clean = _smooth_photons(0, 8)
     return {"clean": clean, "noisy": add_poisson_gaussian_noise(clean, read_noise=READ_NOISE, seed=3),
-            "other_clean": other}
+            "other_clean": _smooth_photons(1, 8)}
 
 
 @pytest.fixture(scope="module")
 def dbsn_model(tmp_path_factory: pytest.TempPathFactory, pg_data) -> Path:
     out = tmp_path_factory.mktemp("dbsn") / "model"
-    train_dbsn(pg_data["noisy"], "ZYX", DBSNConfig(preset="tiny", iters=600, patch=32, batch=8, lr=2e-3,
-                                                   device="cpu"), out)
+    train_dbsn(pg_data["noisy"], "ZYX", DBSNConfig(preset="tiny", iters=1500, patch=32, batch=8, lr=2e-3,
+                                                   phases=(0.4, 0.3, 0.3), device="cpu"), out)
     return out
 
 
@@ -95,19 +103,21 @@ def test_constrained_likelihood_matches_its_formula() -> None:
 
 
 def test_estimated_noise_level_is_within_10_percent_of_the_truth(dbsn_model: Path) -> None:
-    """Flat fields of known photon counts through the trained model's noise map."""
-    model = load_model(dbsn_model)
-    rng = np.random.default_rng(5)
-    for level in (20.0, 60.0):
-        flat = rng.poisson(level, size=(96, 96)).astype(np.float32) + rng.normal(0, READ_NOISE, (96, 96))
-        from napari_atbsn.events import drain
-        from napari_atbsn.pipeline import iter_denoise_array
+    """The noise map of held-out images against the known std, sqrt(photons + read_noise**2), per pixel."""
+    from napari_atbsn.events import drain
+    from napari_atbsn.pipeline import iter_denoise_array
 
-        _, noise = drain(iter_denoise_array(model, flat.astype(np.float32), "YX", ks=[None, NOISE_MAP],
-                                            batch_size=4, dtype="float32"))
-        truth = np.sqrt(level + READ_NOISE**2)
-        est = float(np.median(noise[16:-16, 16:-16]))
-        assert abs(est - truth) / truth <= 0.10, (level, est, truth)
+    model = load_model(dbsn_model)
+    clean = _smooth_photons(7, 2)
+    noisy = add_poisson_gaussian_noise(clean, read_noise=READ_NOISE, seed=8)
+    _, noise = drain(iter_denoise_array(model, noisy, "ZYX", ks=[None, NOISE_MAP], batch_size=8, dtype="float32"))
+    truth = np.sqrt(clean + READ_NOISE**2)
+    ratio = noise / truth
+    assert abs(float(np.median(ratio)) - 1) <= 0.10
+    assert abs(float(np.mean(noise**2) / np.mean(truth**2)) - 1) <= 0.10
+    # it follows the signal: brighter pixels get a larger estimate (Poisson), by roughly the right amount
+    bright, dim = clean > 60, clean < 30
+    assert np.median(noise[bright]) / np.median(noise[dim]) > 1.2
 
 
 def test_dbsn_denoises_pixel_independent_noise(dbsn_model: Path, pg_data) -> None:
@@ -166,11 +176,12 @@ def test_a_blowing_up_likelihood_is_guarded() -> None:
 
 def test_unpaired_distillation_beats_the_dbsn_teacher(tmp_path: Path, dbsn_model: Path, pg_data) -> None:
     res = distill_dbsn(pg_data["noisy"], dbsn_model, "ZYX", clean=pg_data["other_clean"], clean_axes="ZYX",
-                       config=UnpairedConfig(student="tiny", iters=300, batch=8, lr=2e-3, device="cpu"),
+                       config=UnpairedConfig(student="tiny", iters=2000, batch=8, lr=2e-3, device="cpu"),
                        out_dir=tmp_path / "student")
     cfg = read_config(tmp_path / "student")
     assert cfg["method"] == "dbsn-unpaired" and cfg["unpaired"]["clean"] and cfg["unpaired"]["real_per_batch"] == 1
-    noisy, clean = pg_data["noisy"][6:], pg_data["clean"][6:]
+    clean = _smooth_photons(5, 2)  # held out
+    noisy = add_poisson_gaussian_noise(clean, read_noise=READ_NOISE, seed=6)
     rng = float(clean.max() - clean.min())
     teacher = psnr(load_model(dbsn_model).denoise(noisy, "ZYX"), clean, data_range=rng)
     student = psnr(res.model.denoise(noisy, "ZYX"), clean, data_range=rng)
@@ -204,8 +215,8 @@ def test_cli_dbsn_train_distill_denoise_with_noise_map_and_analyze(tmp_path: Pat
         cap = capsys.readouterr()
         return code, cap.out + cap.err
 
-    code, out = run("analyze", noisy)
-    assert code == 0 and out.strip().splitlines()[-1] == "recommended: dbsn"
+    assert main(["analyze", str(noisy)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "recommended: dbsn"  # the line scripts read
     code, out = run("train", noisy, "-o", tmp_path / "d", "--method", "dbsn", "--preset", "tiny", "--iters", "6",
                     "--patch", "32", "--batch", "2", "--device", "cpu", "--noise-model", "gaussian")
     assert code == 0, out

@@ -255,9 +255,16 @@ def test_existing_output_is_never_clobbered_and_overwrite_replaces_only_when_don
     with pytest.raises(WriteError, match="--overwrite"):
         denoise(img, model, out, axes="YX")
     assert out.read_bytes() == b"precious"
-    res = denoise(img, model, out, axes="YX", overwrite=True, should_stop=lambda: True)
+    polls = {"n": 0}
+
+    def stop_after_two() -> bool:
+        polls["n"] += 1
+        return polls["n"] > 2
+
+    res = denoise(img, model, out, axes="YX", chunk=16, overwrite=True, should_stop=stop_after_two)
     assert not res.complete and out.read_bytes() == b"precious"  # kept until the new one is complete
-    denoise(img, model, out, axes="YX", overwrite=True)
+    res = denoise(img, model, out, axes="YX", overwrite=True)  # the same job: continued, not restarted
+    assert res.complete and res.units_resumed == 2 and res.chunk == 16
     assert tifffile.imread(out).shape == (40, 40)
 
 
@@ -354,3 +361,29 @@ def _gen(g):
             yield next(g)
     except StopIteration:
         return
+
+
+def test_samples_and_channels_go_to_tiff_but_not_to_ome_zarr(tmp_path: Path, rgb_model: Path) -> None:
+    from napari_atbsn.errors import AxesError
+
+    model = load_model(rgb_model)
+    img = _volume((2, 2, 40, 40), seed=14)
+    with pytest.raises(AxesError, match=r"write a \.tif"):
+        denoise(img, model, tmp_path / "o.ome.zarr", axes="SCYX")
+    res = denoise(img, model, tmp_path / "o.tif", axes="SCYX")
+    back = open_image(res.paths[0])
+    assert back.axes == "SCYX" and back.shape == (2, 2, 40, 40)
+
+
+def test_a_second_writer_to_the_same_output_is_refused(tmp_path: Path, tiny_teacher: Path) -> None:
+    import fcntl
+
+    model = load_model(tiny_teacher)
+    out = tmp_path / "o.ome.zarr"
+    with open(tmp_path / ".o.ome.zarr.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running job holds it
+        with pytest.raises(WriteError, match="another atbsn denoise is writing"):
+            denoise(_volume((40, 40)), model, out, axes="YX")
+        assert (tmp_path / ".o.ome.zarr.lock").exists()  # the refused run leaves the holder's lock alone
+    assert denoise(_volume((40, 40)), model, out, axes="YX").complete
+    assert not (tmp_path / ".o.ome.zarr.lock").exists()

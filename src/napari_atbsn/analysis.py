@@ -67,7 +67,7 @@ class NoiseAnalysis:
 
     def recommendation(self) -> dict[str, Any]:
         """``{"method": "dbsn"}`` or ``{"method": "atbsn", "k_a": .., "k_b": ..}``."""
-        if self.neighbour < INDEPENDENT_BELOW:
+        if abs(self.neighbour) < INDEPENDENT_BELOW:
             return {"method": "dbsn"}
         # the training blind spot must cover the correlated neighbourhood: (k_a - 1) / 2 >= length
         k_a = int(min(max(2 * self.correlation_length + 1, 3), 2 * MAX_LAG - 1))
@@ -219,7 +219,8 @@ def analyze_noise(data: Any, axes: str | None = None, *, max_planes: int = 16, m
         long_range = max(abs(far[c, c + lag]) + abs(far[c + lag, c]) for lag in SAME_SCENE_LAGS) / 2
         if long_range < SAME_SCENE_BELOW:
             acf = _acf2d(diffs, MAX_LAG)
-            return NoiseAnalysis("plane differences", _radial(acf, MAX_LAG), acf, float(diffs.std()), 2 * len(pairs),
+            std = float(np.sqrt(_autocovariance(diffs, 0)[0, 0]))  # each pair's mean removed (bleaching, drift)
+            return NoiseAnalysis("plane differences", _radial(acf, MAX_LAG), acf, std, 2 * len(pairs),
                                  source.channels, notes)
         notes.append(f"neighbouring planes differ in content (long-range correlation {long_range:.2f} of their "
                      f"difference), so residuals of single planes were used")

@@ -73,7 +73,7 @@ class DBSNArch:
 DBSN_PRESETS: dict[str, DBSNArch] = {
     # The paper network: 6,612,289 backbone parameters for one channel (method.md §5.1).
     "paper": DBSNArch(width=96, blocks=8, sigma_width=32),
-    "small": DBSNArch(width=48, blocks=4, sigma_width=32),
+    "small": DBSNArch(width=32, blocks=3, sigma_width=16),
     "tiny": DBSNArch(width=16, blocks=2, sigma_width=8),
 }
 

@@ -277,9 +277,10 @@ class Denoiser:
         return self.normalization.undo(out)
 
     def fingerprint(self) -> str:
-        """SHA-256 of what determines the output: kind, normalisation, window, default k_b and weights."""
+        """SHA-256 of what determines the output: kind, normalisation, window, k_b, gamma and weights."""
         h = hashlib.sha256(json.dumps({"kind": self.kind, "norm": self.normalization.to_dict(), "patch": self.patch,
-                                       "k_b": self.k_b, "arch": self.config["arch"]}, sort_keys=True).encode())
+                                       "halo": self.halo, "k_b": self.k_b, "gamma": self.gamma,
+                                       "arch": self.config["arch"]}, sort_keys=True).encode())
         for key, tensor in sorted(self.network.state_dict().items()):
             h.update(key.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -75,13 +75,14 @@ def work_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
-def store_axes(axes: str) -> str:
-    """OME-NGFF 0.4 axis order for an image with ``axes``: time, channel (or a custom axis), then space.
+def store_axes(axes: str, *, ngff: bool = True) -> str:
+    """Axis order of the work store: OME-NGFF 0.4's time, channel (or a custom axis), then space.
 
     Our independent-samples axis S has no NGFF type; it takes the custom slot,
-    which NGFF allows only when there is no channel axis.
+    which NGFF allows only when there is no channel axis. Work stores of TIFF
+    and .npy outputs (``ngff=False``) never become OME-Zarr and may hold both.
     """
-    if "S" in axes and "C" in axes:
+    if ngff and "S" in axes and "C" in axes:
         raise AxesError(f"axes {axes!r} has both S (samples) and C (channels), which OME-Zarr cannot store "
                         f"together; write a .tif instead, or denoise the samples separately with --roi.")
     return "".join(a for a in "TCSZYX" if a in axes)
@@ -157,9 +158,13 @@ class OutputStore:
         (self.done_dir / key).touch()
 
     # -- finishing --------------------------------------------------------------
-    def finish(self, *, axes: str, out_axes: str, scale: dict[str, float] | None = None,
-               name: str = "denoised") -> Path:
-        """Turn the complete work store into the final output (atomic rename); returns its path."""
+    def prepare(self, *, axes: str, out_axes: str, scale: dict[str, float] | None = None,
+                name: str = "denoised") -> None:
+        """Build everything the final output needs beside it; nothing final is touched yet.
+
+        Zarr: the pyramid and the NGFF metadata, in the work store. TIFF/npy: the file, as
+        ``.NAME.writing``. A failure here leaves every work store intact, so the same command retries.
+        """
         import zarr
 
         if self.kind == "zarr":
@@ -168,22 +173,33 @@ class OutputStore:
             meta = dict(group.attrs[ATTR])
             meta["complete"] = True
             group.attrs.update({ATTR: meta, "multiscales": [multiscales(axes, levels, scale or {}, name)]})
-            shutil.rmtree(self.done_dir, ignore_errors=True)
+            return
+        arr = zarr.open_array(str(self.array_path), mode="r")
+        tmp = self.writing
+        try:
+            if self.kind == "tiff":
+                write_tiff_tiled(tmp, arr, axes, out_axes)
+            else:
+                write_npy_banded(tmp, arr, axes, out_axes)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise WriteError(f"could not write {self.final}: {e.strerror or e}; the finished work is kept in "
+                             f"{self.work}, so running the same command again only rewrites the file.") from None
+
+    @property
+    def writing(self) -> Path:
+        return self.final.with_name(f".{self.final.name}.writing")
+
+    def commit(self) -> Path:
+        """Put the prepared output in place (a rename), then drop the work store and its markers."""
+        if self.kind == "zarr":
             _replace_dir(self.work, self.final)
+            # markers go only after the rename: a store that still has its job also still has its markers
+            shutil.rmtree(self.final / DONE_DIR, ignore_errors=True)
         else:
-            arr = zarr.open_array(str(self.array_path), mode="r")
-            tmp = self.final.with_name(f".{self.final.name}.writing")
-            try:
-                if self.kind == "tiff":
-                    write_tiff_tiled(tmp, arr, axes, out_axes)
-                else:
-                    write_npy_banded(tmp, arr, axes, out_axes)
-                os.replace(tmp, self.final)
-            except OSError as e:
-                tmp.unlink(missing_ok=True)
-                raise WriteError(f"could not write {self.final}: {e.strerror or e}; the finished work is kept "
-                                 f"in {self.work}, so running the same command again only rewrites the file.") \
-                    from None
+            if self.final.is_dir():
+                shutil.rmtree(self.final)
+            os.replace(self.writing, self.final)
             self.discard()
         return self.final
 

@@ -153,17 +153,21 @@ class Runtime:
             except (RuntimeError, MemoryError) as e:
                 if not is_oom(e):
                     raise
-                self._back_off(e)
+                self._back_off(e, b)
         return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
-    def _back_off(self, e: BaseException) -> None:
+    def _back_off(self, e: BaseException, failed: int) -> None:
+        """Halve the batch after a call of ``failed`` windows ran out of memory (threads share the runtime: a
+        thread whose failure is already answered by a smaller batch just retries)."""
         import torch
 
         with self._lock:
-            if self.batch_size == 1:
+            if failed == 1:
                 raise DeviceError(f"the device ran out of memory with one {self.grid.window}-pixel window per "
                                   f"call ({e}); free memory, use --device cpu, or a smaller --window.") from None
-            self.batch_size = max(1, self.batch_size // 2)
+            if self.batch_size < failed:
+                return
+            self.batch_size = max(1, failed // 2)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if self.on_backoff:
@@ -438,15 +442,15 @@ def _roi_box(source: LazyImage, roi: dict[str, slice] | None) -> tuple[LazyImage
     """Crop the plane axes lazily; Y/X stay whole (context for the windows) and become the output region."""
     if not roi:
         return source, None, {}
+    roi = {a.upper(): (slice(s, s + 1) if isinstance(s, int | np.integer) else s) for a, s in roi.items()}
     plane_roi = {a: s for a, s in roi.items() if a not in "YX"}
     yx = {a: s for a, s in roi.items() if a in "YX"}
     cropped = source.crop(plane_roi) if plane_roi else source
     h, w = cropped.shape[cropped.axes.index("Y")], cropped.shape[cropped.axes.index("X")]
     if yx:
-        cropped_yx = cropped.crop(yx)  # validates the ranges with the reader's messages
+        cropped.crop(yx)  # only to validate the ranges, with the reader's messages
         ry = yx.get("Y", slice(0, h)).indices(h)
         rx = yx.get("X", slice(0, w)).indices(w)
-        del cropped_yx
         box = Box(ry[0], ry[1], rx[0], rx[1])
     else:
         box = None
@@ -498,9 +502,9 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
         raise ConfigError(f"window={window} is far from the model's training patch {model.patch}; the networks "
                           f"are not size-invariant (method.md Decision 8). Use a window near {model.patch}.")
     out_dtype = np.dtype(np.float32) if dtype == "float32" else np.dtype(lazy.dtype)
-    st_axes = store_axes(geom.axes)
     paths = outputs_for(out, ks)
     stores = [OutputStore(p) for p in paths]
+    st_axes = store_axes(geom.axes, ngff=any(s.kind == "zarr" for s in stores))
     src_path = Path(lazy.source).resolve() if not lazy.source.startswith("<") else None
     for s in stores:
         if src_path is not None and s.final.resolve() == src_path:
@@ -550,34 +554,44 @@ def _store_record(job: Job, k: int | None) -> dict[str, Any]:
     return rec
 
 
-def _prepare_stores(job: Job, overwrite: bool) -> int:
-    """Create or adopt each output's work store; returns how many units are already done in all of them."""
-    existing = [s.job() for s in job.stores]
-    for s, old, k in zip(job.stores, existing, job.ks, strict=True):
-        if old is None or overwrite:
-            continue
-        mine = _store_record(job, k)
-        differs = [key for key in IDENTITY_KEYS if old.get(key) != mine.get(key)]
-        if differs:
-            raise WriteError(f"{s.work} holds a partial output of a different job (its {', '.join(differs)} "
-                             f"differ); run the original command to finish it, or pass --overwrite to start over.")
-        for key, given in (("chunk", job.chunk_given), ("batch_size", job.batch_given)):
-            if given and old.get(key) != mine[key]:
+def _prepare_stores(job: Job, overwrite: bool) -> None:
+    """Create each output's work store, or adopt the one an earlier run of the same job left.
+
+    A partial output of a different job is refused, or with ``overwrite`` started over; a partial output of
+    the same job is always continued (``overwrite`` is about replacing finished outputs, not progress).
+    """
+    existing: list[dict[str, Any] | None] = []
+    for s, k in zip(job.stores, job.ks, strict=True):
+        old = s.job()
+        if old is not None:
+            mine = _store_record(job, k)
+            differs = [key for key in IDENTITY_KEYS if old.get(key) != mine.get(key)]
+            sizes = [key for key, given in (("chunk", job.chunk_given), ("batch_size", job.batch_given))
+                     if given and old.get(key) != mine[key]]
+            if differs and not overwrite:
+                raise WriteError(f"{s.work} holds a partial output of a different job (its {', '.join(differs)} "
+                                 f"differ); run the original command to finish it, or pass --overwrite to start "
+                                 f"over.")
+            if sizes and not overwrite:
+                key = sizes[0]
                 raise WriteError(f"{s.work} is a partial output made with {key}={old.get(key)}; resume with the "
                                  f"same value (or leave it out), or pass --overwrite to start over.")
+            if differs or sizes:
+                old = None  # started over below
+        existing.append(old)
     # a resumed job keeps the sizes it started with, so its chunks match byte for byte
-    adopted = next((old for old in existing if old is not None and not overwrite), None)
+    adopted = next((old for old in existing if old is not None), None)
     if adopted is not None:
         job.chunk, job.batch_size = int(adopted["chunk"]), int(adopted["batch_size"])
+    # outputs left by earlier runs with another chunk grid cannot share units with this one: start them over
+    existing = [old if old is not None and int(old["chunk"]) == job.chunk else None for old in existing]
     st_axes = job.record["axes"]
     shape = _store_shape(job.geom, st_axes)
     chunks = tuple(job.chunk if a in "YX" else (job.geom.channels if a == "C" else 1) for a in st_axes)
     chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
     for s, old, k in zip(job.stores, existing, job.ks, strict=True):
-        if old is None or overwrite or old.get("chunk") != job.chunk:
+        if old is None:
             s.create(_store_record(job, k), shape=shape, chunks=chunks, dtype=str(output_dtype(k, job.out_dtype)))
-    done_sets = [s.done() for s in job.stores]
-    return len(set.intersection(*done_sets)) if done_sets else 0
 
 
 def _store_shape(geom: Geometry, st_axes: str) -> tuple[int, ...]:
@@ -587,27 +601,43 @@ def _store_shape(geom: Geometry, st_axes: str) -> tuple[int, ...]:
 
 @contextlib.contextmanager
 def _output_lock(job: Job) -> Iterator[None]:
-    """One writer per output: a second ``atbsn denoise`` to the same output stops with a clear error."""
+    """One writer per output: a second ``atbsn denoise`` to the same output stops with a clear error.
+
+    An advisory lock on ``.NAME.lock`` (released by the OS if the process dies). The file is removed at the
+    end; a run that locked a file just removed sees its inode differ from the path's and opens it afresh.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks; users must not start two jobs
         yield
         return
-    handles = []
+    held = []
     try:
         for s in job.stores:
-            f = open(s.final.with_name(f".{s.final.name}.lock"), "a+")  # noqa: SIM115 - held for the whole job
-            handles.append(f)
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise WriteError(f"another atbsn denoise is writing {s.final}; wait for it or choose another "
-                                 f"output.") from None
+            path = s.final.with_name(f".{s.final.name}.lock")
+            for _attempt in range(5):
+                f = open(path, "a+")  # noqa: SIM115 - held for the whole job
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    f.close()
+                    raise WriteError(f"another atbsn denoise is writing {s.final}; wait for it or choose another "
+                                     f"output.") from None
+                try:
+                    same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    held.append((path, f))
+                    break
+                f.close()  # the holder removed it as we opened it: try the new file
+            else:
+                raise WriteError(f"could not lock {path}; another atbsn denoise keeps recreating it.")
         yield
     finally:
-        for f in handles:
+        for path, f in held:
             with contextlib.suppress(OSError):
-                os.unlink(f.name)
+                path.unlink()  # still holding the lock: nobody else can be inside
             f.close()
 
 
@@ -645,10 +675,11 @@ def iter_run(job: Job, *, overwrite: bool = False, scheduler: str = "sync", work
         if len(todo) < len(units):
             say(f"resuming: {len(units) - len(todo)} of {len(units)} chunks already done")
         yield done, total
-        spec = UnitSpec(uuid.uuid4().hex, ModelRef(str(job.model.path or ""), worker_device or str(job.model.device),
+        model_path = str(Path(job.model.path).resolve()) if job.model.path else ""
+        spec = UnitSpec(uuid.uuid4().hex, ModelRef(model_path, worker_device or str(job.model.device),
                                                    job.model.fingerprint() if scheduler != "sync" else ""),
                         tuple(job.ks), job.geom, job.window, job.halo, job.batch_size, str(job.out_dtype),
-                        tuple(str(s.array_path) for s in job.stores), job.record["axes"],
+                        tuple(str(s.array_path.resolve()) for s in job.stores), job.record["axes"],
                         _torch_threads(scheduler, workers))
         runner = _run_sync if scheduler == "sync" else _run_dask
         try:
@@ -660,9 +691,12 @@ def iter_run(job: Job, *, overwrite: bool = False, scheduler: str = "sync", work
         now_done = set.intersection(*[s.done() for s in job.stores])
         remaining = sum(unit_key(n, b) not in now_done for n, b in units)
         if remaining == 0:
+            # two steps, so one output failing to write (disk full) leaves all of them resumable
             for s in job.stores:
-                s.finish(axes=job.record["axes"], out_axes=file_axes(job.geom.axes),
-                         scale=job.source.scale, name=s.final.name)
+                s.prepare(axes=job.record["axes"], out_axes=file_axes(job.geom.axes), scale=job.source.scale,
+                          name=s.final.name)
+            for s in job.stores:
+                s.commit()
         else:
             say(f"stopped with {remaining} of {len(units)} chunks to go; run the same command to resume")
     return DenoiseResult(job.paths, job.ks, remaining == 0, len(units), len(todo) - remaining,
@@ -716,18 +750,26 @@ def _run_dask(job: Job, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: 
         return
     wave = max(4, 4 * workers)
     old_threads = torch.get_num_threads()
+    pool = None
     if scheduler == "threads":  # threads share this process's runtime and torch's thread pool
         torch.set_num_threads(spec.torch_threads)
         _RUNTIMES[spec.token] = (Runtime(job.model, job.ks, grid, job.batch_size, on_backoff=say),
                                  [_open_store(s) for s in job.stores])
+    else:  # one pool for the whole job: each worker loads torch and the model once, not once per wave
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         for i in range(0, len(todo), wave):
             if should_stop():
                 return
             tasks = [_unit_task(job, spec, grid, data, n, box) for n, box in todo[i:i + wave]]
-            yield from _local_compute(tasks, scheduler, workers)
+            yield from _local_compute(tasks, scheduler, workers, pool)
     finally:
         torch.set_num_threads(old_threads)
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def _unit_task(job: Job, spec: UnitSpec, grid: PlaneGrid, data: Any, n: int, box: Box) -> Any:
@@ -763,7 +805,7 @@ def _open_store(s: OutputStore) -> Any:
     return zarr.open_array(str(s.array_path), mode="r+")
 
 
-def _local_compute(tasks: list[Any], scheduler: str, workers: int) -> Iterator[int]:
+def _local_compute(tasks: list[Any], scheduler: str, workers: int, pool: Any = None) -> Iterator[int]:
     """dask's local threaded or multiprocessing scheduler, reporting each finished unit as it lands."""
     import queue
 
@@ -783,7 +825,8 @@ def _local_compute(tasks: list[Any], scheduler: str, workers: int) -> Iterator[i
     def work() -> None:
         try:
             with _Report():
-                dask.compute(*tasks, scheduler=scheduler, num_workers=workers)
+                extra = {"pool": pool} if pool is not None else {}
+                dask.compute(*tasks, scheduler=scheduler, num_workers=workers, **extra)
         except BaseException as e:  # re-raised in the caller's thread
             error.append(e)
         finally:

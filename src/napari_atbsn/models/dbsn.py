@@ -210,6 +210,13 @@ def bayes_fusion(y: torch.Tensor, mu: torch.Tensor, var_mu: torch.Tensor, var_n:
     """
     if not 0 < gamma <= 2:
         raise ConfigError(f"gamma={gamma} must be in (0, 2]; 1 is the exact posterior, 0.9-1 typical.")
+    with torch.autocast(y.device.type, enabled=False):  # solves and divisions in the variances' precision
+        dtype = var_mu.dtype
+        return _fusion(y.to(dtype), mu.to(dtype), var_mu, var_n.to(dtype), gamma)
+
+
+def _fusion(y: torch.Tensor, mu: torch.Tensor, var_mu: torch.Tensor, var_n: torch.Tensor,
+            gamma: float) -> torch.Tensor:
     if var_mu.ndim == 4:
         return (var_mu * y + gamma * var_n * mu) / (var_mu + gamma * var_n)
     c = y.shape[1]

@@ -58,13 +58,8 @@ class _Guard:
         return ok
 
 
-def _dropped_batch(model: torch.nn.Module) -> torch.Tensor:
-    # a zero loss connected to the graph: no gradient reaches Adam, the batch is simply skipped
-    return sum(p.sum() * 0 for p in model.parameters() if p.requires_grad)  # type: ignore[return-value]
-
-
-def phase_loss(model: DBSN, phase: str, guard: _Guard) -> Callable[[torch.Tensor], torch.Tensor]:
-    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+def phase_loss(model: DBSN, phase: str, guard: _Guard) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    def loss_fn(x: torch.Tensor) -> torch.Tensor | None:
         mu, mid = model.features(x)
         if phase == "mu":
             return F.mse_loss(mu.float(), x.float())
@@ -73,7 +68,7 @@ def phase_loss(model: DBSN, phase: str, guard: _Guard) -> Callable[[torch.Tensor
         var_mu = model.var_mu(mid)
         var_n = model.var_n(model.noise_input(x, mu.detach()))
         loss, maha = constrained_nll(x, mu, var_mu, var_n)
-        return loss if guard.check(loss, maha) else _dropped_batch(model)
+        return loss if guard.check(loss, maha) else None  # None: the loop skips the update entirely
 
     return loss_fn
 
@@ -88,6 +83,9 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
         raise ModelFolderError(f"the checkpoint in {out_dir} is not a D-BSN run; resume it with its own method.")
     base = config or DBSNConfig()
     cfg = (resume_config(base, saved["train"]) if saved else base).resolved()
+    if saved and cfg.iters != saved["train"]["iters"]:
+        raise ConfigError(f"--iters {cfg.iters} differs from the checkpoint's {saved['train']['iters']}; a D-BSN run "
+                          f"splits its iterations into phases, so a resumed run keeps them. Drop --iters.")
     source = plane_source(data, axes)
     check_patch_fits(source, cfg.patch)
     device = resolve_device(cfg.device)

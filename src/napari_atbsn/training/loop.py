@@ -41,7 +41,7 @@ class LoopSpec:
     device: torch.device
     amp: bool
     batch_fn: Callable[[int], np.ndarray]  # step -> (B, C, P, P) normalised batch
-    loss_fn: Callable[[torch.Tensor], torch.Tensor]  # batch on device -> scalar loss
+    loss_fn: Callable[[torch.Tensor], torch.Tensor | None]  # batch on device -> scalar loss (None: skip batch)
     checkpoint_every: int
     out_dir: Path | None
     config_fn: Callable[[int], dict[str, Any]]  # steps done -> config.json content
@@ -150,21 +150,25 @@ def iter_optimize(spec: LoopSpec, *, resume: bool) -> Generator[StepEvent | Chec
         x = x.to(spec.device, non_blocking=non_blocking)
         with autocast(spec.device, spec.amp):
             loss = spec.loss_fn(x)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
         lr = opt.param_groups[0]["lr"]
-        sched.step()
-        value = float(loss.detach())
-        if not np.isfinite(value):
-            raise ATBSNError(f"the {spec.stage} loss became {value} at step {step + 1}; lower the learning "
-                             f"rate (--lr) or check the data for extreme values.")
-        losses.append(value)
+        if loss is None:  # the caller dropped this batch (D-BSN's blow-up guard): no update at all
+            sched.step()
+            value = losses[-1] if losses else 0.0
+        else:
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            sched.step()
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise ATBSNError(f"the {spec.stage} loss became {value} at step {step + 1}; lower the learning "
+                                 f"rate (--lr) or check the data for extreme values.")
+            losses.append(value)
         done = step + 1
         yield StepEvent(spec.stage, done, spec.iters, value, lr, (done - start) / (time.perf_counter() - t0))
         # A stop request on the last step is moot: the run is complete.
