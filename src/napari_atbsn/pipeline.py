@@ -30,6 +30,7 @@ import numpy as np
 from . import __version__
 from .axes import PLANE_LETTERS
 from .errors import BlindSpotError, ConfigError, DeviceError, ImageError, WriteError
+from .events import drain
 from .outputs import OutputStore, file_axes, outputs_for, store_axes
 from .tiling import Box, PlaneGrid, check_window, chunk_boxes, default_halo, iter_box
 
@@ -173,10 +174,10 @@ class Runtime:
         if self.on_backoff:
             self.on_backoff(f"out of memory: retrying with --batch-size {self.batch_size}")
 
-    def iter_unit(self, raw: np.ndarray, origin: tuple[int, int], box: Box) -> Iterator[int | np.ndarray]:
+    def iter_unit(self, raw: np.ndarray, origin: tuple[int, int], box: Box) -> Generator[int, None, np.ndarray]:
         """Denoise ``box`` from ``raw``, the (C, h, w) source pixels at ``origin`` that its windows need.
 
-        Yields windows done per batch, then the (K, C, h, w) float32 result in the data's own range.
+        Yields windows done per batch; returns the (K, C, h, w) float32 result in the data's own range.
         """
         if not np.all(np.isfinite(raw)):
             raise ImageError(f"the image contains NaN or Inf pixels near rows {box.y0}..{box.y1}, columns "
@@ -188,19 +189,19 @@ class Runtime:
         def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
             return normed[:, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
 
-        result: Any = None
-        for item in iter_box(self.windows, read, self.grid, box, batch_size=self.batch_size):
-            if isinstance(item, np.ndarray):
-                result = item
-            else:
-                yield item
-        yield np.stack([self.model.undo_output(r, k) for r, k in zip(result, self.ks, strict=True)])
+        result = yield from iter_box(self.windows, read, self.grid, box, batch_size=self.batch_size)
+        return np.stack([self.model.undo_output(r, k) for r, k in zip(result, self.ks, strict=True)])
 
 
-def _drain_unit(it: Iterator[int | np.ndarray]) -> np.ndarray:
-    *_, out = it
-    assert isinstance(out, np.ndarray)
-    return out
+def _counted(gen: Generator[int, None, np.ndarray], done: int, total: int,
+             ) -> Generator[tuple[int, int], None, np.ndarray]:
+    """Re-yield a unit's windows-per-batch as running ``(done, total)`` progress; return its result."""
+    try:
+        while True:
+            done += next(gen)
+            yield done, total
+    except StopIteration as stop:
+        return stop.value
 
 
 # -- in-memory denoising (napari layers, notebooks) ----------------------------------------------
@@ -216,14 +217,12 @@ def iter_denoise_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Seque
     done = 0
     for n in range(geom.n_planes):
         box = geom.region
-        raw = geom.to_cyx(read_block(arr, geom.source_index(n, 0, geom.height, 0, geom.width)))
-        for item in rt.iter_unit(raw, (0, 0), box):
-            if isinstance(item, np.ndarray):
-                for o, res in zip(outs, item, strict=True):
-                    o[geom.source_index(n, 0, geom.height, 0, geom.width)] = _from_cyx(to_dtype(res, o.dtype), geom)
-            else:
-                done += item
-                yield done, total
+        index = geom.source_index(n, 0, geom.height, 0, geom.width)
+        raw = geom.to_cyx(read_block(arr, index))
+        result = yield from _counted(rt.iter_unit(raw, (0, 0), box), done, total)
+        done += grid.count(box)
+        for o, res in zip(outs, result, strict=True):
+            o[index] = _from_cyx(to_dtype(res, o.dtype), geom)
     return outs
 
 
@@ -345,7 +344,7 @@ def write_unit(spec: UnitSpec, arrays: list[Any], n: int, box: Box, result: np.n
 def run_unit(spec: UnitSpec, n: int, box: Box, origin: tuple[int, int], raw: np.ndarray) -> int:
     """A dask task: compute one unit from its source pixels and store it. Returns windows done."""
     rt, arrays = _runtime(spec)
-    result = _drain_unit(rt.iter_unit(spec.geom.to_cyx(raw), origin, box))
+    result = drain(rt.iter_unit(spec.geom.to_cyx(raw), origin, box))
     write_unit(spec, arrays, n, box, result)
     return rt.grid.count(box)
 
@@ -479,25 +478,12 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
              batch_size: int | None = None, dtype: str = "float32", overwrite: bool = False,
              workers: int = 1, noise_map: bool = False) -> Job:
     """Validate everything and decide sizes; raises before anything is written."""
-    from .readers import open_image, parse_roi
-
-    lazy = open_image(source, axes)
-    if isinstance(roi, str):
-        roi = parse_roi(roi, lazy.axes)
-    ks = resolve_ks(model, k_b, noise_map)
-    if dtype not in OUTPUT_DTYPES:
-        raise ConfigError(f"dtype={dtype!r}; choose float32 or input.")
-    window = model.patch if window is None else window
-    halo = (model.halo if window == model.patch else default_halo(window)) if halo is None else halo
-    check_window(window, halo)
+    lazy, cropped, geom, roi_record, ks, window, halo = _resolve(source, model, axes=axes, k_b=k_b, roi=roi,
+                                                                 window=window, halo=halo, dtype=dtype,
+                                                                 noise_map=noise_map)
     for name, v in (("chunk", chunk), ("batch_size", batch_size)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ConfigError(f"{name}={v!r} must be a positive integer.")
-    cropped, box, roi_record = _roi_box(lazy, roi)
-    geom = Geometry.of(cropped.axes, cropped.shape, box)
-    if geom.channels != model.in_channels:
-        raise ImageError(f"the image has {geom.channels} channel(s) (axes {geom.axes}, shape {geom.shape}) but the "
-                         f"model expects {model.in_channels}; check --axes or use a model trained on such data.")
     if window > 8 * model.patch or window < model.patch // 2:
         raise ConfigError(f"window={window} is far from the model's training patch {model.patch}; the networks "
                           f"are not size-invariant (method.md Decision 8). Use a window near {model.patch}.")
@@ -522,6 +508,30 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
     if not batch_size:
         job.batch_size = auto_batch_size(model)
     return job
+
+
+def _resolve(source: Any, model: Denoiser, *, axes: str | None, k_b: int | Sequence[int] | None,
+             roi: dict[str, slice] | str | None, window: int | None, halo: int | None, dtype: str,
+             noise_map: bool) -> tuple[LazyImage, LazyImage, Geometry, dict[str, list], list[Any], int, int]:
+    """What a written and a lazy denoise both decide first: the source, its ROI geometry, the outputs and the
+    window. Returns (source, source cropped to the ROI's planes, geometry, ROI record, outputs, window, halo)."""
+    from .readers import open_image, parse_roi
+
+    lazy = open_image(source, axes)
+    if isinstance(roi, str):
+        roi = parse_roi(roi, lazy.axes)
+    ks = resolve_ks(model, k_b, noise_map)
+    if dtype not in OUTPUT_DTYPES:
+        raise ConfigError(f"dtype={dtype!r}; choose float32 or input.")
+    window = model.patch if window is None else window
+    halo = (model.halo if window == model.patch else default_halo(window)) if halo is None else halo
+    check_window(window, halo)
+    cropped, box, roi_record = _roi_box(lazy, roi)
+    geom = Geometry.of(cropped.axes, cropped.shape, box)
+    if geom.channels != model.in_channels:
+        raise ImageError(f"the image has {geom.channels} channel(s) (axes {geom.axes}, shape {geom.shape}) but the "
+                         f"model expects {model.in_channels}; check --axes or use a model trained on such data.")
+    return lazy, cropped, geom, roi_record, ks, window, halo
 
 
 def resolve_ks(model: Denoiser, k_b: int | Sequence[int] | None, noise_map: bool = False) -> list[Any]:
@@ -722,12 +732,7 @@ def _run_sync(job: Job, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: 
             return
         r = rt.grid.read_box(box)
         raw = job.geom.to_cyx(read_block(data, job.geom.source_index(n, r.y0, r.y1, r.x0, r.x1)))
-        result = None
-        for item in rt.iter_unit(raw, (r.y0, r.x0), box):
-            if isinstance(item, np.ndarray):
-                result = item
-            else:
-                yield item
+        result = yield from rt.iter_unit(raw, (r.y0, r.x0), box)
         write_unit(spec, arrays, n, box, result)
         yield 0  # a unit finished (its windows were counted batch by batch)
 
@@ -875,7 +880,6 @@ def denoise(source: Any, model: Denoiser | str | os.PathLike, out: str | os.Path
     k_b when ``k_b`` is a list) that computes chunks on demand. ``noise_map`` (D-BSN models) adds the
     estimated noise standard deviation as a second output (``OUT_noise``; the second array).
     """
-    from .events import drain
     from .modelio import load_model
 
     remote = isinstance(scheduler, str) and scheduler.startswith("tcp://")
@@ -903,22 +907,8 @@ def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: 
     """
     import dask.array as da
 
-    from .readers import open_image, parse_roi
-
-    lazy = open_image(source, axes)
-    if isinstance(roi, str):
-        roi = parse_roi(roi, lazy.axes)
-    ks = resolve_ks(model, k_b, noise_map)
-    if dtype not in OUTPUT_DTYPES:
-        raise ConfigError(f"dtype={dtype!r}; choose float32 or input.")
-    window = model.patch if window is None else window
-    halo = (model.halo if window == model.patch else default_halo(window)) if halo is None else halo
-    check_window(window, halo)
-    cropped, box, _ = _roi_box(lazy, roi)
-    geom = Geometry.of(cropped.axes, cropped.shape, box)
-    if geom.channels != model.in_channels:
-        raise ImageError(f"the image has {geom.channels} channel(s) (axes {geom.axes}) but the model expects "
-                         f"{model.in_channels}; check the axes or use a model trained on such data.")
+    lazy, cropped, geom, _, ks, window, halo = _resolve(source, model, axes=axes, k_b=k_b, roi=roi, window=window,
+                                                        halo=halo, dtype=dtype, noise_map=noise_map)
     chunk = chunk or auto_chunk(window, halo, geom.channels, len(ks), 1, geom.region)
     rt = Runtime(model, ks, PlaneGrid.of(geom.height, geom.width, window, halo), batch_size or 4)
     image_dtype = np.dtype(np.float32) if dtype == "float32" else np.dtype(lazy.dtype)
@@ -943,7 +933,7 @@ def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: 
         b = Box(r.y0 + loc["Y"][0], r.y0 + loc["Y"][1], r.x0 + loc["X"][0], r.x0 + loc["X"][1])
         rr = rt.grid.read_box(b)
         raw = geom.to_cyx(read_block(data, geom.source_index(n, rr.y0, rr.y1, rr.x0, rr.x1)))
-        res = _drain_unit(rt.iter_unit(raw, (rr.y0, rr.x0), b))
+        res = drain(rt.iter_unit(raw, (rr.y0, rr.x0), b))
         outs = [_from_cyx(to_dtype(x, out_dtype), geom) for x in res]
         return np.stack([o.reshape(_full(o, geom)) for o in outs])
 

@@ -25,7 +25,7 @@ Two grids, both pure geometry (numpy only, no torch):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,8 +161,8 @@ Reader = Callable[[int, int, int, int], np.ndarray]
 
 
 def iter_box(fn: WindowFn, read: Reader, grid: PlaneGrid, box: Box, *,
-             batch_size: int) -> Iterator[int | np.ndarray]:
-    """Compute one chunk: yields the number of windows done after each batch, then the (K, C', h, w) result.
+             batch_size: int) -> Generator[int, None, np.ndarray]:
+    """Compute one chunk: yields the number of windows done after each batch; returns the (K, C', h, w) result.
 
     Windows are read from one region and batched in a fixed (row-major) order,
     so the same chunk always gives the same bytes. Planes smaller than the
@@ -195,11 +195,11 @@ def iter_box(fn: WindowFn, read: Reader, grid: PlaneGrid, box: Box, *,
                 res[:, b, :, ky0 - sy:ky1 - sy, kx0 - sx:kx1 - sx]
         yield len(batch)
     assert out is not None  # a non-empty box always needs at least one window
-    yield out
+    return out
 
 
 def run_box(fn: WindowFn, read: Reader, grid: PlaneGrid, box: Box, *, batch_size: int) -> np.ndarray:
     """:func:`iter_box` without progress."""
-    *_, out = iter_box(fn, read, grid, box, batch_size=batch_size)
-    assert isinstance(out, np.ndarray)
-    return out
+    from .events import drain
+
+    return drain(iter_box(fn, read, grid, box, batch_size=batch_size))

@@ -32,10 +32,10 @@ from ..events import CheckpointEvent, StepEvent, drain
 from ..modelio import Denoiser, arch_dict, load_network
 from ..models import DBSN, Student
 from ..models.dbsn import BLOWUP, constrained_nll
-from ..normalization import Normalization, fit_normalization
+from ..normalization import Normalization
 from ..sampling import check_patch_fits, plane_source, sample_batch
 from .loop import LoopSpec, iter_optimize
-from .train import TrainResult, checkpoint_config, finish, iter_run, prepare_output
+from .train import TrainResult, checkpoint_config, finish, iter_run, prepare_data, prepare_output
 
 PHASES = ("mu", "sigma", "joint")
 MAX_DROPPED = 0.2  # of a phase's steps
@@ -86,14 +86,7 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
     if saved and cfg.iters != saved["train"]["iters"]:
         raise ConfigError(f"--iters {cfg.iters} differs from the checkpoint's {saved['train']['iters']}; a D-BSN run "
                           f"splits its iterations into phases, so a resumed run keeps them. Drop --iters.")
-    source = plane_source(data, axes)
-    check_patch_fits(source, cfg.patch)
-    device = resolve_device(cfg.device)
-    out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
-    if saved:
-        norm = Normalization.from_dict(saved["normalization"])
-    else:
-        norm = fit_normalization(source.sample_pixels(np.random.default_rng(cfg.seed)), cfg.normalization)
+    source, device, out, norm = prepare_data(data, axes, cfg, out_dir, saved, resume=resume, overwrite=overwrite)
     torch.manual_seed(cfg.seed)
     model = DBSN(source.channels, cfg.preset, noise_model=cfg.noise_model)
     iters = cfg.phase_iters()

@@ -20,7 +20,7 @@ from ..events import CheckpointEvent, StepEvent, drain
 from ..modelio import CONFIG, Denoiser, arch_dict, read_config, save_folder
 from ..models import ATBSN
 from ..normalization import Normalization, fit_normalization
-from ..sampling import check_patch_fits, plane_source, sample_batch
+from ..sampling import PlaneSource, check_patch_fits, plane_source, sample_batch
 from .loop import CHECKPOINT_DIR, CHECKPOINT_OLD, CHECKPOINT_PARTIAL, LoopSpec, iter_optimize, recover_checkpoint
 
 
@@ -81,6 +81,21 @@ def finish(out: Path | None, model: torch.nn.Module, cfg: dict[str, Any], stoppe
     return out
 
 
+def prepare_data(data: Any, axes: str | None, cfg: Any, out_dir: str | Path | None, saved: dict[str, Any] | None, *,
+                 resume: bool, overwrite: bool) -> tuple[PlaneSource, torch.device, Path | None, Normalization]:
+    """What every training run does first: the lazy plane source, every check before the output folder is
+    touched, then the folder and the normalisation (the checkpoint's when resuming, else fitted on a sample)."""
+    source = plane_source(data, axes)
+    check_patch_fits(source, cfg.patch)
+    device = resolve_device(cfg.device)
+    out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
+    if saved:
+        norm = Normalization.from_dict(saved["normalization"])
+    else:
+        norm = fit_normalization(source.sample_pixels(np.random.default_rng(cfg.seed)), cfg.normalization)
+    return source, device, out, norm
+
+
 def iter_run(spec: LoopSpec, out: Path | None, config_fn: Callable[[int], dict[str, Any]], *, resume: bool,
              ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
     """Run the loop, then write the model folder (unless stopped) and wrap the result."""
@@ -105,14 +120,7 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
     """
     saved = checkpoint_config(out_dir) if resume else None
     cfg = (resume_config(config or TrainConfig(), saved["train"]) if saved else config or TrainConfig()).resolved()
-    source = plane_source(data, axes)
-    check_patch_fits(source, cfg.patch)  # every check before the output folder is touched
-    device = resolve_device(cfg.device)
-    out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
-    if saved:
-        norm = Normalization.from_dict(saved["normalization"])
-    else:
-        norm = fit_normalization(source.sample_pixels(np.random.default_rng(cfg.seed)), cfg.normalization)
+    source, device, out, norm = prepare_data(data, axes, cfg, out_dir, saved, resume=resume, overwrite=overwrite)
     torch.manual_seed(cfg.seed)
     model = ATBSN(source.channels, cfg.preset)
 
