@@ -27,7 +27,7 @@ def _phases(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--phases {text!r}: give three fractions, e.g. 0.5,0.2,0.3") from None
+        raise argparse.ArgumentTypeError(f"--phases {text!r}: give three fractions, e.g. 0.4,0.4,0.2") from None
 
 
 def _ks(text: str) -> tuple[int, ...]:

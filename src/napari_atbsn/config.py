@@ -256,7 +256,9 @@ def _check_patch(patch: Any, arch: UNetArch, k_a: int) -> None:
 
 #: D-BSN training defaults per preset. ``paper`` follows the reference scripts (patch 96, batch 8,
 #: Adam 3e-4); the phases split ``iters`` into mu pretraining (MSE), sigma pretraining (mu frozen)
-#: and joint training with the constrained likelihood (method.md §5.3).
+#: and joint training with the constrained likelihood (method.md §5.3). The sigma phase gets as many
+#: steps as mu: a sigma step costs about a third of a mu step, and with fewer the noise estimator
+#: stays flat instead of learning its signal dependence (seen on FMD, docs/benchmarks.md).
 DBSN_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "paper": dict(iters=100_000, patch=96, batch=8, lr=3e-4),
     "small": dict(iters=1_500, patch=64, batch=4, lr=1e-3),
@@ -278,7 +280,7 @@ class DBSNConfig:
     normalization: str = _help("range1 (robust percentiles to 0..1, D-BSN's range), range255 or zscore",
                                default="range1")
     phases: tuple[float, float, float] = _help("fractions of iters for mu pretraining, sigma pretraining and "
-                                               "joint training", default=(0.5, 0.2, 0.3))
+                                               "joint training", default=(0.4, 0.4, 0.2))
     gamma: float = _help("default weight of the noise term in the Bayes fusion (1: exact posterior; the "
                          "reference uses 0.9-1)", default=1.0)
     seed: int = _help("random seed (patch sampling and weight init)", default=0)
@@ -305,7 +307,7 @@ class DBSNConfig:
             raise ConfigError(f"normalization={cfg.normalization!r}; choose one of {', '.join(NORMALIZATION_MODES)}.")
         if len(cfg.phases) != 3 or min(cfg.phases) < 0 or abs(sum(cfg.phases) - 1) > 1e-6 or cfg.phases[2] == 0:
             raise ConfigError(f"phases={cfg.phases} must be three non-negative fractions summing to 1 (mu, sigma, "
-                              f"joint), with a joint phase, e.g. 0.5,0.2,0.3.")
+                              f"joint), with a joint phase, e.g. 0.4,0.4,0.2.")
         if not 0 < cfg.gamma <= 2:
             raise ConfigError(f"gamma={cfg.gamma} must be in (0, 2]; 1 is the exact posterior.")
         if cfg.checkpoint_every < 0:

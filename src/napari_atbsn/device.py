@@ -50,3 +50,19 @@ def autocast(device: torch.device, enabled: bool) -> Any:
 def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
     """fp16 (not bf16) needs loss scaling."""
     return enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+
+
+def available_devices() -> list[tuple[str, str]]:
+    """``(name, label)`` for every device this machine offers, best first: each CUDA GPU by name and
+    memory, Apple MPS, the CPU. ``name`` is what ``device=`` accepts; the label is for people."""
+    import os
+
+    found = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            found.append((f"cuda:{i}", f"cuda:{i}  {p.name} ({p.total_memory / 2**30:.0f} GiB)"))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append(("mps", "mps  Apple GPU"))
+    found.append(("cpu", f"cpu  {os.cpu_count() or 1} cores"))
+    return found

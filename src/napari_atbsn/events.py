@@ -11,6 +11,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
 R = TypeVar("R")
 
 
@@ -32,6 +34,37 @@ class CheckpointEvent:
 
     step: int
     path: str
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Ask a training run to denoise ``image`` with the network being trained every ``every`` steps.
+
+    ``image`` is a noisy crop of one plane in the data's units, with ``axes``
+    (YX, YXC or CYX): small enough to run in a fraction of a step.
+    """
+
+    image: np.ndarray
+    axes: str
+    every: int = 50
+
+    def __post_init__(self) -> None:
+        from .errors import ConfigError
+
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ConfigError(f"preview every={self.every!r} must be a positive number of steps.")
+        if set(self.axes) - set("CYX") or not {"Y", "X"} <= set(self.axes) or len(self.axes) != np.ndim(self.image):
+            raise ConfigError(f"preview axes {self.axes!r} must name the {np.ndim(self.image)} axes of one plane "
+                              f"(YX, YXC or CYX).")
+
+
+@dataclass(frozen=True)
+class PreviewEvent:
+    """The preview crop denoised by the network as it is at ``step`` (same shape and axes as the crop)."""
+
+    stage: str
+    step: int
+    image: np.ndarray
 
 
 def drain(gen: Generator[Any, Any, R], callback: Callable[[Any], None] | None = None) -> R:

@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from ..config import STUDENT_MULTIPLE, DBSNConfig, UnpairedConfig, resume_config
 from ..device import resolve_device
 from ..errors import ATBSNError, ConfigError, ImageError, ModelFolderError
-from ..events import CheckpointEvent, StepEvent, drain
-from ..modelio import Denoiser, arch_dict, load_network
+from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
+from ..modelio import BLIND_ESTIMATE, Denoiser, arch_dict, load_network
 from ..models import DBSN, Student
 from ..models.dbsn import BLOWUP, constrained_nll
 from ..normalization import Normalization
 from ..sampling import check_patch_fits, plane_source, sample_batch
 from .loop import LoopSpec, iter_optimize
-from .train import TrainResult, checkpoint_config, finish, iter_run, prepare_data, prepare_output
+from .train import TrainResult, checkpoint_config, finish, iter_run, prepare_data, prepare_output, preview_runner
 
 PHASES = ("mu", "sigma", "joint")
 MAX_DROPPED = 0.2  # of a phase's steps
@@ -60,11 +60,14 @@ class _Guard:
 
 def phase_loss(model: DBSN, phase: str, guard: _Guard) -> Callable[[torch.Tensor], torch.Tensor | None]:
     def loss_fn(x: torch.Tensor) -> torch.Tensor | None:
-        mu, mid = model.features(x)
+        if phase == "sigma":
+            # mu is frozen: no graph through the backbone, so a sigma step costs about a third of a mu step
+            with torch.no_grad():
+                mu, mid = model.features(x)
+        else:
+            mu, mid = model.features(x)
         if phase == "mu":
             return F.mse_loss(mu.float(), x.float())
-        if phase == "sigma":
-            mu, mid = mu.detach(), mid.detach()
         var_mu = model.var_mu(mid)
         var_n = model.var_n(model.noise_input(x, mu.detach()))
         loss, maha = constrained_nll(x, mu, var_mu, var_n)
@@ -75,9 +78,13 @@ def phase_loss(model: DBSN, phase: str, guard: _Guard) -> Callable[[torch.Tensor
 
 def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | None = None,
                     out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
-                    should_stop: Callable[[], bool] | None = None,
-                    ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
-    """Train a D-BSN on noisy ``data``; events, stopping and resuming as in :func:`iter_train`."""
+                    should_stop: Callable[[], bool] | None = None, preview: Preview | None = None,
+                    ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, TrainResult]:
+    """Train a D-BSN on noisy ``data``; events, stopping, resuming and previews as in :func:`iter_train`.
+
+    Previews show the Bayes-fused output, except in the mu phase, where the
+    variance heads are untrained and the preview shows mu itself.
+    """
     saved = checkpoint_config(out_dir) if resume else None
     if saved is not None and saved.get("kind") != "dbsn":
         raise ModelFolderError(f"the checkpoint in {out_dir} is not a D-BSN run; resume it with its own method.")
@@ -112,7 +119,9 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
 
         spec = LoopSpec(f"dbsn-{PHASES[phase]}", model, iters[phase], cfg.lr, device, cfg.amp, batch_fn,
                         phase_loss(model, PHASES[phase], _Guard(iters[phase])), cfg.checkpoint_every, out,
-                        config_fn_for(phase), should_stop)
+                        config_fn_for(phase), should_stop,
+                        **preview_runner(preview, model, config_fn_for(phase), device,
+                                         BLIND_ESTIMATE if PHASES[phase] == "mu" else None))
         res = yield from iter_optimize(spec, resume=resume and phase == start_phase)
         losses += res.losses
         if res.stopped:
@@ -147,8 +156,8 @@ def synthesize_noisy(model: DBSN, clean: torch.Tensor, u: float, z: torch.Tensor
 def iter_distill_dbsn(data: Any, teacher: str | Path, axes: str | None = None, *, clean: Any = None,
                       clean_axes: str | None = None, config: UnpairedConfig | None = None,
                       out_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-                      should_stop: Callable[[], bool] | None = None,
-                      ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
+                      should_stop: Callable[[], bool] | None = None, preview: Preview | None = None,
+                      ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, TrainResult]:
     """Distil a D-BSN into a student (method.md §5.4).
 
     Each batch has ``batch // 8`` (at least one) real noisy patches whose target is the D-BSN's
@@ -228,7 +237,8 @@ def iter_distill_dbsn(data: Any, teacher: str | Path, axes: str | None = None, *
                 "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape]}}
 
     spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
-                    cfg.checkpoint_every, out, config_fn, should_stop)
+                    cfg.checkpoint_every, out, config_fn, should_stop,
+                    **preview_runner(preview, student, config_fn, device))
     return (yield from iter_run(spec, out, config_fn, resume=resume))
 
 

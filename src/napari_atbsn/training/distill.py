@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from ..config import DistillConfig, resume_config
 from ..device import resolve_device
 from ..errors import BlindSpotError, ConfigError, ImageError, ModelFolderError
-from ..events import CheckpointEvent, StepEvent, drain
+from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
 from ..modelio import arch_dict, load_network
 from ..models import ATBSN, Student
 from ..normalization import Normalization
 from ..sampling import check_patch_fits, plane_source, sample_batch
 from .loop import LoopSpec
-from .train import TrainResult, checkpoint_config, iter_run, prepare_output
+from .train import TrainResult, checkpoint_config, iter_run, prepare_output, preview_runner
 
 
 def distill_loss(student_out: torch.Tensor, teachers: torch.Tensor, *, mean_teacher: bool) -> torch.Tensor:
@@ -42,8 +42,8 @@ def distill_loss(student_out: torch.Tensor, teachers: torch.Tensor, *, mean_teac
 
 def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config: DistillConfig | None = None,
                  out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
-                 should_stop: Callable[[], bool] | None = None,
-                 ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
+                 should_stop: Callable[[], bool] | None = None, preview: Preview | None = None,
+                 ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, TrainResult]:
     """Distil the AT-BSN in folder ``teacher`` into a student on noisy ``data``.
 
     Events, stopping, resuming and the result are as in
@@ -100,7 +100,8 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
                 "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape]}}
 
     spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
-                    cfg.checkpoint_every, out, config_fn, should_stop)
+                    cfg.checkpoint_every, out, config_fn, should_stop,
+                    **preview_runner(preview, student, config_fn, device))
     return (yield from iter_run(spec, out, config_fn, resume=resume))
 
 

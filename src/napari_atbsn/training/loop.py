@@ -23,7 +23,7 @@ from torch import nn
 
 from ..device import autocast, needs_grad_scaler
 from ..errors import ATBSNError, ModelFolderError
-from ..events import CheckpointEvent, StepEvent
+from ..events import CheckpointEvent, PreviewEvent, StepEvent
 from ..modelio import OPTIMIZER, load_tensors, read_config, save_folder
 
 CHECKPOINT_DIR = "checkpoint"
@@ -46,6 +46,8 @@ class LoopSpec:
     out_dir: Path | None
     config_fn: Callable[[int], dict[str, Any]]  # steps done -> config.json content
     should_stop: Callable[[], bool] | None = None
+    preview: Callable[[int], np.ndarray] | None = None  # steps done -> the preview crop denoised now
+    preview_every: int = 0
 
 
 @dataclass
@@ -133,7 +135,8 @@ def load_checkpoint(spec: LoopSpec, opt: Any, sched: Any) -> int:
     return int(state["steps"])
 
 
-def iter_optimize(spec: LoopSpec, *, resume: bool) -> Generator[StepEvent | CheckpointEvent, None, LoopResult]:
+def iter_optimize(spec: LoopSpec, *, resume: bool,
+                  ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, LoopResult]:
     model = spec.model.to(spec.device).train()
     opt, sched = make_optimizer(model, spec.lr, spec.iters)
     start = load_checkpoint(spec, opt, sched) if resume else 0
@@ -173,6 +176,13 @@ def iter_optimize(spec: LoopSpec, *, resume: bool) -> Generator[StepEvent | Chec
         yield StepEvent(spec.stage, done, spec.iters, value, lr, (done - start) / (time.perf_counter() - t0))
         # A stop request on the last step is moot: the run is complete.
         stop = done < spec.iters and spec.should_stop is not None and spec.should_stop()
+        if spec.preview is not None and (stop or done == spec.iters or done % spec.preview_every == 0):
+            # eval mode and no_grad touch no random state, so a previewed run ends with the same weights
+            model.eval()
+            with torch.no_grad():
+                image = spec.preview(done)
+            model.train()
+            yield PreviewEvent(spec.stage, done, image)
         if spec.out_dir is not None and done < spec.iters and (
                 stop or (spec.checkpoint_every and done % spec.checkpoint_every == 0)):
             path = save_checkpoint(spec, opt, sched, done)

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig, resume_config
 from ..device import resolve_device
-from ..errors import ConfigError, ModelFolderError
-from ..events import CheckpointEvent, StepEvent, drain
+from ..errors import ConfigError, ImageError, ModelFolderError
+from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
 from ..modelio import CONFIG, Denoiser, arch_dict, read_config, save_folder
 from ..models import ATBSN
 from ..normalization import Normalization, fit_normalization
@@ -96,6 +96,30 @@ def prepare_data(data: Any, axes: str | None, cfg: Any, out_dir: str | Path | No
     return source, device, out, norm
 
 
+def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: Callable[[int], dict[str, Any]],
+                   device: torch.device, k: Any = None) -> dict[str, Any]:
+    """LoopSpec fields that denoise ``preview.image`` with the network in training (empty without a preview).
+
+    ``k`` is the output shown (None: the model's own; D-BSN's mu phase shows mu).
+    """
+    if preview is None:
+        return {}
+    from ..pipeline import iter_denoise_array
+
+    image = np.asarray(preview.image)
+    channels = image.shape[preview.axes.index("C")] if "C" in preview.axes else 1
+    if channels != model.in_channels:
+        raise ImageError(f"the preview crop has {channels} channel(s), the data {model.in_channels}; crop it from "
+                         f"the training data.")
+
+    def run(steps: int) -> np.ndarray:
+        # the same windowed inference as a saved model, on the weights of this step
+        den = Denoiser(model, config_fn(steps), device=device)
+        return drain(iter_denoise_array(den, image, preview.axes, ks=[k], batch_size=4, dtype="float32"))[0]
+
+    return {"preview": run, "preview_every": preview.every}
+
+
 def iter_run(spec: LoopSpec, out: Path | None, config_fn: Callable[[int], dict[str, Any]], *, resume: bool,
              ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
     """Run the loop, then write the model folder (unless stopped) and wrap the result."""
@@ -108,15 +132,18 @@ def iter_run(spec: LoopSpec, out: Path | None, config_fn: Callable[[int], dict[s
 
 def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = None,
                out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
-               should_stop: Callable[[], bool] | None = None,
-               ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
+               should_stop: Callable[[], bool] | None = None, preview: Preview | None = None,
+               ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, TrainResult]:
     """Train an AT-BSN on noisy ``data`` (any array-like with ``axes``).
 
     Yields a :class:`StepEvent` per step (and a :class:`CheckpointEvent` per
     checkpoint); returns a :class:`TrainResult`. With ``out_dir`` the model
     folder is written there; ``resume=True`` continues ``out_dir/checkpoint``.
     ``should_stop`` is polled after every step: when it returns True a
-    checkpoint is saved and the run returns with ``stopped=True``.
+    checkpoint is saved and the run returns with ``stopped=True``. With a
+    :class:`~napari_atbsn.events.Preview`, a :class:`PreviewEvent` with the
+    crop denoised by the current weights follows every ``preview.every`` steps
+    (and the last); it does not change the training.
     """
     saved = checkpoint_config(out_dir) if resume else None
     cfg = (resume_config(config or TrainConfig(), saved["train"]) if saved else config or TrainConfig()).resolved()
@@ -137,7 +164,8 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
                          "dtype": str(source.data.dtype)}}
 
     spec = LoopSpec("train", model, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
-                    cfg.checkpoint_every, out, config_fn, should_stop)
+                    cfg.checkpoint_every, out, config_fn, should_stop,
+                    **preview_runner(preview, model, config_fn, device))
     return (yield from iter_run(spec, out, config_fn, resume=resume))
 
 

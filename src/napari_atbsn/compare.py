@@ -1,0 +1,172 @@
+"""Several denoised versions of one image as a single lazy array, computed plane by plane.
+
+Comparing blind-spot sizes means looking at the same plane denoised with
+k_b = 1, 3, 5 ... (and perhaps the student) side by side. A
+:class:`ComparisonStack` is an array-like with a leading *version* axis in
+front of the image's own axes. Indexing computes only the planes asked for:
+each plane once for all versions (one backbone pass per model serves every
+k_b of that model) and keeps the last few planes, so moving a slider between
+versions, or reading the values under the cursor, costs nothing once the plane
+is there. napari displays it like any array; a notebook can index it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .axes import guess_axes, validate_axes
+from .errors import ConfigError, ImageError
+from .events import drain
+from .modelio import Denoiser
+from .pipeline import iter_denoise_array, resolve_ks
+
+PLANE_AXES = "TZ"
+
+
+@dataclass(frozen=True)
+class Version:
+    """One entry of the version axis: a model and the k_b it is run with (None: the model's own output)."""
+
+    model: Denoiser
+    k: Any
+    label: str
+
+
+def versions_for(model: Denoiser, k_bs: Sequence[int] | None = None) -> list[Version]:
+    """The versions of one model: each k_b of a teacher (one backbone pass for all), or the model's output."""
+    if model.kind == "atbsn":
+        ks = resolve_ks(model, list(k_bs) if k_bs else None)
+        return [Version(model, k, f"k_b={k}") for k in ks]
+    if k_bs:
+        raise ConfigError(f"k_b applies to AT-BSN teachers; {model.name} has one output. Compare it without k_b.")
+    return [Version(model, None, model.name)]
+
+
+class ComparisonStack:
+    """``versions`` of ``data`` as one lazy float32 array of shape ``(len(versions), *data.shape)``.
+
+    Parameters
+    ----------
+    data : array-like
+        The noisy image (numpy, dask, zarr ...), read one plane at a time.
+    axes : str
+        Its axes (guessed when None); T and Z are plane axes, C, Y, X are kept whole.
+    versions : list of Version
+        What to compute, in order (see :func:`versions_for`).
+    cache_planes : int
+        How many computed planes (all versions each) to keep.
+    """
+
+    def __init__(self, data: Any, axes: str | None, versions: Sequence[Version], *, cache_planes: int = 4,
+                 batch_size: int = 4) -> None:
+        if not versions:
+            raise ConfigError("nothing to compare: give at least one model or k_b.")
+        if not hasattr(data, "shape"):
+            data = np.asarray(data)
+        self.data = data
+        self.axes = validate_axes(axes or guess_axes(data.shape), len(data.shape))
+        self.versions = list(versions)
+        channels = int(data.shape[self.axes.index("C")]) if "C" in self.axes else 1
+        for v in self.versions:
+            if v.model.in_channels != channels:
+                raise ImageError(f"the image has {channels} channel(s) (axes {self.axes}) but {v.model.name} expects "
+                                 f"{v.model.in_channels}; check the axes or choose a model trained on such data.")
+        self.plane_dims = [i for i, a in enumerate(self.axes) if a in PLANE_AXES]
+        self.rest_dims = [i for i, a in enumerate(self.axes) if a not in PLANE_AXES]
+        self.plane_axes = "".join(self.axes[i] for i in self.rest_dims)
+        self.shape = (len(self.versions), *(int(s) for s in data.shape))
+        self.dtype = np.dtype(np.float32)
+        self.ndim = len(self.shape)
+        self.cache_planes = max(1, int(cache_planes))
+        self.batch_size = batch_size
+        self.computed = 0  # planes computed so far (each for every version)
+        self._cache: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def labels(self) -> list[str]:
+        return [v.label for v in self.versions]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    def plane(self, index: Sequence[int]) -> np.ndarray:
+        """All versions of one plane, ``(V, *plane)`` with the plane's C/Y/X axes in the image's order."""
+        key = tuple(int(i) for i in index)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        src = [slice(None)] * len(self.axes)
+        for d, i in zip(self.plane_dims, key, strict=True):
+            src[d] = i
+        raw = np.asarray(self.data[tuple(src)])
+        out = np.empty((len(self.versions), *raw.shape), np.float32)
+        done: dict[int, tuple[list[int], list[Any]]] = {}
+        for i, v in enumerate(self.versions):  # group versions by model: one pass serves all its k_b
+            done.setdefault(id(v.model), ([], []))
+            done[id(v.model)][0].append(i)
+            done[id(v.model)][1].append(v.k)
+        for rows, ks in done.values():
+            model = self.versions[rows[0]].model
+            res = drain(iter_denoise_array(model, raw, self.plane_axes, ks=ks, batch_size=self.batch_size,
+                                           dtype="float32"))
+            for r, img in zip(rows, res, strict=True):
+                out[r] = img
+        with self._lock:
+            self._cache[key] = out
+            self.computed += 1
+            while len(self._cache) > self.cache_planes:
+                self._cache.popitem(last=False)
+        return out
+
+    def cached(self, index: Sequence[int]) -> np.ndarray | None:
+        """The plane's versions if already computed, else None (never computes: for cursor read-outs)."""
+        with self._lock:
+            return self._cache.get(tuple(int(i) for i in index))
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = _expand(key, self.ndim)
+        vkey, rest = key[0], key[1:]
+        picks = [np.arange(self.shape[1 + d])[rest[d]] for d in self.plane_dims]
+        lists = [np.atleast_1d(p) for p in picks]
+        rest_shape = [self.shape[1 + d] for d in self.rest_dims]
+        block = np.empty((len(self.versions), *[len(p) for p in lists], *rest_shape), np.float32)
+        for combo in itertools.product(*[range(len(p)) for p in lists]):
+            block[(slice(None), *combo)] = self.plane([lists[j][c] for j, c in enumerate(combo)])
+        # block axes: version, plane axes, then the rest: back to the image's own order
+        order = self.plane_dims + self.rest_dims
+        block = block.transpose([0, *[1 + order.index(d) for d in range(len(self.axes))]])
+        final: list[Any] = [vkey]
+        for d in range(len(self.axes)):
+            if d in self.plane_dims:
+                final.append(0 if np.ndim(picks[self.plane_dims.index(d)]) == 0 else slice(None))
+            else:
+                final.append(rest[d])
+        return block[tuple(final)]
+
+
+def _expand(key: Any, ndim: int) -> tuple[Any, ...]:
+    """A numpy index as a full tuple of ``ndim`` entries (Ellipsis expanded; None is not supported)."""
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is None for k in key):
+        raise IndexError("ComparisonStack does not support np.newaxis in indices.")
+    if sum(k is Ellipsis for k in key) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...').")
+    if any(k is Ellipsis for k in key):
+        i = next(j for j, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1:]
+    if len(key) > ndim:
+        raise IndexError(f"too many indices: the array is {ndim}-D, {len(key)} were given.")
+    return key + (slice(None),) * (ndim - len(key))
