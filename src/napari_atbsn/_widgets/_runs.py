@@ -1,0 +1,82 @@
+"""The part of the Train and Distill widgets that is the same: Resume, the live loss plot, the preview layer
+refreshed during training, and the closing message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, FileEdit, SpinBox
+from qtpy.QtWidgets import QPushButton
+
+from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent
+from ._base import JobWidget
+from ._job import info
+from ._plot import LinePlot
+from ._source import Source, center_crop, crop_layer_kwargs
+
+
+class RunWidget(JobWidget):
+    """A widget that runs an optimisation: Stop saves a checkpoint, Resume continues it."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(napari_viewer)
+        self.out_dir = FileEdit(label="output folder", mode="d", value=None, nullable=True,
+                                tooltip="the model folder to write (config.json + model.safetensors)")
+        self.overwrite = CheckBox(label="replace a model already in the folder", value=False)
+        self.preview_every = SpinBox(label="preview every", min=0, max=100_000, value=50,
+                                     tooltip="denoise a crop of the viewed plane with the current weights every N "
+                                             "steps (0: never)")
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("continue the checkpoint in the output folder (saved by Stop)")
+        self.buttons.addWidget(self.resume_button)
+        self.resume_button.clicked.connect(lambda: self.guarded(lambda: self.start(resume=True)))
+        self.loss_plot = LinePlot("loss", log_y=True, smooth=0.9)
+        self.extra.addWidget(self.loss_plot)
+        self.preview_layer = None
+        self._preview_kwargs: dict[str, Any] = {}
+        self.result = None
+
+    def set_running(self, running: bool) -> None:
+        super().set_running(running)
+        self.resume_button.setEnabled(not running)
+
+    def make_preview(self, src: Source, patch: int) -> Preview | None:
+        if not self.preview_every.value:
+            return None
+        crop, crop_axes, origin = center_crop(src, self.viewer, max(256, int(patch)))
+        self._preview_kwargs = {"name": f"{src.name}_preview", **crop_layer_kwargs(src, crop_axes, origin)}
+        return Preview(crop, crop_axes, every=int(self.preview_every.value))
+
+    def launch(self, name: str, make: Any) -> None:
+        self.loss_plot.clear()
+        self.result = None
+        self.run_job(name, make, on_event=self._event, on_done=self._done)
+
+    def _event(self, event: Any) -> None:
+        if isinstance(event, StepEvent):
+            self.loss_plot.add_point(event.step, event.loss)
+            self.show_progress(event.step, event.total, event.its_per_sec,
+                               extra=f"{event.stage} loss {event.loss:.4g}")
+        elif isinstance(event, CheckpointEvent):
+            self.status.setText(self.status.text() + f"  checkpoint at step {event.step}")
+        elif isinstance(event, PreviewEvent):
+            self._show_preview(event.image)
+
+    def _show_preview(self, image: np.ndarray) -> None:
+        layer = self.preview_layer
+        if layer is not None and layer in self.viewer.layers and np.shape(layer.data) == image.shape:
+            layer.data = image
+            return
+        self.preview_layer = self.viewer.add_image(image, **self._preview_kwargs)
+
+    def _done(self, result: Any) -> None:
+        self.result = result
+        path = Path(result.path) if result.path else None
+        if result.stopped:
+            msg = f"stopped at step {result.steps}; checkpoint saved in {path}. Resume continues it."
+        else:
+            msg = f"finished {result.steps} steps; model saved to {path}"
+        self.status.setText(msg)
+        info(msg)

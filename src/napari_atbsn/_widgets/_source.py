@@ -1,0 +1,132 @@
+"""Where a widget's input comes from: an image layer, or a file too big to open as a layer."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, FileEdit, LineEdit
+from napari.layers import Image
+
+from ..axes import validate_axes
+from ..errors import ConfigError, ReadError
+from ..readers import open_image
+from ._base import JobWidget, layer_axes
+
+PLANE_AXES = "TZ"
+
+
+@dataclass
+class Source:
+    """The chosen input: its data (array-like or LazyImage), axes, a display name and the layer if any."""
+
+    data: Any
+    axes: str
+    name: str
+    layer: Image | None = None
+    path: Path | None = None
+
+    @property
+    def array(self) -> Any:
+        """The pixel array itself (a LazyImage's dask array)."""
+        return self.data.data if self.layer is None else self.data
+
+
+class SourcePicker:
+    """Three form fields: an image layer, an optional file that replaces it, and the axes (prefilled, editable)."""
+
+    def __init__(self, widget: JobWidget, *, file_ok: bool = True) -> None:
+        self.widget = widget
+        self.layer = widget.layer_combo("image")
+        self.file = FileEdit(label="or file", mode="r", value=None, nullable=True,
+                             tooltip="a TIFF, Zarr/OME-Zarr, NIfTI or .npy file, read lazily (for data too big "
+                                     "to open as a layer); leave empty to use the layer")
+        self.axes = LineEdit(label="axes", tooltip="one letter per dimension: T, Z, C, Y, X (prefilled from the "
+                                                   "layer or file; edit if wrong)")
+        self.fields = [self.layer, self.file, self.axes] if file_ok else [self.layer, self.axes]
+        self.layer.changed.connect(self._refill)
+        self.file.changed.connect(self._refill)
+        self._refill()
+
+    def _file(self) -> Path | None:
+        text = str(self.file.value or "").strip()
+        return Path(text).expanduser() if text and text != "." else None
+
+    def _refill(self, *_: Any) -> None:
+        path = self._file()
+        if path is not None:
+            with contextlib.suppress(Exception):  # reported when the job starts, with the reader's message
+                self.axes.value = open_image(path).axes
+        elif isinstance(self.layer.value, Image):
+            self.axes.value = layer_axes(self.layer.value)
+
+    def get(self) -> Source:
+        """The input, with its axes checked against its shape."""
+        axes = (self.axes.value or "").strip().upper()
+        if not axes:
+            raise ConfigError("the axes field is empty; give one letter per dimension, e.g. ZYX.")
+        path = self._file()
+        if path is not None:
+            if not path.exists():
+                raise ReadError(f"{path} does not exist; choose an existing file or clear the file field to use "
+                                f"the layer.")
+            lazy = open_image(path)
+            lazy = lazy.with_axes(validate_axes(axes, len(lazy.data.shape)))
+            return Source(lazy, lazy.axes, path.name.split(".")[0], None, path)
+        layer = self.layer.value
+        if not isinstance(layer, Image):
+            raise ConfigError("no image layer: open an image (or File > Open Sample > napari-atbsn) or choose a "
+                              "file.")
+        return Source(layer.data, validate_axes(axes, len(np.shape(layer.data))), layer.name, layer)
+
+
+def current_plane(source: Source, viewer: Any) -> dict[int, int]:
+    """Index of the plane the viewer shows, for each plane axis (T/Z) of the source (0 for a file)."""
+    dims = [i for i, a in enumerate(source.axes) if a in PLANE_AXES]
+    if source.layer is None:
+        return dict.fromkeys(dims, 0)
+    point = source.layer.world_to_data(viewer.dims.point)
+    shape = np.shape(source.layer.data)
+    return {d: int(np.clip(round(float(point[d])), 0, shape[d] - 1)) for d in dims}
+
+
+def center_crop(source: Source, viewer: Any, side: int) -> tuple[np.ndarray, str, tuple[int, int]]:
+    """A ``side``-pixel crop of the viewed plane's centre: (crop, its axes, (y0, x0))."""
+    arr, axes = source.array, source.axes
+    h, w = arr.shape[axes.index("Y")], arr.shape[axes.index("X")]
+    side_y, side_x = min(side, h), min(side, w)
+    y0, x0 = (h - side_y) // 2, (w - side_x) // 2
+    index: list[Any] = [slice(None)] * len(axes)
+    for d, i in current_plane(source, viewer).items():
+        index[d] = i
+    index[axes.index("Y")] = slice(y0, y0 + side_y)
+    index[axes.index("X")] = slice(x0, x0 + side_x)
+    crop = np.asarray(arr[tuple(index)])
+    return crop, "".join(a for a in axes if a not in PLANE_AXES), (y0, x0)
+
+
+def crop_layer_kwargs(source: Source, crop_axes: str, origin: tuple[int, int]) -> dict[str, Any]:
+    """Scale and translate that put a crop where it came from, over the source layer."""
+    if source.layer is None:
+        return {}
+    layer = source.layer
+    sy, sx = layer.scale[-2], layer.scale[-1]
+    ty, tx = layer.translate[-2], layer.translate[-1]
+    lead = len(crop_axes) - 2 - (1 if layer.rgb else 0)
+    kw = {"scale": (1.0,) * lead + (sy, sx), "translate": (0.0,) * lead + (ty + origin[0] * sy, tx + origin[1] * sx),
+          "rgb": layer.rgb}
+    if not layer.rgb:
+        kw["colormap"] = layer.colormap.name
+        kw["contrast_limits"] = tuple(float(c) for c in layer.contrast_limits)
+    return kw
+
+
+def model_combo_hint() -> str:
+    return "a model folder written by napari-atbsn (config.json + model.safetensors)"
+
+
+def combo(label: str, choices: list[Any], value: Any, tooltip: str = "") -> ComboBox:
+    return ComboBox(label=label, choices=choices, value=value, tooltip=tooltip)
