@@ -341,3 +341,16 @@ def test_noise_widget_tells_correlated_from_independent(viewer, qtbot, errors) -
     wait_done(qtbot, w)
     assert w.recommendation.text() == "recommended: dbsn"
     assert errors == []
+
+
+def test_widgets_open_from_the_plugins_menu(make_napari_viewer) -> None:
+    """Through npe2, as a user opens them: napari passes the viewer in."""
+    v = make_napari_viewer()
+    v.add_image(np.zeros((3, 40, 50), np.float32), name="cells")
+    for name, cls in [("Train", "TrainWidget"), ("Distill", "DistillWidget"), ("Denoise", "DenoiseWidget"),
+                      ("Compare k_b", "CompareWidget"), ("Noise analysis", "NoiseWidget")]:
+        _, widget = v.window.add_plugin_dock_widget("napari-atbsn", name)
+        assert type(widget).__name__ == cls
+        assert widget.source.layer.value.name == "cells" and widget.source.axes.value == "ZYX"
+    v.add_image(np.zeros((40, 50, 3), np.uint8), name="rgb", rgb=True)  # choices follow the layer list
+    assert [c for c in widget.source.layer.choices if c.name == "rgb"]

@@ -151,8 +151,15 @@ class JobWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def layer_combo(self, label: str = "image") -> ComboBox:
-        return ComboBox(label=label, choices=lambda _w: [(layer.name, layer) for layer in self.image_layers()],
-                        nullable=False)
+        combo = ComboBox(label=label, choices=lambda _w: [(layer.name, layer) for layer in self.image_layers()],
+                         nullable=False)
+        # start on the layer the user is working with: the selected one, else the top image layer
+        active = self.viewer.layers.selection.active
+        images = self.image_layers()
+        preferred = active if isinstance(active, Image) else (images[-1] if images else None)
+        if preferred is not None:
+            combo.value = preferred
+        return combo
 
     def axes_edit(self, combo: ComboBox) -> LineEdit:
         edit = LineEdit(label="axes", tooltip="one letter per dimension of the layer: T, Z, C, Y, X "
