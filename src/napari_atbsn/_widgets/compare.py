@@ -62,6 +62,7 @@ class CompareWidget(JobWidget):
         self.form.extend([*self.source.fields, self.model_dir, self.k_bs, self.student_dir, self.layout_mode,
                           self.device])
         self.stop_button.hide()  # nothing runs in the background: planes are computed as they are shown
+        self.progress.hide()
         self.readout = QLabel("")
         self.readout.setWordWrap(True)
         self.extra.addWidget(self.readout)
