@@ -387,3 +387,21 @@ def test_a_second_writer_to_the_same_output_is_refused(tmp_path: Path, tiny_teac
         assert (tmp_path / ".o.ome.zarr.lock").exists()  # the refused run leaves the holder's lock alone
     assert denoise(_volume((40, 40)), model, out, axes="YX").complete
     assert not (tmp_path / ".o.ome.zarr.lock").exists()
+
+
+def test_a_different_array_of_the_same_shape_is_not_resumed_into(tmp_path, tiny_student) -> None:
+    """Two napari layers of one shape: the partial output of one must not be continued with the other."""
+    from napari_atbsn.events import drain
+
+    a = np.random.default_rng(0).normal(100, 5, (2, 64, 64)).astype(np.float32)
+    b = a.copy()
+    b[1, 30, 30] += 1  # one pixel apart
+    model = load_model(tiny_student)
+    out = tmp_path / "out.ome.zarr"
+    calls = itertools.count()
+    res = drain(iter_run(plan_job(a, model, out, axes="ZYX", chunk=32), should_stop=lambda: next(calls) >= 3))
+    assert not res.complete and res.units_computed >= 1  # stopped: a partial output of a
+    with pytest.raises(WriteError, match="input"):
+        denoise(b, model, out, axes="ZYX", chunk=32)
+    res = denoise(a, model, out, axes="ZYX", chunk=32)  # the same array continues it
+    assert res.complete and res.units_resumed >= 1

@@ -354,3 +354,32 @@ def test_widgets_open_from_the_plugins_menu(make_napari_viewer) -> None:
         assert widget.source.layer.value.name == "cells" and widget.source.axes.value == "ZYX"
     v.add_image(np.zeros((40, 50, 3), np.uint8), name="rgb", rgb=True)  # choices follow the layer list
     assert [c for c in widget.source.layer.choices if c.name == "rgb"]
+
+
+def test_a_runtime_error_in_a_job_is_a_notification_not_a_stuck_widget(viewer, qtbot, errors) -> None:
+    """superqt drops RuntimeErrors raised by a generator (CUDA out-of-memory, DeviceError are ones)."""
+    from napari_atbsn._widgets import NoiseWidget
+
+    w = dock(viewer, NoiseWidget(viewer))
+
+    def failing(should_stop):
+        yield (0, 1)
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    w.run_job("failing job", failing)
+    wait_done(qtbot, w, timeout=10_000)
+    assert len(errors) == 1 and "CUDA out of memory" in errors[0]
+    assert w.run_button.isEnabled() and "failed" in w.status.text()
+
+
+def test_removing_the_dock_stops_its_job(viewer, qtbot, tmp_path) -> None:
+    from napari_atbsn._widgets import TrainWidget
+
+    w = TrainWidget(viewer)
+    dock_widget = viewer.window.add_dock_widget(w)
+    configure_train(w, tmp_path / "t", iters=100_000)
+    w.run_button.click()
+    qtbot.waitUntil(lambda: w.progress.value() >= 2, timeout=WAIT_MS)
+    viewer.window.remove_dock_widget(dock_widget)
+    assert w.job.ended.wait(10)
+    assert (tmp_path / "t" / "checkpoint" / "config.json").exists()

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, LineEdit
 from napari.layers import Image
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from .. import __version__
@@ -53,9 +54,13 @@ def checked_axes(text: str, layer_or_data: Any) -> str:
 def display_kwargs(layer: Image) -> dict[str, Any]:
     """The input layer's geometry and look, for a result that should overlay it exactly."""
     kw: dict[str, Any] = {"scale": tuple(layer.scale), "translate": tuple(layer.translate),
-                          "rgb": layer.rgb}
+                          "rotate": np.asarray(layer.rotate), "shear": np.asarray(layer.shear),
+                          "affine": np.asarray(layer.affine.affine_matrix), "rgb": layer.rgb}
+    units = getattr(layer, "units", None)
+    if units is not None:
+        kw["units"] = tuple(units)
     if not layer.rgb:
-        kw["colormap"] = layer.colormap.name
+        kw["colormap"] = layer.colormap
         kw["contrast_limits"] = tuple(float(c) for c in layer.contrast_limits)
     axis_labels = getattr(layer, "axis_labels", None)
     if axis_labels is not None:
@@ -220,6 +225,13 @@ class JobWidget(QWidget):
         if self.job is not None and self.job.running:
             self.job.stop(CLOSE_WAIT_S)
         super().closeEvent(event)
+
+    def event(self, event: Any) -> bool:
+        # napari's remove_dock_widget (the dock's close button) only unparents the widget: no close event
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and self.job is not None \
+                and self.job.running:
+            self.job.stop()
+        return super().event(event)
 
 
 def _duration(seconds: float) -> str:

@@ -46,6 +46,29 @@ def notify_error(e: BaseException) -> None:
     show_error(error_message(e))
 
 
+class JobFailed(Exception):
+    """Carries a job's exception out of the worker (see Job.run)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _guard(fn: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A GUI callback of a job: a widget deleted meanwhile is ignored, any other error is a notification."""
+
+    def call(value: Any) -> None:
+        try:
+            fn(value)
+        except RuntimeError as e:
+            if "deleted" not in str(e):
+                notify_error(e)
+        except Exception as e:
+            notify_error(e)
+
+    return call
+
+
 class StoppingWorker(GeneratorWorker):
     """A generator worker whose ``quit`` is a graceful stop.
 
@@ -80,10 +103,16 @@ class Job:
         self.stop_requested = threading.Event()
         self.ended = threading.Event()
         self.error: BaseException | None = None
+        self._started = False
 
         def run() -> Generator[Any, None, Any]:
             try:
                 return (yield from make(self.stop_requested.is_set))
+            except Exception as e:
+                # superqt swallows a RuntimeError from the generator (it takes it for a deleted worker) and
+                # then emits neither errored nor finished: CUDA out-of-memory and DeviceError are
+                # RuntimeErrors, so every error travels wrapped and is unwrapped in _errored
+                raise JobFailed(e) from e
             finally:
                 self.ended.set()
 
@@ -91,18 +120,20 @@ class Job:
         self.worker = create_worker(run, _start_thread=False, _ignore_errors=True, _worker_class=StoppingWorker)
         self.worker.job = self
         if on_event is not None:
-            self.worker.yielded.connect(on_event)
+            self.worker.yielded.connect(_guard(on_event))
         if on_done is not None:
-            self.worker.returned.connect(on_done)
+            self.worker.returned.connect(_guard(on_done))
         self.worker.errored.connect(self._errored)
         self.worker.finished.connect(self._finished)
         self._on_finish = on_finish
 
     @property
     def running(self) -> bool:
-        return self.worker.is_running and not self.ended.is_set()
+        """Started and not yet ended (queued in the thread pool counts: Stop must reach it too)."""
+        return self._started and not self.ended.is_set()
 
     def start(self) -> Job:
+        self._started = True
         self.worker.start()
         return self
 
@@ -112,6 +143,7 @@ class Job:
         return self.ended.wait(wait) if wait else self.ended.is_set()
 
     def _errored(self, e: BaseException) -> None:
+        e = e.error if isinstance(e, JobFailed) else e
         self.error = e
         notify_error(e)
 

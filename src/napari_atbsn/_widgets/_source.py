@@ -80,7 +80,9 @@ class SourcePicker:
         if not isinstance(layer, Image):
             raise ConfigError("no image layer: open an image (or File > Open Sample > napari-atbsn) or choose a "
                               "file.")
-        return Source(layer.data, validate_axes(axes, len(np.shape(layer.data))), layer.name, layer)
+        # a multiscale layer: the full-resolution level (its geometry is the layer's own)
+        data = layer.data[0] if layer.multiscale else layer.data
+        return Source(data, validate_axes(axes, len(np.shape(data))), layer.name, layer)
 
 
 def current_plane(source: Source, viewer: Any) -> dict[int, int]:
@@ -89,7 +91,7 @@ def current_plane(source: Source, viewer: Any) -> dict[int, int]:
     if source.layer is None:
         return dict.fromkeys(dims, 0)
     point = source.layer.world_to_data(viewer.dims.point)
-    shape = np.shape(source.layer.data)
+    shape = np.shape(source.array)
     return {d: int(np.clip(round(float(point[d])), 0, shape[d] - 1)) for d in dims}
 
 
@@ -113,13 +115,15 @@ def crop_layer_kwargs(source: Source, crop_axes: str, origin: tuple[int, int]) -
     if source.layer is None:
         return {}
     layer = source.layer
-    sy, sx = layer.scale[-2], layer.scale[-1]
-    ty, tx = layer.translate[-2], layer.translate[-1]
-    lead = len(crop_axes) - 2 - (1 if layer.rgb else 0)
+    dims = source.axes.replace("C", "") if layer.rgb else source.axes  # the layer's own dimensions
+    iy, ix = dims.index("Y"), dims.index("X")
+    sy, sx = layer.scale[iy], layer.scale[ix]
+    ty, tx = layer.translate[iy], layer.translate[ix]
+    lead = len(crop_axes) - 2 - (1 if layer.rgb else 0)  # a non-RGB channel axis stays a dimension of its own
     kw = {"scale": (1.0,) * lead + (sy, sx), "translate": (0.0,) * lead + (ty + origin[0] * sy, tx + origin[1] * sx),
           "rgb": layer.rgb}
     if not layer.rgb:
-        kw["colormap"] = layer.colormap.name
+        kw["colormap"] = layer.colormap
         kw["contrast_limits"] = tuple(float(c) for c in layer.contrast_limits)
     return kw
 

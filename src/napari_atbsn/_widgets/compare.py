@@ -100,6 +100,8 @@ class CompareWidget(JobWidget):
                                  models={v.label: str(v.model.path) for v in versions}, lazy=True)
         self.layers = []
         if self.layout_mode.value == "stack":
+            for key in ("rotate", "shear", "affine", "units"):  # the version axis has no place in these
+                kw.pop(key, None)
             scale = kw.pop("scale", None)
             translate = kw.pop("translate", None)
             if scale is not None:

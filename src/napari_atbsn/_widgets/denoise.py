@@ -84,6 +84,10 @@ class DenoiseWidget(JobWidget):
     # -- computed now ------------------------------------------------------------------------------
     def _run_now(self, src: Source, model: Any, ks: list[Any]) -> None:
         arr = src.array
+        channels = arr.shape[src.axes.index("C")] if "C" in src.axes else 1
+        if channels != model.in_channels:
+            raise ImageError(f"the image has {channels} channel(s) (axes {src.axes}) but the model expects "
+                             f"{model.in_channels}; check the axes or use a model trained on such data.")
         need = int(np.prod(arr.shape)) * 4 * (len(ks) + 1)
         if need > available_memory() // 2:
             raise ImageError(f"denoising this {'x'.join(map(str, arr.shape))} image in memory needs about "
@@ -144,7 +148,8 @@ class DenoiseWidget(JobWidget):
                                     f"same settings resumes it.")
                 return
             for kk, path in zip(result.k_bs, result.paths, strict=True):
-                self._add(src, model, open_image(path).data, kk, chunk=result.chunk, output=str(path))
+                self._add(src, model, _in_source_order(open_image(path), src.axes), kk, chunk=result.chunk,
+                          output=str(path))
             msg = f"wrote {', '.join(str(p) for p in result.paths)} in {result.seconds:.0f} s"
             self.status.setText(msg)
             info(msg)
@@ -169,6 +174,13 @@ class DenoiseWidget(JobWidget):
         layer = self.viewer.add_image(data, name=result_name(src.name, model, "noise" if noise else k),
                                       metadata=meta, **kw)
         self.layers.append(layer)
+
+
+def _in_source_order(lazy: Any, axes: str) -> Any:
+    """A written output (stored T, C, Z, Y, X for OME-Zarr; Y, X last for TIFF) back in the input's axis order."""
+    if sorted(lazy.axes) != sorted(axes):
+        return lazy.data
+    return lazy.data.transpose([lazy.axes.index(a) for a in axes])
 
 
 def _limits(data: Any) -> tuple[float, float]:
