@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, LineEdit
+from magicgui.widgets import ComboBox, Container
 from napari.layers import Image
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from .. import __version__
-from ..axes import validate_axes
 from ..device import available_devices
-from ..errors import AxesError, ConfigError
+from ..errors import ConfigError
 from ._job import CLOSE_WAIT_S, Job, notify_error
 
 AXIS_LETTERS = set("TZCYX")
@@ -43,14 +42,6 @@ def layer_axes(layer: Image) -> str:
     return {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TZCYX"}.get(nd, "YX")
 
 
-def checked_axes(text: str, layer_or_data: Any) -> str:
-    data = layer_or_data.data if isinstance(layer_or_data, Image) else layer_or_data
-    axes = (text or "").strip().upper()
-    if not axes:
-        raise AxesError("the axes field is empty; give one letter per dimension, e.g. ZYX.")
-    return validate_axes(axes, len(np.shape(data)))
-
-
 def display_kwargs(layer: Image) -> dict[str, Any]:
     """The input layer's geometry and look, for a result that should overlay it exactly."""
     kw: dict[str, Any] = {"scale": tuple(layer.scale), "translate": tuple(layer.translate),
@@ -66,6 +57,16 @@ def display_kwargs(layer: Image) -> dict[str, Any]:
     if axis_labels is not None:
         kw["axis_labels"] = tuple(axis_labels)
     return kw
+
+
+def display_limits(data: Any) -> tuple[float, float]:
+    """Display range from percentiles of one middle plane (never computes a whole lazy volume)."""
+    a = data
+    while getattr(a, "ndim", 2) > 2:
+        a = a[a.shape[0] // 2]
+    sample = np.asarray(a if not hasattr(a, "compute") else a.compute(), dtype=np.float32)
+    lo, hi = np.percentile(sample[np.isfinite(sample)], [0.1, 99.9]) if sample.size else (0.0, 1.0)
+    return (float(lo), float(hi if hi > lo else lo + 1))
 
 
 def result_name(source: str, model: Any, k: Any = None) -> str:
@@ -165,18 +166,6 @@ class JobWidget(QWidget):
         if preferred is not None:
             combo.value = preferred
         return combo
-
-    def axes_edit(self, combo: ComboBox) -> LineEdit:
-        edit = LineEdit(label="axes", tooltip="one letter per dimension of the layer: T, Z, C, Y, X "
-                                             "(prefilled from the layer; edit if wrong)")
-
-        def refill(*_: Any) -> None:
-            if combo.value is not None:
-                edit.value = layer_axes(combo.value)
-
-        combo.changed.connect(refill)
-        refill()
-        return edit
 
     def run_job(self, name: str, make: Callable[[Callable[[], bool]], Generator[Any, None, Any]], *,
                 on_event: Callable[[Any], None] | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, LineEdit
+from magicgui.widgets import FileEdit, LineEdit
 from napari.layers import Image
 
 from ..axes import validate_axes
@@ -126,11 +126,3 @@ def crop_layer_kwargs(source: Source, crop_axes: str, origin: tuple[int, int]) -
         kw["colormap"] = layer.colormap
         kw["contrast_limits"] = tuple(float(c) for c in layer.contrast_limits)
     return kw
-
-
-def model_combo_hint() -> str:
-    return "a model folder written by napari-atbsn (config.json + model.safetensors)"
-
-
-def combo(label: str, choices: list[Any], value: Any, tooltip: str = "") -> ComboBox:
-    return ComboBox(label=label, choices=choices, value=value, tooltip=tooltip)

@@ -19,7 +19,7 @@ from ..compare import ComparisonStack, versions_for
 from ..config import DEFAULT_KS
 from ..errors import ConfigError
 from ..modelio import load_model
-from ._base import JobWidget, device_choices, display_kwargs, folder_or_none, result_metadata
+from ._base import JobWidget, device_choices, display_kwargs, display_limits, folder_or_none, result_metadata
 from ._job import info
 from ._source import SourcePicker
 
@@ -91,10 +91,7 @@ class CompareWidget(JobWidget):
         self.stack = stack = ComparisonStack(src.array, src.axes, versions)
         kw = display_kwargs(src.layer) if src.layer is not None else {}
         if "contrast_limits" not in kw and not kw.get("rgb"):
-            plane = np.asarray(src.array[tuple(s // 2 if a in "TZ" else slice(None)
-                                               for a, s in zip(src.axes, src.array.shape, strict=True))])
-            lo, hi = np.percentile(plane, [0.1, 99.9])
-            kw["contrast_limits"] = (float(lo), float(hi if hi > lo else lo + 1))
+            kw["contrast_limits"] = display_limits(src.array)
         kw.pop("axis_labels", None)
         record = result_metadata(versions[0].model, k=versions[0].k, source=src.name, versions=stack.labels,
                                  models={v.label: str(v.model.path) for v in versions}, lazy=True)

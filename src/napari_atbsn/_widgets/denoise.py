@@ -23,7 +23,15 @@ from ..errors import ConfigError, ImageError
 from ..modelio import NOISE_MAP, load_model
 from ..pipeline import available_memory, iter_denoise_array, iter_run, lazy_denoise, plan_job, resolve_ks
 from ..readers import open_image
-from ._base import JobWidget, device_choices, display_kwargs, folder_or_none, result_metadata, result_name
+from ._base import (
+    JobWidget,
+    device_choices,
+    display_kwargs,
+    display_limits,
+    folder_or_none,
+    result_metadata,
+    result_name,
+)
 from ._job import info
 from ._source import Source, SourcePicker
 
@@ -166,7 +174,7 @@ class DenoiseWidget(JobWidget):
             kw["colormap"] = "magma"
         if "contrast_limits" not in kw and not kw.get("rgb"):
             # a lazy result's range comes from the input (same units) so adding it computes nothing
-            kw["contrast_limits"] = _limits(src.array if record.get("lazy") and not noise else data)
+            kw["contrast_limits"] = display_limits(src.array if record.get("lazy") and not noise else data)
         meta = result_metadata(model, k=k, source=src.name, chunk=record.get("chunk"), output=record.get("output"),
                                lazy=bool(record.get("lazy")))
         if src.path is not None:
@@ -181,14 +189,3 @@ def _in_source_order(lazy: Any, axes: str) -> Any:
     if sorted(lazy.axes) != sorted(axes):
         return lazy.data
     return lazy.data.transpose([lazy.axes.index(a) for a in axes])
-
-
-def _limits(data: Any) -> tuple[float, float]:
-    """Display range from a sample of one plane (never computes a whole lazy volume)."""
-    a = data
-    while getattr(a, "ndim", 2) > 2:
-        a = a[a.shape[0] // 2]
-    sample = np.asarray(a if not hasattr(a, "compute") else a.compute(), dtype=np.float32)
-    lo, hi = np.percentile(sample[np.isfinite(sample)], [0.1, 99.9]) if sample.size else (0.0, 1.0)
-    return (float(lo), float(hi if hi > lo else lo + 1))
-
