@@ -383,3 +383,98 @@ def test_removing_the_dock_stops_its_job(viewer, qtbot, tmp_path) -> None:
     viewer.window.remove_dock_widget(dock_widget)
     assert w.job.ended.wait(10)
     assert (tmp_path / "t" / "checkpoint" / "config.json").exists()
+
+
+# -- bad input in the widgets (docs/reliability.md, rows W01-W08) --------------------------------------
+class _Payload:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.open, (self.marker, "w")
+
+
+def _payload(marker: Path) -> _Payload:
+    return _Payload(marker)
+
+
+def _pickle_model(src: Path, dst: Path, marker: Path) -> Path:
+    import pickle
+
+    dst.mkdir()
+    (dst / "config.json").write_bytes((src / "config.json").read_bytes())
+    (dst / "model.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
+    return dst
+
+
+@pytest.mark.parametrize("case", ["W01", "W02", "W03", "W04", "W05", "W06", "W07", "W08"])
+def test_bad_input_becomes_one_notification_and_leaves_nothing(case, viewer, qtbot, tmp_path, tiny_teacher,
+                                                               errors) -> None:
+    from napari_atbsn._widgets import DenoiseWidget, DistillWidget, TrainWidget
+
+    before_layers = [la.name for la in viewer.layers]
+    expect, leaves = "", set()
+    if case in ("W01", "W02", "W03"):
+        w = dock(viewer, TrainWidget(viewer))
+        configure_train(w, tmp_path / "t", iters=3)
+        if case == "W01":
+            w.out_dir.value = None
+            expect = "choose an output folder for the model."
+        elif case == "W02":
+            viewer.add_image(np.zeros((20, 20), np.float32) + np.arange(20), name="small")
+            before_layers.append("small")
+            w.source.layer.value = viewer.layers["small"]
+            expect = "smaller than the training patch"
+        else:
+            w.source.axes.value = "YX"
+            expect = "axes 'YX' has 2 letters but the data has 3 dimensions"
+    elif case == "W08":
+        import torch
+
+        w = dock(viewer, DistillWidget(viewer))
+        evil = _pickle_model(tiny_teacher, tmp_path / "evil", tmp_path / "ran.txt")
+        (evil / "model.safetensors").write_bytes((tiny_teacher / "model.safetensors").read_bytes())
+        torch.save({"optimizer": _payload(tmp_path / "ran.txt")}, evil / "model.pt")  # a pickle beside it
+        w.teacher.value = str(evil)
+        w.out_dir.value = str(tmp_path / "student")
+        leaves = {"evil"}
+        expect = "holds model.pt: pickle files, which can run code"
+    else:
+        w = dock(viewer, DenoiseWidget(viewer))
+        w.device.value = "cpu"
+        w.model_dir.value = str(tiny_teacher)
+        if case == "W04":
+            w.model_dir.value = str(tmp_path / "nomodel")
+            expect = "nomodel does not exist; check the path"
+        elif case == "W05":
+            w.model_dir.value = str(_pickle_model(tiny_teacher, tmp_path / "evil", tmp_path / "ran.txt"))
+            leaves = {"evil"}
+            expect = "pickle files, which can run code"
+        elif case == "W06":
+            bad = np.asarray(viewer.layers["cells"].data, np.float32).copy()
+            bad[1, 7, 7] = np.nan
+            viewer.add_image(bad, name="holes")
+            before_layers.append("holes")
+            w.source.layer.value = viewer.layers["holes"]
+            expect = "NaN or Inf pixels"
+        else:
+            (tmp_path / "out.tif").write_bytes(b"precious")
+            leaves = {"out.tif"}
+            w.mode.value = "file"
+            w.out_file.value = str(tmp_path / "out.tif")
+            expect = "out.tif already exists; choose another name or pass --overwrite"
+    w.run_button.click()
+    qtbot.waitUntil(lambda: len(errors) >= 1, timeout=WAIT_MS)
+    if w.job is not None:
+        wait_done(qtbot, w)
+    assert len(errors) == 1 and expect in errors[0], errors
+    assert "Traceback" not in errors[0] and w.run_button.isEnabled()
+    assert [la.name for la in viewer.layers] == before_layers  # no result layer, finished or not
+    assert {p.name for p in tmp_path.iterdir()} == leaves
+    if case == "W07":
+        assert (tmp_path / "out.tif").read_bytes() == b"precious"
+    assert not (tmp_path / "ran.txt").exists(), "a pickle was loaded: its code ran"

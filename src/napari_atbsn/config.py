@@ -251,7 +251,10 @@ def _check_patch(patch: Any, arch: UNetArch, k_a: int) -> None:
     if patch % m:
         raise ConfigError(f"patch={patch} must be a multiple of {m} for this preset; try {max(m, patch // m * m)}.")
     if patch <= 2 * ((k_a + 1) // 2):
-        raise ConfigError(f"patch={patch} is too small for k_a={k_a}; use at least {4 * m}.")
+        # The shift s = (k_a + 1) // 2 must leave pixels in the patch: patch > 2 s.
+        need = (2 * ((k_a + 1) // 2) // m + 1) * m
+        raise BlindSpotError(f"k_a={k_a} is too large for patch={patch}: its blind spot would cover the whole "
+                             f"patch. Use a smaller k_a (the paper trains with 9) or --patch {need} or more.")
 
 
 #: D-BSN training defaults per preset. ``paper`` follows the reference scripts (patch 96, batch 8,

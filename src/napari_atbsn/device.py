@@ -66,3 +66,11 @@ def available_devices() -> list[tuple[str, str]]:
         found.append(("mps", "mps  Apple GPU"))
     found.append(("cpu", f"cpu  {os.cpu_count() or 1} cores"))
     return found
+
+
+def is_oom(e: BaseException) -> bool:
+    """Whether ``e`` is the device (or host) running out of memory."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

@@ -78,6 +78,35 @@ def save_folder(path: str | os.PathLike, model: nn.Module, config: dict[str, Any
 
 
 # -- reading -----------------------------------------------------------------
+#: Suffixes of the pickle-based formats of torch, numpy, joblib and friends: loading one can run any code.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".tar")
+
+
+def is_pickle(path: Path) -> bool:
+    """Whether ``path`` starts like a pickle (protocol 2+) or a ``torch.save`` zip archive."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head[:1] == b"\x80" or head == b"PK"
+
+
+def refuse_pickles(folder: Path) -> None:
+    """Refuse a model folder that carries a pickle: it did not come from napari-atbsn as it is.
+
+    The files are never opened by an unpickler; only their names and first two bytes are looked at.
+    """
+    found = sorted(f.name for f in folder.iterdir() if f.is_file() and f.suffix.lower() in PICKLE_SUFFIXES)
+    for name in (WEIGHTS, OPTIMIZER):
+        if (folder / name).is_file() and is_pickle(folder / name):
+            found.append(f"{name} (a pickle under a safetensors name)")
+    if found:
+        raise ModelFolderError(f"{folder} holds {', '.join(found)}: pickle files, which can run code when "
+                               f"loaded. napari-atbsn never loads pickles and refuses such folders; ask the "
+                               f"sender for the plain folder (model.safetensors + config.json) or re-train.")
+
+
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate ``config.json`` of a model folder."""
     p = Path(path)
@@ -87,6 +116,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_dir():
         raise ModelFolderError(f"{p} is a file, not a model folder; give the folder that holds {CONFIG} and "
                                f"{WEIGHTS}.")
+    refuse_pickles(p)
     cfg_path = p / CONFIG
     if not cfg_path.exists():
         raise ModelFolderError(f"{p} has no {CONFIG}: it is not a model folder, or its writing was interrupted.")

@@ -81,7 +81,7 @@ def fit_normalization(samples: np.ndarray, mode: str) -> Normalization:
     x = np.moveaxis(np.asarray(samples, dtype=np.float64), 1, 0).reshape(samples.shape[1], -1)
     if not np.all(np.isfinite(x)):
         raise ImageError("the image contains NaN or Inf pixels; replace them (e.g. with the local median) "
-                         "before denoising.")
+                         "first.")
     if mode == "zscore":
         offset, scale = x.mean(axis=1), x.std(axis=1)
     else:

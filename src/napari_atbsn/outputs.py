@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,18 @@ def ngff_axes(axes: str, units: dict[str, str] | None = None) -> list[dict[str, 
     return out
 
 
+def check_writable(folder: Path) -> None:
+    """Create and remove a file in ``folder``: the only test that also holds for root, read-only mounts and
+    pseudo file systems (``os.access`` says yes to root everywhere)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".atbsn-write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise WriteError(f"output folder {folder} is not writable ({e.strerror or e}); choose another output "
+                         f"path.") from None
+
+
 class OutputStore:
     """One output file or folder and its resumable work store."""
 
@@ -117,8 +130,7 @@ class OutputStore:
         if self.final.exists() and not overwrite:
             raise WriteError(f"{self.final} already exists; choose another name or pass --overwrite "
                              f"(the old output is kept until the new one is complete).")
-        if not os.access(self.final.parent, os.W_OK):
-            raise WriteError(f"output folder {self.final.parent} is not writable; choose another output path.")
+        check_writable(self.final.parent)
 
     # -- the work store --------------------------------------------------------------
     def job(self) -> dict[str, Any] | None:

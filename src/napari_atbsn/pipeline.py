@@ -30,6 +30,7 @@ import numpy as np
 
 from . import __version__
 from .axes import PLANE_LETTERS
+from .device import is_oom
 from .errors import BlindSpotError, ConfigError, DeviceError, ImageError, WriteError
 from .events import drain
 from .outputs import OutputStore, file_axes, outputs_for, store_axes
@@ -127,13 +128,6 @@ def to_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 # -- running the network on one chunk ---------------------------------------------------------
-def is_oom(e: BaseException) -> bool:
-    if isinstance(e, MemoryError):
-        return True
-    text = str(e).lower()
-    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
 class Runtime:
     """A model ready to compute units, with a batch size that backs off when the device runs out of memory."""
 
@@ -337,9 +331,15 @@ def write_unit(spec: UnitSpec, arrays: list[Any], n: int, box: Box, result: np.n
     key = unit_key(n, box)
     for arr, store, res, k in zip(arrays, spec.stores, result, spec.ks, strict=True):
         data = to_dtype(res, output_dtype(k, np.dtype(spec.out_dtype)))
-        arr[idx] = data if "C" in spec.store_axes else data[0]
-        # the marker comes only after the chunk is fully stored: a marker never lies
-        (Path(store).parent / ".atbsn-done" / key).touch()
+        try:
+            arr[idx] = data if "C" in spec.store_axes else data[0]
+            # the marker comes only after the chunk is fully stored: a marker never lies
+            (Path(store).parent / ".atbsn-done" / key).touch()
+        except OSError as e:
+            # A chunk half-written without its marker is simply computed again on resume.
+            raise WriteError(f"could not store a chunk in {Path(store).parent}: {e.strerror or e}. Free space "
+                             f"(or fix permissions) and run the same command again: the finished chunks are "
+                             f"kept and not recomputed.") from None
 
 
 def run_unit(spec: UnitSpec, n: int, box: Box, origin: tuple[int, int], raw: np.ndarray) -> int:
@@ -504,6 +504,7 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
         if src_path is not None and s.final.resolve() == src_path:
             raise WriteError(f"the output {s.final} is the input; choose another output path.")
         s.check(overwrite=overwrite)
+    check_free_space(stores, ks, geom, out_dtype)
     record = {"format": JOB_FORMAT, "input": _input_record(lazy), "roi": roi_record,
               "model": {"name": model.name, "path": str(model.path) if model.path else None,
                         "fingerprint": model.fingerprint()},
@@ -516,6 +517,33 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
     if not batch_size:
         job.batch_size = auto_batch_size(model)
     return job
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_free_space(stores: Sequence[OutputStore], ks: Sequence[Any], geom: Geometry, dtype: np.dtype) -> None:
+    """Refuse up front what cannot fit, instead of failing hours in with a full disk.
+
+    A TIFF or .npy output needs its work store plus the final file, each about the raw size; a Zarr is
+    compressed, so only a quarter of its raw size is asked for (noise compresses poorly, images well).
+    Outputs already partly done are counted in full: a conservative bound, never an under-estimate by much.
+    """
+    import shutil
+
+    pixels = int(np.prod(geom.shape, dtype=np.int64))
+    need: dict[Path, int] = {}
+    for store, k in zip(stores, ks, strict=True):
+        raw = pixels * output_dtype(k, dtype).itemsize
+        folder = store.final.parent.resolve()
+        need[folder] = need.get(folder, 0) + (2 * raw if store.kind != "zarr" else raw // 4)
+    for folder, n in need.items():
+        free = shutil.disk_usage(folder).free
+        if n > free:
+            raise WriteError(f"the output needs about {_bytes(n)} in {folder} but only {_bytes(free)} is free; "
+                             f"free space, write to another disk, or use an "
+                             f".ome.zarr output (compressed, no second copy).")
 
 
 def _resolve(source: Any, model: Denoiser, *, axes: str | None, k_b: int | Sequence[int] | None,
@@ -534,6 +562,12 @@ def _resolve(source: Any, model: Denoiser, *, axes: str | None, k_b: int | Seque
     window = model.patch if window is None else window
     halo = (model.halo if window == model.patch else default_halo(window)) if halo is None else halo
     check_window(window, halo)
+    for k in ks:
+        # The shift s = (k + 1) // 2 must leave pixels in each window (the network refuses later otherwise,
+        # after the output was set up).
+        if isinstance(k, int) and (k + 1) // 2 >= window:
+            raise BlindSpotError(f"k_b={k} is too large for {window}-pixel windows: its blind spot would cover "
+                                 f"the whole window. Use k_b <= {2 * window - 3} (the paper uses 3).")
     cropped, box, roi_record = _roi_box(lazy, roi)
     geom = Geometry.of(cropped.axes, cropped.shape, box)
     if geom.channels != model.in_channels:
@@ -634,7 +668,11 @@ def _output_lock(job: Job) -> Iterator[None]:
         for s in job.stores:
             path = s.final.with_name(f".{s.final.name}.lock")
             for _attempt in range(5):
-                f = open(path, "a+")  # noqa: SIM115 - held for the whole job
+                try:
+                    f = open(path, "a+")  # noqa: SIM115 - held for the whole job
+                except OSError as e:
+                    raise WriteError(f"cannot create {path} next to the output: {e.strerror or e}; choose an "
+                                     f"output folder you can write to.") from None
                 try:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
@@ -704,6 +742,12 @@ def iter_run(job: Job, *, overwrite: bool = False, scheduler: str = "sync", work
             for windows in runner(job, spec, todo, scheduler, workers, should_stop, say):
                 done += windows
                 yield done, total
+        except BaseException:
+            # A job that failed before finishing a single chunk leaves no work store: nothing to resume.
+            if len(todo) == len(units) and not any(s.done() for s in job.stores):
+                for s in job.stores:
+                    s.discard()
+            raise
         finally:
             _RUNTIMES.pop(spec.token, None)
         now_done = set.intersection(*[s.done() for s in job.stores])

@@ -414,6 +414,7 @@ def _open_tiff(p: Path, series: int, level: int) -> _Opened:
             # dataoffset is set only for contiguous, uncompressed data, which a memory map reads fastest
             # (and in any row band, so the base unit is one row, not one strip).
             offset = lv.dataoffset
+            _check_tiff_complete(tf, lv, p, offset)
             file_dtype = np.dtype(tf.byteorder + dtype.char).str
             base = (1,) * len(shape) if offset is not None else _tiff_store_chunks(tf, series, level)
             fmt = {"ome": "ome-tiff", "imagej": "imagej-tiff"}.get(s.kind, "tiff")
@@ -427,6 +428,27 @@ def _open_tiff(p: Path, series: int, level: int) -> _Opened:
     chunks = _grow_chunks(shape, base, dtype.itemsize, range(len(shape) - 1, -1, -1))
     arr = _TiffArray(p, shape, dtype, series=series, level=level, offset=offset, file_dtype=file_dtype)
     return _from_array(arr, chunks), _map_tiff_axes(raw_axes), fmt, scale
+
+
+def _check_tiff_complete(tf: Any, lv: Any, p: Path, offset: int | None) -> None:
+    """Refuse a TIFF cut short (an interrupted copy or download) before any pixel is read.
+
+    The header and the first IFD sit at the start, so tifffile opens such a file
+    happily; the missing pixels would surface only as a failed read deep inside a
+    job (or, for strips, as zeros), hours into a run.
+    """
+    size = os.path.getsize(p)
+    if offset is not None:
+        end = offset + lv.nbytes
+    else:
+        pages = [pg for pg in (lv.pages[0], lv.pages[-1]) if pg is not None] if len(lv.pages) else []
+        end = max((int(o) + int(n) for pg in pages for o, n in zip(pg.dataoffsets, pg.databytecounts, strict=False)),
+                  default=0)
+        if len(lv.pages) and lv.pages[-1] is None:
+            end = max(end, size + 1)
+    if end > size:
+        raise ReadError(f"{p} is truncated: its pixel data should end at byte {end:,} but the file has only "
+                        f"{size:,} bytes. The copy or download was probably interrupted; copy it again.")
 
 
 def _tiff_series(tf: Any, p: Path, series: int) -> Any:
@@ -544,6 +566,11 @@ def _open_npy(p: Path) -> _Opened:
     try:
         mm = np.load(p, mmap_mode="r", allow_pickle=False)  # maps the file; reads only the header
     except (ValueError, OSError) as e:
+        if "Python objects" in str(e) or "allow_pickle" in str(e):
+            # Object arrays are stored pickled: never loaded (it could run code), and not pixels anyway.
+            raise ImageError(f"{p} holds Python objects (dtype object), not pixels; save a numeric array "
+                             f"(integer or float) instead. Object arrays are never loaded: that would unpickle "
+                             f"them.") from None
         raise ReadError(f"{p} is not a .npy array file that can be memory-mapped ({e}).") from None
     shape, dtype, dims = mm.shape, mm.dtype, _contiguous_dims(mm)
     del mm

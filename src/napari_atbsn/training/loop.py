@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import autocast, needs_grad_scaler
-from ..errors import ATBSNError, ModelFolderError
+from ..device import autocast, is_oom, needs_grad_scaler
+from ..errors import ATBSNError, DeviceError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, PreviewEvent, StepEvent
 from ..modelio import OPTIMIZER, load_tensors, read_config, save_folder
 
@@ -135,6 +135,25 @@ def load_checkpoint(spec: LoopSpec, opt: Any, sched: Any) -> int:
     return int(state["steps"])
 
 
+def _step(spec: LoopSpec, opt: Any, sched: Any, scaler: Any, x: torch.Tensor) -> float | None:
+    """One optimisation step: the loss value, or None when the caller dropped the batch (no update)."""
+    with autocast(spec.device, spec.amp):
+        loss = spec.loss_fn(x)
+    if loss is None:
+        sched.step()
+        return None
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def iter_optimize(spec: LoopSpec, *, resume: bool,
                   ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, LoopResult]:
     model = spec.model.to(spec.device).train()
@@ -147,27 +166,34 @@ def iter_optimize(spec: LoopSpec, *, resume: bool,
     losses: list[float] = []
     t0 = time.perf_counter()
     for step in range(start, spec.iters):
-        x = torch.from_numpy(spec.batch_fn(step))
+        batch = spec.batch_fn(step)
+        if not np.isfinite(batch).all():  # else the loss turns NaN and the message would blame the lr
+            raise ImageError(f"the training data contains NaN or Inf pixels (in the patches of step {step + 1}); "
+                             f"replace them (e.g. with the local median) and train again (--resume continues "
+                             f"from the last checkpoint).")
+        x = torch.from_numpy(batch)
         if non_blocking:
             x = x.pin_memory()
         x = x.to(spec.device, non_blocking=non_blocking)
-        with autocast(spec.device, spec.amp):
-            loss = spec.loss_fn(x)
         lr = opt.param_groups[0]["lr"]
-        if loss is None:  # the caller dropped this batch (D-BSN's blow-up guard): no update at all
-            sched.step()
+        try:
+            value = _step(spec, opt, sched, scaler, x)
+        except (RuntimeError, MemoryError) as e:
+            if not is_oom(e):
+                raise
+            del x
+            if spec.device.type == "cuda":
+                torch.cuda.empty_cache()
+            # No automatic back-off: a smaller batch or patch changes what the run learns, and a checkpoint
+            # continues only with its own settings. Name the settings to change instead.
+            kept = (f" The checkpoint in {spec.out_dir} is kept (--resume needs the same settings)."
+                    if spec.out_dir is not None and step > start else "")
+            raise DeviceError(f"{spec.device} ran out of memory during {spec.stage} with batch {batch.shape[0]} "
+                              f"of {batch.shape[-1]}x{batch.shape[-1]} patches; start again with a smaller "
+                              f"--batch or --patch, a smaller preset, or another --device.{kept}") from None
+        if value is None:  # the caller dropped this batch (D-BSN's blow-up guard): no update at all
             value = losses[-1] if losses else 0.0
         else:
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            sched.step()
-            value = float(loss.detach())
             if not np.isfinite(value):
                 raise ATBSNError(f"the {spec.stage} loss became {value} at step {step + 1}; lower the learning "
                                  f"rate (--lr) or check the data for extreme values.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 from collections.abc import Callable, Generator
@@ -48,6 +49,10 @@ def checkpoint_config(out_dir: str | Path | None) -> dict[str, Any]:
     return read_config(p / CHECKPOINT_DIR)
 
 
+#: Output folders this process made, which a run that fails before writing anything may remove again.
+_CREATED: set[Path] = set()
+
+
 def prepare_output(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> Path | None:
     """Check the output folder: never clobber a model unless asked.
 
@@ -66,7 +71,9 @@ def prepare_output(out_dir: str | Path | None, *, resume: bool, overwrite: bool)
         for name in (CHECKPOINT_DIR, CHECKPOINT_PARTIAL, CHECKPOINT_OLD):
             shutil.rmtree(p / name, ignore_errors=True)
     try:
-        p.mkdir(parents=True, exist_ok=True)
+        if not p.exists():
+            p.mkdir(parents=True)
+            _CREATED.add(p)
     except OSError as e:
         raise ModelFolderError(f"cannot create the output folder {p}: {e.strerror or e}.") from None
     return p
@@ -88,11 +95,13 @@ def prepare_data(data: Any, axes: str | None, cfg: Any, out_dir: str | Path | No
     source = plane_source(data, axes)
     check_patch_fits(source, cfg.patch)
     device = resolve_device(cfg.device)
-    out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
+    # The fit reads the data and refuses NaN or constant images: done before the folder exists, so a
+    # refused run leaves nothing behind.
     if saved:
         norm = Normalization.from_dict(saved["normalization"])
     else:
         norm = fit_normalization(source.sample_pixels(np.random.default_rng(cfg.seed)), cfg.normalization)
+    out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
     return source, device, out, norm
 
 
@@ -123,9 +132,16 @@ def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: C
 def iter_run(spec: LoopSpec, out: Path | None, config_fn: Callable[[int], dict[str, Any]], *, resume: bool,
              ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
     """Run the loop, then write the model folder (unless stopped) and wrap the result."""
-    res = yield from iter_optimize(spec, resume=resume)
-    cfg_final = config_fn(res.steps)
-    path = finish(out, spec.model, cfg_final, res.stopped)
+    try:
+        res = yield from iter_optimize(spec, resume=resume)
+        cfg_final = config_fn(res.steps)
+        path = finish(out, spec.model, cfg_final, res.stopped)
+    except BaseException:
+        # A run that failed before writing anything leaves no empty folder behind (only one it made).
+        if out is not None and out in _CREATED:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # fails, keeping everything, unless the folder is empty
+        raise
     model = Denoiser(spec.model.eval(), cfg_final, device=spec.device, path=path)
     return TrainResult(model, path, res.steps, res.stopped, res.losses)
 

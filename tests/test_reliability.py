@@ -1,0 +1,457 @@
+"""Bad input, crashes and untrusted model files (docs/reliability.md).
+
+Every row of the table in docs/reliability.md is a case here, by its ID: the
+command line gives one line naming the problem and the fix, exit code 2 and no
+traceback; the Python API raises the specific exception type; and nothing is
+left behind that looks like a finished output. The widget rows are in
+test_widgets.py.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_atbsn import load_model
+from napari_atbsn.cli import main
+from napari_atbsn.config import DistillConfig, TrainConfig
+from napari_atbsn.errors import (
+    ATBSNError,
+    AxesError,
+    BlindSpotError,
+    ConfigError,
+    DeviceError,
+    ImageError,
+    ModelFolderError,
+    ReadError,
+    WriteError,
+)
+from napari_atbsn.modelio import CONFIG, OPTIMIZER, WEIGHTS
+from napari_atbsn.training import distill, train
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
+TINY = ["--preset", "tiny", "--patch", "32", "--batch", "2", "--iters", "2", "--device", "cpu"]
+
+
+# -- the inputs -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, sample_stack, tiny_teacher, tiny_student) -> dict[str, Path]:
+    """Good and bad inputs, made once; the tests work in their own folders and only read these."""
+    d = tmp_path_factory.mktemp("inputs")
+    noisy = sample_stack[0][:2, :64, :64]
+    f = {"teacher": tiny_teacher, "student": tiny_student}
+    tifffile.imwrite(d / "ok.tif", noisy)
+    f["ok"] = d / "ok.tif"
+    (d / "text.tif").write_text("not an image\n")
+    f["text"] = d / "text.tif"
+    raw = f["ok"].read_bytes()
+    (d / "truncated.tif").write_bytes(raw[: len(raw) * 2 // 3])
+    f["truncated"] = d / "truncated.tif"
+    plane = noisy[0].astype(np.float32)
+    arrays = {
+        "1d": np.zeros(100, np.float32), "6d": np.zeros((2, 2, 2, 2, 32, 32), np.float32),
+        "complex": plane.astype(np.complex64), "bool": plane > plane.mean(),
+        "const": np.full((64, 64), 7.0, np.float32), "small": plane[:20, :20], "rgb": np.stack([plane] * 3, -1),
+    }
+    nan = plane.copy()
+    nan[5, 5] = np.nan
+    inf = plane.copy()
+    inf[40, 40] = np.inf
+    arrays.update(nan=nan, inf=inf)
+    for name, a in arrays.items():
+        np.save(d / f"{name}.npy", a)
+        f[name] = d / f"{name}.npy"
+    np.save(d / "object.npy", np.array([[None] * 8] * 8, dtype=object), allow_pickle=True)
+    f["object"] = d / "object.npy"
+    return f
+
+
+def _listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+# -- the command line -------------------------------------------------------------------------------
+@dataclass
+class Case:
+    id: str
+    args: list[str]  # {name} is a path from ``files``, {tmp} the test's own folder
+    message: str  # a regular expression the one line must match
+    leaves: set[str] = field(default_factory=set)  # what may remain in {tmp} (hidden resumable work)
+    setup: str = ""  # a name of a folder helper below
+
+
+CLI_CASES = [
+    Case("R01", ["train", "{tmp}/missing.tif", "-o", "{tmp}/m"],
+         r"missing\.tif: no such file or folder; check the path"),
+    Case("R02", ["train", "{text}", "-o", "{tmp}/m"], r"could not be read as a TIFF .*is the file complete\?"),
+    Case("R03", ["train", "{truncated}", "-o", "{tmp}/m"], r"is truncated: .*copy it again"),
+    Case("R04", ["train", "{1d}", "-o", "{tmp}/m"], r"is 1-D; an image needs at least 2 dimensions"),
+    Case("R05", ["train", "{6d}", "-o", "{tmp}/m"], r"the data is 6-D; at most 5 dimensions .* Split it"),
+    Case("R06", ["train", "{ok}", "-o", "{tmp}/m", "--axes", "YX"],
+         r"axes 'YX' has 2 letters but the data has 3 dimensions; give one letter per dimension"),
+    Case("R07", ["train", "{ok}", "-o", "{tmp}/m", "--axes", "YYX"], r"axes 'YYX' repeats Y; name each dimension once"),
+    Case("R08", ["train", "{complex}", "-o", "{tmp}/m"], r"dtype complex64; convert it to an integer or float type"),
+    Case("R09", ["train", "{bool}", "-o", "{tmp}/m"], r"dtype bool; convert it to an integer or float type"),
+    Case("R10", ["train", "{object}", "-o", "{tmp}/m"], r"holds Python objects .*save a numeric array"),
+    Case("R11", ["train", "{nan}", "-o", "{tmp}/m", *TINY], r"NaN or Inf pixels; replace them"),
+    Case("R12", ["denoise", "{inf}", "-m", "{teacher}", "-o", "{tmp}/out.tif"],
+         r"NaN or Inf pixels near rows \d+\.\.\d+, columns \d+\.\.\d+; replace them"),
+    Case("R13", ["train", "{const}", "-o", "{tmp}/m", *TINY], r"the image is constant .*nothing to denoise"),
+    Case("R14", ["train", "{small}", "-o", "{tmp}/m", *TINY],
+         r"planes \(20x20\) are smaller than the training patch \(32x32\); use a smaller --patch"),
+    Case("R15", ["train", "{ok}", "-o", "{tmp}/m", "--k-a", "4"], r"k_a=4 is even; .* Use 3 or 5"),
+    Case("R16", ["train", "{ok}", "-o", "{tmp}/m", "--k-a", "-3"], r"k_a=-3 is negative; use 0"),
+    Case("R17", ["train", "{ok}", "-o", "{tmp}/m", *TINY, "--k-a", "41"],
+         r"k_a=41 is too large for patch=32: its blind spot would cover the whole patch\. .* --patch 48 or more"),
+    Case("R18", ["denoise", "{ok}", "-m", "{teacher}", "-o", "{tmp}/o.tif", "--k-b", "71"],
+         r"k_b=71 is too large for 32-pixel windows: .* Use k_b <= 61"),
+    Case("R19", ["distill", "{ok}", "--teacher", "{teacher}", "-o", "{tmp}/s", "--ks", ""],
+         r"blind-spot sizes \(--ks\) is empty"),
+    Case("R20", ["distill", "{ok}", "--teacher", "{teacher}", "-o", "{tmp}/s", "--ks", "1,1,3"],
+         r"--ks lists \[1\] more than once"),
+    Case("R21", ["train", "{ok}", "-o", "{tmp}/m", "--iters", "0"], r"iters=0 must be a positive integer"),
+    Case("R22", ["train", "{ok}", "-o", "{tmp}/m", "--batch", "-1"], r"batch=-1 must be a positive integer"),
+    Case("R23", ["train", "{ok}", "-o", "{tmp}/m", "--patch", "0"], r"patch=0 must be a positive integer"),
+    Case("R24", ["train", "{ok}", "-o", "{tmp}/m", "--preset", "tiny", "--patch", "33"],
+         r"patch=33 must be a multiple of \d+ for this preset; try \d+"),
+    Case("R25", ["denoise", "{ok}", "-m", "{tmp}/nomodel", "-o", "{tmp}/o.tif"],
+         r"model folder .*nomodel does not exist; check the path"),
+    Case("R26", ["denoise", "{ok}", "-m", "{ok}", "-o", "{tmp}/o.tif"], r"is a file, not a model folder"),
+    Case("R27", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
+         r"not a valid safetensors file .*truncated", setup="truncated_weights", leaves={"model"}),
+    Case("R28", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
+         r"unknown key\(s\) favourite_colour; it was written by another program", setup="unknown_key",
+         leaves={"model"}),
+    Case("R29", ["denoise", "{rgb}", "-m", "{teacher}", "-o", "{tmp}/o.tif", "--axes", "YXC"],
+         r"the image has 3 channel\(s\) .* but the model expects 1; check --axes"),
+    Case("R30", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
+         r"model format version 99, newer than .*; upgrade napari-atbsn", setup="newer_format", leaves={"model"}),
+    Case("R31", ["denoise", "{ok}", "-m", "{teacher}", "-o", "{ok}"],
+         r"ok\.tif is the input file; choose another output path"),
+    Case("R32", ["denoise", "{ok}", "-m", "{teacher}", "-o", "{tmp}/exists.tif"],
+         r"exists\.tif already exists; choose another name or pass --overwrite", setup="existing_output",
+         leaves={"exists.tif"}),
+    Case("R33", ["train", "{ok}", "-o", "{tmp}/m", *TINY], r"already holds a model or checkpoint; use --resume",
+         setup="existing_model", leaves={"m"}),
+    Case("R34", ["denoise", "{ok}", "-m", "{teacher}", "-o", "{tmp}/ro/o.tif"],
+         r"output folder .*ro is not writable \(Permission denied\); choose another output path",
+         setup="unwritable", leaves={"ro"}),
+    Case("R35", ["denoise", "{ok}", "-m", "{teacher}", "-o", "{tmp}/o.tif"],
+         r"needs about .* MiB in .* but only 0\.0 MiB is free; free space", setup="disk_full_before"),
+    Case("R36", ["denoise", "{ok}", "-m", "{teacher}", "-o", "{tmp}/o.ome.zarr", "--chunk", "32"],
+         r"could not store a chunk in .*No space left on device\. Free space .* run the same command again",
+         setup="disk_full_during", leaves={".o.ome.zarr.partial"}),
+    Case("R37", ["train", "{ok}", "-o", "{tmp}/m", *TINY], r"could not write the model folder .*No space left",
+         setup="disk_full_model"),
+    Case("R38", ["train", "{ok}", "-o", "{tmp}/m", *TINY[:-2], "--device", "cuda:7"],
+         r"device 'cuda:7' requested but CUDA is not available|cuda:7 does not exist"),
+    Case("R39", ["train", "{ok}", "-o", "{tmp}/m", *TINY[:-2], "--device", "cuda"],
+         r"device 'cuda' requested but CUDA is not available"),
+    Case("R40", ["train", "{ok}", "-o", "{tmp}/m", *TINY[:-2], "--device", "gpu"],
+         r"unknown device 'gpu'; use auto, cpu, cuda, cuda:N or mps"),
+    Case("R41", ["train", "{ok}", "-o", "{tmp}/m", "--resume"], r"nothing to resume: .* start without --resume"),
+    Case("R42", ["denoise", "{ok}", "-m", "{student}", "-o", "{tmp}/o.tif", "--k-b", "3"],
+         r"a distilled student has no blind spot\. Leave k_b unset"),
+    Case("R43", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
+         r"holds model\.safetensors \(a pickle under a safetensors name\): pickle files, which can run code",
+         setup="pickle_weights", leaves={"model"}),
+    Case("R44", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
+         r"holds model\.pt: pickle files, which can run code .* never loads pickles", setup="pickle_beside",
+         leaves={"model"}),
+    Case("R45", ["train", "{ok}", "-o", "{tmp}/m", *TINY, "--resume"],
+         r"optimizer\.safetensors \(a pickle under a safetensors name\)", setup="pickle_checkpoint", leaves={"m"}),
+    Case("R46", ["train", "{ok}", "-o", "{tmp}/m", *TINY], r"ran out of memory during train with batch 2 of "
+         r"32x32 patches; start again with a smaller --batch or --patch", setup="oom_training"),
+    Case("R47", ["denoise", "{ok}", "-m", "{teacher}", "-o", "{tmp}/o.tif", "--batch-size", "1"],
+         r"ran out of memory with one \d+-pixel window per call .* smaller --window", setup="oom_denoise"),
+    Case("R48", ["denoise", "{ok}", "-m", "{teacher}", "-o", "{tmp}/o.tif", "--roi", "Y=0:500"],
+         r"crop Y=0:500 is empty or outside the image; Y has 64 pixels, so give start < stop within 0:64"),
+    Case("R49", ["train", "{ok}", "-o", "{tmp}/m", "--method", "dbsn", "--phases", "0.5,0.6"],
+         r"phases=\(0\.5, 0\.6\) must be three non-negative fractions summing to 1 .* e\.g\. 0\.4,0\.4,0\.2"),
+    Case("R50", ["train", "{ok}", "-o", "{tmp}/m", *TINY, "--lr", "-1"], r"lr=-1\.0 must be a positive number"),
+]
+
+MARKER = "unpickled-and-ran.txt"
+
+
+class _Payload:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return builtins.open, (self.path, "w")
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for name in (WEIGHTS, CONFIG):
+        (dst / name).write_bytes((src / name).read_bytes())
+    return dst
+
+
+def _setup(name: str, tmp: Path, files: dict[str, Path], monkeypatch) -> None:
+    model = tmp / "model"
+    if name == "truncated_weights":
+        _copy_model(files["teacher"], model)
+        w = (model / WEIGHTS).read_bytes()
+        (model / WEIGHTS).write_bytes(w[: len(w) // 2])
+    elif name in ("unknown_key", "newer_format"):
+        _copy_model(files["teacher"], model)
+        cfg = json.loads((model / CONFIG).read_text())
+        cfg.update({"favourite_colour": "blue"} if name == "unknown_key" else {"format_version": 99})
+        (model / CONFIG).write_text(json.dumps(cfg))
+    elif name == "existing_output":
+        (tmp / "exists.tif").write_bytes(b"precious")
+    elif name == "existing_model":
+        _copy_model(files["teacher"], tmp / "m")
+    elif name == "unwritable":
+        # Root may write anywhere, so the refusal the OS gives a user is simulated for this one folder.
+        import tempfile
+
+        (tmp / "ro").mkdir()
+        real = tempfile.mkstemp
+
+        def mkstemp(*a, **k):
+            if Path(k.get("dir", "")).resolve() == (tmp / "ro").resolve():
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return real(*a, **k)
+
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    elif name == "disk_full_before":
+        import shutil
+
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    elif name == "disk_full_during":
+        import zarr
+
+        calls = {"n": 0}
+        real = zarr.Array.__setitem__
+
+        def setitem(self, key, value):
+            calls["n"] += 1
+            if calls["n"] > 1:  # the first chunk lands, then the disk is full
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, key, value)
+
+        monkeypatch.setattr(zarr.Array, "__setitem__", setitem)
+    elif name == "disk_full_model":
+        import napari_atbsn.modelio as mio
+
+        def full(path, payload):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(mio, "atomic_write_bytes", full)
+    elif name == "pickle_weights":
+        _copy_model(files["teacher"], model)
+        (model / WEIGHTS).write_bytes(pickle.dumps({"w": _Payload(tmp / MARKER)}))
+    elif name == "pickle_beside":
+        _copy_model(files["teacher"], model)
+        torch.save({"w": _Payload(tmp / MARKER)}, model / "model.pt")
+    elif name == "pickle_checkpoint":
+        ck = tmp / "m" / "checkpoint"
+        ck.parent.mkdir()
+        _copy_model(files["teacher"], ck)
+        torch.save({"w": _Payload(tmp / MARKER)}, ck / OPTIMIZER)
+    elif name == "oom_training":
+        import napari_atbsn.training.loop as loop
+
+        def oom(*a, **k):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        monkeypatch.setattr(loop, "_step", oom)
+    elif name == "oom_denoise":
+        from napari_atbsn.modelio import Denoiser
+
+        def oom(self, x, ks):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        monkeypatch.setattr(Denoiser, "run_windows", oom)
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
+def test_cli(case: Case, files, tmp_path: Path, capsys, monkeypatch) -> None:
+    if case.setup:
+        _setup(case.setup, tmp_path, files, monkeypatch)
+    before = _listing(tmp_path)
+    args = [a.format(tmp=tmp_path, **files) for a in case.args]
+    code = main(args)
+    out = capsys.readouterr()
+    text = (out.out + out.err).strip()
+    last = text.splitlines()[-1] if text else ""
+    assert code == 2, text
+    assert "Traceback" not in text
+    assert re.match(r"atbsn( \w+)?: error: ", last) and re.search(case.message, last), last
+    # nothing new that looks finished: only what the case allows (hidden resumable work)
+    new = {p.split(os.sep)[0] for p in _listing(tmp_path) - before}
+    assert new <= case.leaves, new
+    assert not (tmp_path / MARKER).exists(), "a pickle was loaded: its code ran"
+    for name in ("m", "s"):
+        assert not (tmp_path / name / CONFIG).exists() or case.setup == "existing_model"
+    if case.setup == "existing_output":
+        assert (tmp_path / "exists.tif").read_bytes() == b"precious"
+
+
+def test_documented_cases_match_the_tests() -> None:
+    """docs/reliability.md lists exactly the cases tested here and in test_widgets.py."""
+    rows = re.findall(r"^\| (R\d\d|W\d\d|A\d\d) \|", DOC.read_text(), flags=re.M)
+    widgets = re.findall(r'"(W\d\d)"', (Path(__file__).parent / "test_widgets.py").read_text())
+    assert len(rows) == len(set(rows)) >= 30
+    assert set(rows) == {c.id for c in CLI_CASES} | set(API_IDS) | set(widgets)
+
+
+# -- the Python API -------------------------------------------------------------------------------
+API_IDS = ["A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08"]
+
+
+def test_api_errors_are_specific_exception_types(files, tmp_path: Path) -> None:
+    """A01-A04: each error is an ATBSNError subclass that also is the builtin a caller expects."""
+    import napari_atbsn as nb
+
+    with pytest.raises(ReadError, match="no such file") as e:  # A01
+        nb.open_image(tmp_path / "missing.tif")
+    assert isinstance(e.value, OSError)
+    with pytest.raises(AxesError, match="repeats") as e:  # A02
+        nb.open_image(files["ok"], "YYX")
+    assert isinstance(e.value, ValueError)
+    with pytest.raises(BlindSpotError, match="even"):  # A03
+        TrainConfig(k_a=4).resolved()
+    with pytest.raises(ImageError, match="NaN"):  # A04
+        load_model(files["teacher"]).denoise(np.load(files["inf"]), "YX")
+    for exc in (ConfigError, ImageError, ModelFolderError, ReadError, WriteError, DeviceError):
+        assert issubclass(exc, ATBSNError)
+
+
+def test_api_nan_in_unsampled_pixels_stops_training_with_the_data_named(tmp_path: Path) -> None:
+    """A05: NaN that the normalisation sample missed is caught in the first batch that holds it, not as a
+    NaN loss blamed on the learning rate; the folder made for the run is removed again."""
+    data = np.random.default_rng(0).normal(100, 10, size=(1, 64, 64)).astype(np.float32)
+    data[0, 1:63, 1:63] = np.nan  # nearly every patch holds one
+    import importlib
+
+    tr = importlib.import_module("napari_atbsn.training.train")  # the package re-exports train() by that name
+
+    real = tr.fit_normalization
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tr, "fit_normalization", lambda s, mode: real(np.nan_to_num(s, nan=100.0), mode))
+        with pytest.raises(ImageError, match=r"training data contains NaN or Inf pixels \(in the patches of step 1"):
+            train(data, "ZYX", TrainConfig(preset="tiny", iters=3, patch=32, batch=2, device="cpu"), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_api_pickles_never_run(files, tmp_path: Path) -> None:
+    """A06: the payload does run when unpickled (so the test could fail), and no loader unpickles it."""
+    proof = tmp_path / "proof.txt"
+    pickle.loads(pickle.dumps(_Payload(proof))).close()
+    assert proof.exists()
+    marker = tmp_path / MARKER
+    for where in (WEIGHTS, "model.pth", "checkpoint.ckpt"):
+        m = tmp_path / f"m_{where}"
+        _copy_model(files["teacher"], m)
+        torch.save({"w": _Payload(marker)}, m / where)
+        for load in (load_model, lambda p: distill(np.load(files["rgb"])[..., 0], p, "YX",
+                                                   DistillConfig(student="tiny", iters=1, device="cpu"),
+                                                   tmp_path / "s")):
+            with pytest.raises(ModelFolderError, match="pickle"):
+                load(m)
+    assert not marker.exists()
+    assert not (tmp_path / "s").exists()
+
+
+def test_api_object_npy_is_never_unpickled(tmp_path: Path) -> None:
+    """A07: an .npy holding pickled objects is refused by its header; the pickle inside never runs."""
+    import napari_atbsn as nb
+
+    marker = tmp_path / MARKER
+    np.save(tmp_path / "evil.npy", np.array([_Payload(marker)], dtype=object), allow_pickle=True)
+    with pytest.raises(ImageError, match="Python objects"):
+        nb.open_image(tmp_path / "evil.npy")
+    assert not marker.exists()
+
+
+def test_api_model_save_is_atomic_when_the_disk_fills(tmp_path: Path, monkeypatch) -> None:
+    """A08: a full disk while a model folder is replaced leaves the old model loadable or none, never a
+    config.json beside half-written weights."""
+    import napari_atbsn.modelio as mio
+
+    data = np.random.default_rng(1).normal(100, 10, size=(1, 48, 48)).astype(np.float32)
+    cfg = TrainConfig(preset="tiny", iters=2, patch=32, batch=2, device="cpu")
+    train(data, "ZYX", cfg, tmp_path / "m")
+    real = mio.os.fsync
+    calls = {"n": 0}
+
+    def fsync(fd):
+        calls["n"] += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mio.os, "fsync", fsync)
+    with pytest.raises(ModelFolderError, match="No space left on device; check free space"):
+        train(data, "ZYX", cfg, tmp_path / "m", overwrite=True)
+    monkeypatch.setattr(mio.os, "fsync", real)
+    assert calls["n"] >= 1
+    assert not (tmp_path / "m" / CONFIG).exists()  # incomplete: no config, so never loaded as a model
+    assert [p.name for p in (tmp_path / "m").iterdir() if p.name.endswith(".tmp")] == []
+    with pytest.raises(ModelFolderError, match=r"has no config\.json"):
+        load_model(tmp_path / "m")
+
+
+# -- crash safety: SIGKILL at random moments --------------------------------------------------------
+def _train_cmd(src: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "napari_atbsn", "train", str(src), "-o", str(out), "--preset", "tiny",
+            "--patch", "32", "--batch", "2", "--iters", "40", "--checkpoint-every", "4", "--device", "cpu", *extra]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(files, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    ref = tmp_path / "ref"
+    subprocess.run(_train_cmd(files["ok"], ref), check=True, env=env, capture_output=True, timeout=300)
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(7)
+    kills_after_checkpoint = 0
+    for _ in range(3):
+        resume = ["--resume"] if (out / "checkpoint" / CONFIG).exists() else []
+        p = subprocess.Popen(_train_cmd(files["ok"], out, *resume), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        # wait until it is training (a first checkpoint of this run), then kill it at a random moment
+        t0 = time.monotonic()
+        seen = {q.name: q.stat().st_mtime_ns for q in (out / "checkpoint").glob("*")} if resume else {}
+        while p.poll() is None and time.monotonic() - t0 < 120:
+            now = {q.name: q.stat().st_mtime_ns for q in (out / "checkpoint").glob("*")} \
+                if (out / "checkpoint").exists() else {}
+            if now and now != seen:
+                break
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, 0.4)))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills_after_checkpoint += 1
+        p.wait(30)
+        assert not (out / CONFIG).exists() or p.returncode == 0, "a killed run must not look complete"
+    resume = ["--resume"] if (out / "checkpoint" / CONFIG).exists() else []
+    r = subprocess.run(_train_cmd(files["ok"], out, *resume), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert kills_after_checkpoint >= 1
+    a, b = load_file(str(ref / WEIGHTS)), load_file(str(out / WEIGHTS))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert not (out / "checkpoint").exists() and not list(out.glob("checkpoint.*"))
