@@ -79,6 +79,25 @@ def test_a_halo_covering_the_receptive_field_makes_tiled_equal_untiled(h, w, win
     np.testing.assert_allclose(out, _blur(img, r), rtol=1e-5, atol=1e-4)
 
 
+def test_a_halo_smaller_than_the_receptive_field_is_seen_at_window_seams() -> None:
+    """The other side of the property: with r > halo, tiled != untiled (so the test above could fail)."""
+    h = w = 70
+    img = np.random.default_rng(0).normal(size=(1, h, w)).astype(np.float32)
+    r, halo = 4, 2
+    grid = PlaneGrid.of(h, w, 16, halo)
+
+    def fn(tiles: np.ndarray) -> np.ndarray:
+        return np.stack([_blur(t, r) for t in tiles])[None]
+
+    gen = iter_box(fn, lambda y0, y1, x0, x1: img[:, y0:y1, x0:x1], grid, Box(0, h, 0, w), batch_size=4)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as done:
+        out = done.value[0]
+    assert np.abs(out - _blur(img, r)).max() > 1e-2
+
+
 # -- file round-trips ----------------------------------------------------------------------------------
 _DTYPES = [np.uint8, np.uint16, np.int16, np.float32, np.float64]
 

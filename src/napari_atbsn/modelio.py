@@ -50,6 +50,21 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a power loss after it keeps the new name); best effort."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -83,13 +98,20 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib",
 
 
 def is_pickle(path: Path) -> bool:
-    """Whether ``path`` starts like a pickle (protocol 2+) or a ``torch.save`` zip archive."""
+    """Whether ``path`` is a pickle (protocol 2+) or a ``torch.save`` zip archive rather than safetensors.
+
+    A safetensors file starts with its JSON header's length (8 bytes, little-endian) and then ``{``; that
+    length may well begin with byte 0x80, so the header is checked before the pickle opcode.
+    """
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(2)
+            head = f.read(9)
     except OSError:
         return False
-    return head[:1] == b"\x80" or head == b"PK"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        return False
+    return (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[:2] == b"PK"
 
 
 def refuse_pickles(folder: Path) -> None:

@@ -526,24 +526,35 @@ def _bytes(n: int) -> str:
 def check_free_space(stores: Sequence[OutputStore], ks: Sequence[Any], geom: Geometry, dtype: np.dtype) -> None:
     """Refuse up front what cannot fit, instead of failing hours in with a full disk.
 
-    A TIFF or .npy output needs its work store plus the final file, each about the raw size; a Zarr is
-    compressed, so only a quarter of its raw size is asked for (noise compresses poorly, images well).
-    Outputs already partly done are counted in full: a conservative bound, never an under-estimate by much.
+    A TIFF or .npy output needs its work store plus the final file, each about the raw size; a Zarr output
+    is its work store renamed, counted at the raw size plus a third for the pyramid (denoised float data
+    compresses little). What a resumed job's work store already holds on disk is not asked for again.
     """
     import shutil
 
-    pixels = int(np.prod(geom.shape, dtype=np.int64))
+    pixels = int(np.prod(geom.out_shape(), dtype=np.int64))
     need: dict[Path, int] = {}
     for store, k in zip(stores, ks, strict=True):
         raw = pixels * output_dtype(k, dtype).itemsize
+        total = 2 * raw if store.kind != "zarr" else raw * 4 // 3
         folder = store.final.parent.resolve()
-        need[folder] = need.get(folder, 0) + (2 * raw if store.kind != "zarr" else raw // 4)
+        need[folder] = need.get(folder, 0) + max(0, total - _disk_usage(store.work))
     for folder, n in need.items():
         free = shutil.disk_usage(folder).free
         if n > free:
-            raise WriteError(f"the output needs about {_bytes(n)} in {folder} but only {_bytes(free)} is free; "
-                             f"free space, write to another disk, or use an "
-                             f".ome.zarr output (compressed, no second copy).")
+            raise WriteError(f"the output needs about {_bytes(n)} more in {folder} but only {_bytes(free)} is "
+                             f"free; free space, write to another disk, or use an .ome.zarr output (no second "
+                             f"copy).")
+
+
+def _disk_usage(folder: Path) -> int:
+    """Bytes a (work store) folder takes on disk; 0 if it does not exist."""
+    total = 0
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+    return total
 
 
 def _resolve(source: Any, model: Denoiser, *, axes: str | None, k_b: int | Sequence[int] | None,

@@ -18,6 +18,7 @@ before computing reads only the slice: dask passes the slice to the reader.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -400,9 +401,23 @@ class _NiftiArray(_FileArray):
 # --------------------------------------------------------------------------- TIFF
 
 
+class _Collect(logging.Handler):
+    """Keeps what tifffile logs while a file is opened: its warnings are how it reports a damaged file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def _open_tiff(p: Path, series: int, level: int) -> _Opened:
     import tifffile
 
+    log = logging.getLogger("tifffile")
+    seen = _Collect()
+    log.addHandler(seen)
     try:
         with tifffile.TiffFile(p) as tf:
             s = _tiff_series(tf, p, series)
@@ -414,7 +429,7 @@ def _open_tiff(p: Path, series: int, level: int) -> _Opened:
             # dataoffset is set only for contiguous, uncompressed data, which a memory map reads fastest
             # (and in any row band, so the base unit is one row, not one strip).
             offset = lv.dataoffset
-            _check_tiff_complete(tf, lv, p, offset)
+            _check_tiff_complete(lv, p, offset, seen.messages)
             file_dtype = np.dtype(tf.byteorder + dtype.char).str
             base = (1,) * len(shape) if offset is not None else _tiff_store_chunks(tf, series, level)
             fmt = {"ome": "ome-tiff", "imagej": "imagej-tiff"}.get(s.kind, "tiff")
@@ -423,6 +438,8 @@ def _open_tiff(p: Path, series: int, level: int) -> _Opened:
         raise
     except Exception as e:  # tifffile raises many types for broken files
         raise ReadError(f"{p} could not be read as a TIFF ({type(e).__name__}: {e}); is the file complete?") from None
+    finally:
+        log.removeHandler(seen)
     # Whole strips or tiles per chunk, then whole pages, then several small pages: thousands of
     # 64 KB pages as one task each would spend more time scheduling than reading.
     chunks = _grow_chunks(shape, base, dtype.itemsize, range(len(shape) - 1, -1, -1))
@@ -430,25 +447,32 @@ def _open_tiff(p: Path, series: int, level: int) -> _Opened:
     return _from_array(arr, chunks), _map_tiff_axes(raw_axes), fmt, scale
 
 
-def _check_tiff_complete(tf: Any, lv: Any, p: Path, offset: int | None) -> None:
+def _check_tiff_complete(lv: Any, p: Path, offset: int | None, warnings: list[str]) -> None:
     """Refuse a TIFF cut short (an interrupted copy or download) before any pixel is read.
 
-    The header and the first IFD sit at the start, so tifffile opens such a file
-    happily; the missing pixels would surface only as a failed read deep inside a
-    job (or, for strips, as zeros), hours into a run.
+    The header and the first IFD sit at the start, so tifffile opens such a file: it drops the IFDs past
+    the cut (logging why) and falls back to the pages it found, or keeps the shape and fails (or reads
+    zeros) deep inside a job. Both are caught here: tifffile's own complaints, and pixel data that
+    should end past the end of its file (each page measured against its own file: multi-file OME-TIFF).
     """
-    size = os.path.getsize(p)
+    broken = [w for w in warnings if any(s in w for s in ("invalid page offset", "failed to reshape",
+                                                           "truncated", "corrupted"))]
+    if broken:
+        raise ReadError(f"{p} is truncated or damaged (tifffile: {broken[0]}); the copy or download was probably "
+                        f"interrupted; copy it again.")
+    checks: list[tuple[int, int, str]] = []
     if offset is not None:
-        end = offset + lv.nbytes
+        checks.append((offset + lv.nbytes, os.path.getsize(p), str(p)))
     else:
-        pages = [pg for pg in (lv.pages[0], lv.pages[-1]) if pg is not None] if len(lv.pages) else []
-        end = max((int(o) + int(n) for pg in pages for o, n in zip(pg.dataoffsets, pg.databytecounts, strict=False)),
-                  default=0)
-        if len(lv.pages) and lv.pages[-1] is None:
-            end = max(end, size + 1)
-    if end > size:
-        raise ReadError(f"{p} is truncated: its pixel data should end at byte {end:,} but the file has only "
-                        f"{size:,} bytes. The copy or download was probably interrupted; copy it again.")
+        n = len(lv)
+        for pg in {id(x): x for x in (lv[0], lv[n - 1]) if x is not None}.values() if n else ():
+            fh = pg.parent.filehandle
+            end = max((int(o) + int(c) for o, c in zip(pg.dataoffsets, pg.databytecounts, strict=False)), default=0)
+            checks.append((end, int(fh.size), str(fh.path or p)))
+    for end, size, name in checks:
+        if end > size:
+            raise ReadError(f"{name} is truncated: its pixel data should end at byte {end:,} but the file has only "
+                            f"{size:,} bytes. The copy or download was probably interrupted; copy it again.")
 
 
 def _tiff_series(tf: Any, p: Path, series: int) -> Any:

@@ -94,8 +94,11 @@ class ATBSN(nn.Module):
             batch = torch.cat([rotated[i] for i in idx], dim=0)
             batch = F.pad(batch, (0, (-w) % m, 0, (-h) % m))
             feats = self.unet(batch)[..., :h, :w]
-            for j, f in zip(idx, feats.chunk(len(idx), dim=0), strict=True):
-                out[j] = f
+            # slices of the batch size rather than chunk()/split(), whose chunk count would pin a dynamic batch
+            # axis to the example's size when the graph is exported (ONNX)
+            b = x.shape[0]
+            for n, j in enumerate(idx):
+                out[j] = feats[n * b:(n + 1) * b]
         return out  # type: ignore[return-value]
 
     # -- the k-dependent part ------------------------------------------------

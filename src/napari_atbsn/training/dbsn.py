@@ -35,7 +35,16 @@ from ..models.dbsn import BLOWUP, constrained_nll
 from ..normalization import Normalization
 from ..sampling import check_patch_fits, plane_source, sample_batch
 from .loop import LoopSpec, iter_optimize
-from .train import TrainResult, checkpoint_config, finish, iter_run, prepare_data, prepare_output, preview_runner
+from .train import (
+    TrainResult,
+    checkpoint_config,
+    finish,
+    iter_run,
+    prepare_data,
+    prepare_output,
+    preview_runner,
+    removes_empty_output,
+)
 
 PHASES = ("mu", "sigma", "joint")
 #: The sigma phase runs at this multiple of the learning rate. The noise estimator starts flat (a constant
@@ -82,6 +91,7 @@ def phase_loss(model: DBSN, phase: str, guard: _Guard) -> Callable[[torch.Tensor
     return loss_fn
 
 
+@removes_empty_output
 def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | None = None,
                     out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
                     should_stop: Callable[[], bool] | None = None, preview: Preview | None = None,
@@ -160,6 +170,7 @@ def synthesize_noisy(model: DBSN, clean: torch.Tensor, u: float, z: torch.Tensor
     return clean + noise * u
 
 
+@removes_empty_output
 def iter_distill_dbsn(data: Any, teacher: str | Path, axes: str | None = None, *, clean: Any = None,
                       clean_axes: str | None = None, config: UnpairedConfig | None = None,
                       out_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,

@@ -28,7 +28,7 @@ from ..models import ATBSN, Student
 from ..normalization import Normalization
 from ..sampling import check_patch_fits, plane_source, sample_batch
 from .loop import LoopSpec
-from .train import TrainResult, checkpoint_config, iter_run, prepare_output, preview_runner
+from .train import TrainResult, checkpoint_config, iter_run, prepare_output, preview_runner, removes_empty_output
 
 
 def distill_loss(student_out: torch.Tensor, teachers: torch.Tensor, *, mean_teacher: bool) -> torch.Tensor:
@@ -40,6 +40,7 @@ def distill_loss(student_out: torch.Tensor, teachers: torch.Tensor, *, mean_teac
     return sum(F.l1_loss(student_out, t) for t in teachers)  # type: ignore[return-value]
 
 
+@removes_empty_output
 def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config: DistillConfig | None = None,
                  out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
                  should_stop: Callable[[], bool] | None = None, preview: Preview | None = None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 import shutil
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -49,8 +51,25 @@ def checkpoint_config(out_dir: str | Path | None) -> dict[str, Any]:
     return read_config(p / CHECKPOINT_DIR)
 
 
-#: Output folders this process made, which a run that fails before writing anything may remove again.
-_CREATED: set[Path] = set()
+def removes_empty_output(fn: Callable[..., Generator[Any, None, Any]]) -> Callable[..., Generator[Any, None, Any]]:
+    """Decorate a training generator: if it fails (or is closed) while the output folder it made is still
+    empty, the folder is removed again, so a refused or crashed run leaves nothing behind. A folder that
+    existed before, or holds anything (a checkpoint), is kept."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, None, Any]:
+        out = sig.bind(*args, **kwargs).arguments.get("out_dir")
+        made = out is not None and not Path(out).exists()
+        try:
+            return (yield from fn(*args, **kwargs))
+        except BaseException:
+            if made:
+                with contextlib.suppress(OSError):
+                    Path(out).rmdir()  # fails, keeping everything, unless the folder is empty
+            raise
+
+    return wrapper
 
 
 def prepare_output(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> Path | None:
@@ -63,7 +82,9 @@ def prepare_output(out_dir: str | Path | None, *, resume: bool, overwrite: bool)
     p = Path(out_dir)
     if p.exists() and not p.is_dir():
         raise ModelFolderError(f"{p} is a file; the output must be a folder.")
-    if not resume and p.exists() and ((p / CONFIG).exists() or (p / CHECKPOINT_DIR).exists()) and not overwrite:
+    # checkpoint.old alone is a checkpoint whose swap a crash interrupted: still a checkpoint to keep
+    held = any((p / n).exists() for n in (CONFIG, CHECKPOINT_DIR, CHECKPOINT_OLD))
+    if not resume and p.exists() and held and not overwrite:
         raise ModelFolderError(f"{p} already holds a model or checkpoint; use --resume to continue it, "
                                f"--overwrite to replace it, or another folder.")
     if p.exists() and overwrite and not resume:
@@ -71,9 +92,7 @@ def prepare_output(out_dir: str | Path | None, *, resume: bool, overwrite: bool)
         for name in (CHECKPOINT_DIR, CHECKPOINT_PARTIAL, CHECKPOINT_OLD):
             shutil.rmtree(p / name, ignore_errors=True)
     try:
-        if not p.exists():
-            p.mkdir(parents=True)
-            _CREATED.add(p)
+        p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ModelFolderError(f"cannot create the output folder {p}: {e.strerror or e}.") from None
     return p
@@ -132,20 +151,14 @@ def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: C
 def iter_run(spec: LoopSpec, out: Path | None, config_fn: Callable[[int], dict[str, Any]], *, resume: bool,
              ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
     """Run the loop, then write the model folder (unless stopped) and wrap the result."""
-    try:
-        res = yield from iter_optimize(spec, resume=resume)
-        cfg_final = config_fn(res.steps)
-        path = finish(out, spec.model, cfg_final, res.stopped)
-    except BaseException:
-        # A run that failed before writing anything leaves no empty folder behind (only one it made).
-        if out is not None and out in _CREATED:
-            with contextlib.suppress(OSError):
-                out.rmdir()  # fails, keeping everything, unless the folder is empty
-        raise
+    res = yield from iter_optimize(spec, resume=resume)
+    cfg_final = config_fn(res.steps)
+    path = finish(out, spec.model, cfg_final, res.stopped)
     model = Denoiser(spec.model.eval(), cfg_final, device=spec.device, path=path)
     return TrainResult(model, path, res.steps, res.stopped, res.losses)
 
 
+@removes_empty_output
 def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = None,
                out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
                should_stop: Callable[[], bool] | None = None, preview: Preview | None = None,

@@ -1,0 +1,184 @@
+"""Export a model folder to TorchScript, ONNX or a BioImage Model Zoo package.
+
+The exported graphs take what :func:`napari_atbsn.load_model` takes: one raw
+window, float32 ``(N, C, P, P)`` with ``P`` the model's training patch size
+(method.md Decision 8), and return it denoised in the same value range. The
+normalisation is inside the graph, so a consumer needs no napari-atbsn code;
+it tiles images the way we do by reading the window and halo stored with the
+file (TorchScript ``extra_files``, ONNX ``metadata_props``) or, in a BMZ
+package, the input size and the output halo.
+
+A teacher is exported with its ``k_b`` fixed (``k_b`` argument, default the
+one stored with the model); a D-BSN gives its Bayes-fused estimate with the
+stored ``gamma``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import ConfigError, WriteError
+from .modelio import Denoiser, load_model
+
+FORMATS = ("torchscript", "onnx", "bioimageio")
+#: Default ONNX opset: supported by onnxruntime >= 1.17 and by the BMZ tools.
+ONNX_OPSET = 18
+#: The key under which the exported files carry the tiling contract.
+META_KEY = "napari_atbsn"
+
+
+class RawWindowModel(nn.Module):
+    """The network between the normalisation and its inverse: raw window in, raw denoised window out."""
+
+    def __init__(self, model: Denoiser, k_b: int | None = None, *, normalize: bool = True) -> None:
+        super().__init__()
+        from .config import check_k
+
+        self.kind = model.kind
+        # a copy: exporting must not change the caller's model (device, grad flags)
+        self.net = copy.deepcopy(model.network).cpu().float().eval().requires_grad_(False)
+        self.k = check_k(model.k_b if k_b is None else k_b, name="k_b") if model.kind == "atbsn" else 0
+        if k_b is not None and model.kind != "atbsn":
+            raise ConfigError(f"k_b applies to AT-BSN teachers; {model.name} has no blind spot. Leave k_b unset.")
+        self.gamma = model.gamma
+        self.normalize = normalize
+        c = model.in_channels
+        norm = model.normalization
+        self.register_buffer("offset", torch.tensor(norm.offset, dtype=torch.float32).reshape(1, c, 1, 1))
+        self.register_buffer("scale", torch.tensor(norm.scale, dtype=torch.float32).reshape(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            x = (x - self.offset) / self.scale
+        if self.kind == "atbsn":
+            y = self.net(x, self.k)
+        elif self.kind == "dbsn":
+            from .models.dbsn import bayes_fusion
+
+            mu, var_mu, var_n = self.net(x)
+            y = bayes_fusion(x, mu, var_mu, var_n, self.gamma)
+        else:
+            y = self.net(x)
+        return y * self.scale + self.offset if self.normalize else y
+
+
+def contract(model: Denoiser, k_b: int | None) -> dict[str, Any]:
+    """What a consumer needs to tile the way napari-atbsn does; stored inside every exported file."""
+    return {"format": "napari-atbsn-export", "package_version": __version__, "kind": model.kind,
+            "input": "raw float32 (N, C, P, P) window; normalisation is inside the graph",
+            "window": model.patch, "halo": model.halo, "channels": model.in_channels,
+            "k_b": (model.k_b if k_b is None else k_b) if model.kind == "atbsn" else None,
+            "gamma": model.gamma if model.kind == "dbsn" else None,
+            "normalization": model.normalization.to_dict(), "source": model.name}
+
+
+def example_window(model: Denoiser, n: int = 1, seed: int = 0) -> torch.Tensor:
+    """A raw window in the data's range (normalised noise mapped back), for tracing and checks."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, model.in_channels, model.patch, model.patch, generator=g) * 20 + 120
+    off = torch.tensor(model.normalization.offset).reshape(1, -1, 1, 1)
+    sc = torch.tensor(model.normalization.scale).reshape(1, -1, 1, 1)
+    return (z * sc + off).float() if model.normalization.mode == "range255" else z.float()
+
+
+def _target(out: str | os.PathLike, overwrite: bool) -> Path:
+    p = Path(out)
+    if p.exists() and not overwrite:
+        raise WriteError(f"{p} already exists; choose another name or pass --overwrite.")
+    if not p.parent.is_dir():
+        raise WriteError(f"output folder {p.parent} does not exist; create it first.")
+    from .outputs import check_writable
+
+    check_writable(p.parent)
+    return p
+
+
+def _atomic(p: Path, write: Any) -> Path:
+    """Write via ``write(tmp_path)`` then rename: a failed export never leaves a file that looks complete."""
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, p)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteError(f"could not write {p}: {e.strerror or e}; check free space and permissions.") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def to_torchscript(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = None,
+                   overwrite: bool = False) -> Path:
+    """Trace the raw-window model; the tiling contract goes in ``extra_files['napari_atbsn.json']``."""
+    p = _target(out, overwrite)
+    module = RawWindowModel(model, k_b).cpu()
+    example = example_window(model, 2)
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example, check_trace=False)
+    extra = {f"{META_KEY}.json": json.dumps(contract(model, k_b))}
+    return _atomic(p, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
+
+
+def to_onnx(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = None, overwrite: bool = False,
+            opset: int = ONNX_OPSET) -> Path:
+    """ONNX with a dynamic batch axis; the tiling contract goes in the model's ``metadata_props``."""
+    p = _target(out, overwrite)
+    _require("onnx", "onnx")
+    module = RawWindowModel(model, k_b).cpu()
+    example = example_window(model, 2)
+
+    def write(tmp: Path) -> None:
+        import onnx
+
+        with torch.no_grad():
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            prog = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, input_names=["raw"],
+                                     output_names=["denoised"], dynamic_shapes={"x": {0: batch}},
+                                     external_data=False, verbose=False, report=False)
+        proto = prog.model_proto
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_KEY, json.dumps(contract(model, k_b))
+        onnx.save_model(proto, str(tmp))
+
+    return _atomic(p, write)
+
+
+def _require(module: str, package: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"this export needs the {package!r} package; pip install \"napari-atbsn[export]\".")
+
+
+def export(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *, k_b: int | None = None,
+           overwrite: bool = False, device: str = "cpu") -> Path:
+    """Export the model folder ``model_dir`` as ``fmt`` (torchscript, onnx or bioimageio) to ``out``."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}.")
+    model = load_model(model_dir, device="cpu")
+    if k_b is not None and model.kind != "atbsn":
+        raise ConfigError(f"k_b applies to AT-BSN teachers; {model.name} has no blind spot. Leave k_b unset.")
+    if fmt == "torchscript":
+        return to_torchscript(model, out, k_b=k_b, overwrite=overwrite)
+    if fmt == "onnx":
+        return to_onnx(model, out, k_b=k_b, overwrite=overwrite)
+    from .bioimageio import to_bioimageio
+
+    return to_bioimageio(model, out, k_b=k_b, overwrite=overwrite)
+
+
+def run_reference(model: Denoiser, window: np.ndarray, k_b: int | None = None) -> np.ndarray:
+    """What the exports must reproduce: :class:`Denoiser` on one raw window."""
+    return np.asarray(model(np.asarray(window, dtype=np.float32), k_b))
