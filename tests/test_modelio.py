@@ -105,13 +105,10 @@ def test_pickle_in_model_folder_never_runs(tiny_teacher: Path, tmp_path: Path, n
     if name.startswith("checkpoint"):
         shutil.copy(m / "config.json", target.parent / "config.json")
     target.write_bytes(pickle.dumps(_Evil(str(marker))))
-    try:
+    # refused, even a pickle beside valid weights: the folder did not come from napari-atbsn as it is
+    with pytest.raises(ModelFolderError, match="pickle"):
         load_model(target.parent)
-    except ModelFolderError as e:
-        assert "pickle" in str(e) or "safetensors" in str(e)
     assert not marker.exists(), "loading a model folder must never unpickle"
-    if name == "model.pt":  # an extra pickle beside valid weights is simply ignored
-        assert load_model(m).kind == "atbsn"
 
 
 def test_config_asking_for_a_huge_network_is_refused(tiny_teacher: Path, tmp_path: Path) -> None:

@@ -146,6 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    x = sub.add_parser("export", help="export a model folder to TorchScript, ONNX or a BioImage Model Zoo package",
+                       description="Export a teacher (its k_b fixed), a student or a D-BSN. TorchScript and ONNX "
+                       "take one raw float32 (N, C, P, P) window, P the training patch, and return it denoised in "
+                       "the same units (normalisation inside the graph); the window and halo to tile with are "
+                       "stored in the file. --format bioimageio writes a validated BioImage Model Zoo zip.")
+    x.add_argument("model", metavar="MODEL_DIR")
+    x.add_argument("--format", required=True, choices=["torchscript", "onnx", "bioimageio"])
+    x.add_argument("-o", "--output", required=True,
+                   help="file to write (.pt, .onnx, or .zip for bioimageio); not inside the model folder")
+    x.add_argument("--k-b", type=int, help="teachers: the blind spot fixed in the export (default: the model's)")
+    x.add_argument("--sample", help="bioimageio: an image whose centre gives the test tensors and the cover "
+                                    "(default: the generated sample in the model's data range)")
+    x.add_argument("--sample-axes", help="axes of --sample (default: from metadata, else guessed)")
+    x.add_argument("--author", action="append", help="bioimageio: an author of the weights (repeatable)")
+    x.add_argument("--license", default="CC-BY-4.0", help="bioimageio: SPDX licence of the weights")
+    x.add_argument("--name", help="bioimageio: the model's name")
+    x.add_argument("--no-validate", action="store_true",
+                   help="bioimageio: skip bioimageio.core's validation and test (on by default)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    x.add_argument("--debug", action="store_true", help="show tracebacks")
+
     m = sub.add_parser("demo", help="the whole job on the built-in generated sample, with PSNR/SSIM")
     m.add_argument("-o", "--output", default="atbsn-demo", help="folder for models and results")
     m.add_argument("--iters", type=int, default=None, help="teacher training iterations")
@@ -405,6 +426,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    sample = None
+    if args.sample:
+        import numpy as np
+
+        from .errors import ConfigError
+        from .readers import open_image
+
+        img = open_image(args.sample, args.sample_axes)
+        if set(img.axes) - set("CYX"):
+            raise ConfigError(f"--sample {args.sample} has axes {img.axes}; give one plane (YX or CYX), e.g. a "
+                              f"crop saved as TIFF.")
+        sample = np.moveaxis(np.asarray(img.data), [img.axes.index(a) for a in "CYX" if a in img.axes],
+                             list(range(len([a for a in "CYX" if a in img.axes]))))
+    path = export(args.model, args.format, args.output, k_b=args.k_b, overwrite=args.overwrite, sample=sample,
+                  authors=tuple(args.author or ()), license=args.license, name=args.name,
+                  validate=not args.no_validate)
+    print(f"atbsn: wrote {path}" + (" (validated by bioimageio.core)" if args.format == "bioimageio"
+                                     and not args.no_validate else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -414,7 +459,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "distill": cmd_distill, "denoise": cmd_denoise, "analyze": cmd_analyze,
-            "info": cmd_info, "demo": cmd_demo}
+            "info": cmd_info, "export": cmd_export, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,6 +52,7 @@ class RawWindowModel(nn.Module):
             raise ConfigError(f"k_b applies to AT-BSN teachers; {model.name} has no blind spot. Leave k_b unset.")
         self.gamma = model.gamma
         self.normalize = normalize
+        self.eval()
         c = model.in_channels
         norm = model.normalization
         self.register_buffer("offset", torch.tensor(norm.offset, dtype=torch.float32).reshape(1, c, 1, 1))
@@ -142,17 +143,35 @@ def to_onnx(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = None, 
     def write(tmp: Path) -> None:
         import onnx
 
-        with torch.no_grad():
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            prog = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, input_names=["raw"],
-                                     output_names=["denoised"], dynamic_shapes={"x": {0: batch}},
-                                     external_data=False, verbose=False, report=False)
-        proto = prog.model_proto
+        proto = onnx_proto(module, example, opset)
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_KEY, json.dumps(contract(model, k_b))
         onnx.save_model(proto, str(tmp))
 
     return _atomic(p, write)
+
+
+def onnx_proto(module: nn.Module, example: torch.Tensor, opset: int) -> Any:
+    """The ONNX graph of ``module`` with a dynamic batch axis (the exporter's chatter silenced)."""
+    import logging
+    import warnings
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(module.eval(), (example,), dynamo=True, opset_version=opset,
+                                     input_names=["raw"], output_names=["denoised"],
+                                     dynamic_shapes={"x": {0: batch}}, external_data=False, verbose=False,
+                                     report=False)
+    finally:
+        for lg, level in zip(quiet, levels, strict=True):
+            lg.setLevel(level)
+    return prog.model_proto
 
 
 def _require(module: str, package: str) -> None:
@@ -163,20 +182,39 @@ def _require(module: str, package: str) -> None:
 
 
 def export(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *, k_b: int | None = None,
-           overwrite: bool = False, device: str = "cpu") -> Path:
-    """Export the model folder ``model_dir`` as ``fmt`` (torchscript, onnx or bioimageio) to ``out``."""
+           overwrite: bool = False, sample: np.ndarray | None = None, authors: tuple[str, ...] = (),
+           license: str = "CC-BY-4.0", name: str | None = None, validate: bool = True) -> Path:
+    """Export the model folder ``model_dir`` as ``fmt`` (torchscript, onnx or bioimageio) to ``out``.
+
+    ``sample``, ``authors``, ``license``, ``name`` and ``validate`` apply to BioImage Model Zoo packages,
+    which are checked with bioimageio.core's own test unless ``validate`` is False (a package that fails is
+    removed).
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}.")
     model = load_model(model_dir, device="cpu")
     if k_b is not None and model.kind != "atbsn":
         raise ConfigError(f"k_b applies to AT-BSN teachers; {model.name} has no blind spot. Leave k_b unset.")
+    if Path(out).resolve().parent == Path(model_dir).resolve():
+        # a model folder holds safetensors and JSON only: a TorchScript zip there would make it refused
+        raise WriteError(f"write the export outside the model folder {model_dir}; model folders hold only "
+                         f"safetensors and JSON (a .pt there makes the folder refused as carrying a pickle).")
     if fmt == "torchscript":
         return to_torchscript(model, out, k_b=k_b, overwrite=overwrite)
     if fmt == "onnx":
         return to_onnx(model, out, k_b=k_b, overwrite=overwrite)
-    from .bioimageio import to_bioimageio
+    from .zoo import to_bioimageio
+    from .zoo import validate as check
 
-    return to_bioimageio(model, out, k_b=k_b, overwrite=overwrite)
+    path = to_bioimageio(model, out, k_b=k_b, overwrite=overwrite, sample=sample, authors=authors,
+                         license=license, name=name)
+    if validate:
+        try:
+            check(path)
+        except BaseException:
+            path.unlink(missing_ok=True)  # never leave a package that failed its own test
+            raise
+    return path
 
 
 def run_reference(model: Denoiser, window: np.ndarray, k_b: int | None = None) -> np.ndarray:

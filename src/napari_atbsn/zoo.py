@@ -1,0 +1,244 @@
+"""BioImage Model Zoo packages (model spec 0.5): what Fiji/deepImageJ, ilastik and bioimageio.core run.
+
+The package holds the network in the normalised space, in TorchScript and
+ONNX, with the normalisation stated as the spec's own pre- and
+post-processing (``scale_linear`` along the channel axis), so a consumer
+applies it without napari-atbsn. The input is one window of the model's
+training patch size (the networks are not size-invariant, method.md
+Decision 8); the output declares the halo that a tiling consumer discards,
+as napari-atbsn does. Test tensors, and a cover, come from the model's own
+result on a sample (the package's generated cells unless one is given).
+
+No PyTorch state dict is included: the spec's state-dict weights are a
+``torch.save`` pickle plus an architecture that consumers must import from
+napari-atbsn, which TorchScript and ONNX make unnecessary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import ConfigError, WriteError
+from .modelio import Denoiser
+
+CITATIONS = {
+    "atbsn": ("Chen, Zhang, Yu, Huang. Exploring Efficient Asymmetric Blind-Spots for Self-Supervised Denoising "
+              "in Real-World Scenarios. CVPR 2024.", "https://arxiv.org/abs/2303.16783"),
+    "dbsn": ("Wu, Liu, Cao, Ren, Zuo. Unpaired Learning of Deep Image Denoising. ECCV 2020.",
+             "https://arxiv.org/abs/2008.13711"),
+}
+
+
+def _require() -> None:
+    import importlib.util
+
+    missing = [m for m in ("bioimageio.spec", "onnx") if importlib.util.find_spec(m.split(".")[0]) is None]
+    if missing:
+        raise ConfigError(f"a BioImage Model Zoo package needs {', '.join(missing)}; "
+                          f"pip install \"napari-atbsn[export]\".")
+
+
+def sample_plane(model: Denoiser, sample: np.ndarray | None = None) -> np.ndarray:
+    """A raw (C, Y, X) sample plane: ``sample`` (Y, X or C, Y, X), or the generated cells mapped into the
+    model's data range through its normalisation."""
+    p, c = model.patch, model.in_channels
+    if sample is None:
+        from .sample_data import make_sample
+
+        noisy, _ = make_sample(planes=1, size=max(256, p), seed=11)
+        plane = noisy[0].astype(np.float32)
+        lo, hi = np.percentile(plane, [0.5, 99.5])
+        unit = (plane - lo) / max(hi - lo, 1e-6)  # ~0..1, then into the range the model was trained on
+        norm = model.normalization
+        top = 255.0 if norm.mode == "range255" else 1.0
+        if norm.mode == "zscore":
+            unit, top = (unit - unit.mean()) / max(unit.std(), 1e-6), 1.0
+        sample = np.stack([unit * top * sc + off for off, sc in zip(norm.offset, norm.scale, strict=True)])
+    x = np.asarray(sample, dtype=np.float32)
+    if x.ndim == 2:
+        x = np.repeat(x[None], c, axis=0)
+    if x.ndim != 3 or x.shape[0] != c or min(x.shape[-2:]) < p:
+        raise ConfigError(f"the sample must be (Y, X) or ({c}, Y, X) with sides >= {p}; got {x.shape}.")
+    return x
+
+
+def _centre(x: np.ndarray, size: int) -> np.ndarray:
+    h, w = min(size, x.shape[-2]), min(size, x.shape[-1])
+    y0, x0 = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return np.ascontiguousarray(x[..., y0:y0 + h, x0:x0 + w])
+
+
+def sample_window(model: Denoiser, sample: np.ndarray | None = None) -> np.ndarray:
+    """The raw (1, C, P, P) test window: the centre of the sample plane."""
+    return _centre(sample_plane(model, sample), model.patch)[None]
+
+
+def _cover(noisy: np.ndarray, denoised: np.ndarray, path: Path) -> None:
+    """Noisy | denoised (first channel, the noisy image's contrast) as a 2:1 PNG, as the spec asks."""
+    from PIL import Image
+
+    a, b = noisy[0], denoised[0]
+    lo, hi = np.percentile(a, [1, 99])
+    img = np.clip((np.concatenate([a, b], axis=1) - lo) / max(hi - lo, 1e-6), 0, 1)
+    scale = max(1, 256 // a.shape[0])
+    Image.fromarray((np.kron(img, np.ones((scale, scale))) * 255).astype(np.uint8)).save(path)
+
+
+def _documentation(model: Denoiser, k_b: int | None, path: Path) -> None:
+    cfg = model.config
+    kind = {"atbsn": "AT-BSN teacher", "student": "distilled AT-BSN student", "dbsn": "D-BSN"}[model.kind]
+    lines = [f"# {kind} exported by napari-atbsn {__version__}", "",
+             "Self-supervised denoiser trained on noisy data only, with napari-atbsn.", "",
+             "## Use", "",
+             f"- Input: one window of {model.patch} x {model.patch} pixels, {model.in_channels} channel(s), "
+             f"float32 in the data's own units.",
+             "- Pre-processing: `scale_linear` along the channel axis (the normalisation fitted on the training "
+             "data); post-processing: its inverse, so the output is in the input's units.",
+             f"- Tiling: run overlapping windows of {model.patch} pixels and keep each window's centre; the "
+             f"output declares a halo of {model.halo} pixels per side to discard. The networks are not "
+             f"size-invariant: use the stated window size.", ""]
+    if model.kind == "atbsn":
+        lines += [f"- Blind spot at inference k_b = {model.k_b if k_b is None else k_b} (fixed in this export).",
+                  ""]
+    lines += ["## Training settings", "", "```json",
+              json.dumps({k: cfg[k] for k in ("kind", "arch", "patch", "k_a", "k_b", "ks", "mean_teacher",
+                                              "steps", "train", "distill", "gamma", "normalization", "data")
+                          if k in cfg}, indent=2, default=str),
+              "```", "", "## Citation", ""]
+    keys = ["dbsn"] if model.kind == "dbsn" else ["atbsn"]
+    if model.kind == "student" and cfg.get("unpaired"):
+        keys = ["dbsn", "atbsn"]
+    lines += [f"- {CITATIONS[k][0]} {CITATIONS[k][1]}" for k in keys]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = None, overwrite: bool = False,
+                  sample: np.ndarray | None = None, name: str | None = None, authors: tuple[str, ...] = (),
+                  license: str = "CC-BY-4.0") -> Path:
+    """Write a BioImage Model Zoo package (zip) for ``model``; returns its path.
+
+    ``authors`` and ``license`` (an SPDX id) describe the trained weights, which are the user's.
+    """
+    _require()
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model.v0_5 import (
+        Author,
+        AxisId,
+        BatchAxis,
+        ChannelAxis,
+        CiteEntry,
+        FileDescr,
+        InputTensorDescr,
+        LicenseId,
+        ModelDescr,
+        OnnxWeightsDescr,
+        OutputTensorDescr,
+        ScaleLinearAlongAxisKwargs,
+        ScaleLinearDescr,
+        SizeReference,
+        SpaceInputAxis,
+        SpaceOutputAxisWithHalo,
+        TensorId,
+        TorchscriptWeightsDescr,
+        WeightsDescr,
+    )
+
+    from .export import ONNX_OPSET, RawWindowModel, _atomic, _target, contract
+
+    target = _target(out, overwrite)
+    plane = sample_plane(model, sample)
+    x = _centre(plane, model.patch)[None]
+    y = np.asarray(model(x, k_b), dtype=np.float32)
+    crop = _centre(plane, 256)  # the cover: the model's own result on a larger crop, tiled as usual
+    cover = (crop, model.denoise(crop, "CYX", k_b=k_b))
+    norm = model.normalization
+    off, sc = np.asarray(norm.offset, np.float64), np.asarray(norm.scale, np.float64)
+    core = RawWindowModel(model, k_b, normalize=False).cpu()
+    with tempfile.TemporaryDirectory(prefix="atbsn-bmz-") as d:
+        work = Path(d)
+        np.save(work / "test_input.npy", x)
+        np.save(work / "test_output.npy", y)
+        _cover(*cover, work / "cover.png")
+        _documentation(model, k_b, work / "README.md")
+        example = torch.from_numpy(((x - off.reshape(1, -1, 1, 1)) / sc.reshape(1, -1, 1, 1)).astype(np.float32))
+        with torch.no_grad():
+            torch.jit.save(torch.jit.trace(core, torch.cat([example, example]), check_trace=False),
+                           str(work / "weights.torchscript.pt"))
+        _onnx(core, torch.cat([example, example]), work / "weights.onnx", ONNX_OPSET)
+        channels = [f"channel{i}" for i in range(model.in_channels)]
+        c_axis = AxisId("channel")
+        inp = InputTensorDescr(
+            id=TensorId("raw"), description="noisy image window, in the data's own units",
+            axes=[BatchAxis(), ChannelAxis(channel_names=channels),
+                  SpaceInputAxis(id=AxisId("y"), size=model.patch), SpaceInputAxis(id=AxisId("x"), size=model.patch)],
+            test_tensor=FileDescr(source=work / "test_input.npy"),
+            preprocessing=[ScaleLinearDescr(kwargs=ScaleLinearAlongAxisKwargs(
+                axis=c_axis, gain=[float(1 / s) for s in sc], offset=[float(-o / s) for o, s in zip(off, sc,
+                                                                                                   strict=True)]))])
+        outp = OutputTensorDescr(
+            id=TensorId("denoised"), description="denoised window, in the input's units",
+            axes=[BatchAxis(), ChannelAxis(channel_names=channels),
+                  SpaceOutputAxisWithHalo(id=AxisId("y"), halo=model.halo,
+                                          size=SizeReference(tensor_id=TensorId("raw"), axis_id=AxisId("y"))),
+                  SpaceOutputAxisWithHalo(id=AxisId("x"), halo=model.halo,
+                                          size=SizeReference(tensor_id=TensorId("raw"), axis_id=AxisId("x")))],
+            test_tensor=FileDescr(source=work / "test_output.npy"),
+            postprocessing=[ScaleLinearDescr(kwargs=ScaleLinearAlongAxisKwargs(
+                axis=c_axis, gain=[float(s) for s in sc], offset=[float(o) for o in off]))])
+        kind = {"atbsn": "AT-BSN teacher", "student": "AT-BSN distilled student", "dbsn": "D-BSN"}[model.kind]
+        cites = ["dbsn"] if model.kind == "dbsn" else ["atbsn"]
+        torch_version = torch.__version__.split("+")[0]
+        descr = ModelDescr(
+            name=name or f"napari-atbsn {kind} ({model.name})",
+            description=f"Self-supervised {kind} denoiser for microscopy, trained on noisy data only with "
+                        f"napari-atbsn {__version__}.",
+            authors=[Author(name=a) for a in (authors or ("napari-atbsn user",))],
+            cite=[CiteEntry(text=CITATIONS[k][0], url=CITATIONS[k][1]) for k in cites],
+            license=LicenseId(license),
+            documentation=FileDescr(source=work / "README.md"),
+            covers=[FileDescr(source=work / "cover.png")],
+            tags=["denoising", "self-supervised", "blind-spot", "2d", "pytorch", "napari-atbsn"],
+            inputs=[inp], outputs=[outp],
+            weights=WeightsDescr(
+                torchscript=TorchscriptWeightsDescr(source=work / "weights.torchscript.pt",
+                                                    pytorch_version=torch_version),
+                onnx=OnnxWeightsDescr(source=work / "weights.onnx", opset_version=ONNX_OPSET,
+                                      parent="torchscript")),
+            config={"napari_atbsn": contract(model, k_b)},
+        )
+        _atomic(target, lambda tmp: save_bioimageio_package(descr, output_path=tmp))
+    return target
+
+
+def _onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    import onnx
+
+    from .export import onnx_proto
+
+    onnx.save_model(onnx_proto(module, example, opset), str(path))
+
+
+def validate(package: str | os.PathLike) -> Any:
+    """Run bioimageio.core's own validation and test (format, weights in every format against the test
+    tensors); returns its summary. Raises :class:`WriteError` naming the first failed check."""
+    from bioimageio.core import test_model
+
+    summary = test_model(str(package))
+    if summary.status != "passed":
+        failed = [d for d in summary.details if d.status != "passed"]
+        first = failed[0] if failed else None
+        errors = "; ".join(str(e.msg) for e in (first.errors if first else [])[:3])
+        raise WriteError(f"the BioImage Model Zoo package {package} failed validation: "
+                         f"{first.name if first else summary.status}: {errors}")
+    return summary
+
+
+__all__ = ["sample_plane", "sample_window", "to_bioimageio", "validate"]
