@@ -67,7 +67,7 @@ class RawWindowModel(nn.Module):
             from .models.dbsn import bayes_fusion
 
             mu, var_mu, var_n = self.net(x)
-            y = bayes_fusion(x, mu, var_mu, var_n, self.gamma)
+            y = bayes_fusion(x, mu, var_mu, var_n, self.gamma, exportable=True)
         else:
             y = self.net(x)
         return y * self.scale + self.offset if self.normalize else y

@@ -199,31 +199,53 @@ def _vec(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).unsqueeze(-1)  # (B, Y, X, C, 1)
 
 
+def spd_inverse(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of small symmetric positive-definite matrices (..., C, C) by Gauss-Jordan elimination, unrolled
+    over C with elementwise operations only: what exported graphs (ONNX has no matrix inverse) compute in
+    place of ``torch.linalg.inv``. The pivots of an SPD matrix are positive, so no pivoting is needed."""
+    c = m.shape[-1]
+    a = [[m[..., i, j] for j in range(c)] for i in range(c)]
+    inv = [[torch.ones_like(a[0][0]) if i == j else torch.zeros_like(a[0][0]) for j in range(c)] for i in range(c)]
+    for k in range(c):
+        piv = a[k][k]
+        a[k] = [v / piv for v in a[k]]
+        inv[k] = [v / piv for v in inv[k]]
+        for i in range(c):
+            if i != k:
+                f = a[i][k]
+                a[i] = [v - f * w for v, w in zip(a[i], a[k], strict=True)]
+                inv[i] = [v - f * w for v, w in zip(inv[i], inv[k], strict=True)]
+    return torch.stack([torch.stack(row, dim=-1) for row in inv], dim=-2)
+
+
 def bayes_fusion(y: torch.Tensor, mu: torch.Tensor, var_mu: torch.Tensor, var_n: torch.Tensor,
-                 gamma: float = 1.0) -> torch.Tensor:
+                 gamma: float = 1.0, *, exportable: bool = False) -> torch.Tensor:
     """Posterior mean of the clean image given the prior N(mu, var_mu) and the observation y ~ N(x, gamma var_n).
 
     Per channel: ``(var_mu * y + gamma var_n * mu) / (var_mu + gamma var_n)``; with covariances
     ``(S_mu^-1 + (gamma S_n)^-1)^-1 (S_mu^-1 mu + (gamma S_n)^-1 y)``. Where the blind-spot estimate is
     uncertain the noisy pixel gets more weight. ``gamma`` in [0.9, 1] (the reference test scripts) trusts
-    the blind-spot estimate slightly more; 1 is the exact posterior.
+    the blind-spot estimate slightly more; 1 is the exact posterior. ``exportable`` computes the
+    cross-channel case with :func:`spd_inverse` instead of LAPACK, for TorchScript/ONNX exports.
     """
     if not 0 < gamma <= 2:
         raise ConfigError(f"gamma={gamma} must be in (0, 2]; 1 is the exact posterior, 0.9-1 typical.")
     with torch.autocast(y.device.type, enabled=False):  # solves and divisions in the variances' precision
         dtype = var_mu.dtype
-        return _fusion(y.to(dtype), mu.to(dtype), var_mu, var_n.to(dtype), gamma)
+        return _fusion(y.to(dtype), mu.to(dtype), var_mu, var_n.to(dtype), gamma, exportable)
 
 
 def _fusion(y: torch.Tensor, mu: torch.Tensor, var_mu: torch.Tensor, var_n: torch.Tensor,
-            gamma: float) -> torch.Tensor:
+            gamma: float, exportable: bool = False) -> torch.Tensor:
     if var_mu.ndim == 4:
         return (var_mu * y + gamma * var_n * mu) / (var_mu + gamma * var_n)
     c = y.shape[1]
     eye = torch.eye(c, device=y.device, dtype=var_mu.dtype) * 1e-6
-    p_mu = torch.linalg.inv(_pixels_last(var_mu) + eye)
-    p_n = torch.linalg.inv(gamma * _pixels_last(var_n) + eye)
-    x = torch.linalg.solve(p_mu + p_n, p_mu @ _vec(mu) + p_n @ _vec(y))
+    inv = spd_inverse if exportable else torch.linalg.inv
+    p_mu = inv(_pixels_last(var_mu) + eye)
+    p_n = inv(gamma * _pixels_last(var_n) + eye)
+    rhs = p_mu @ _vec(mu) + p_n @ _vec(y)
+    x = inv(p_mu + p_n) @ rhs if exportable else torch.linalg.solve(p_mu + p_n, rhs)
     return x.squeeze(-1).permute(0, 3, 1, 2)
 
 
