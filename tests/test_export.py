@@ -15,7 +15,7 @@ from napari_atbsn import load_model
 from napari_atbsn.cli import main
 from napari_atbsn.config import DBSNConfig
 from napari_atbsn.errors import ConfigError, WriteError
-from napari_atbsn.export import META_KEY, example_window, export
+from napari_atbsn.exports import META_KEY, example_window, export
 from napari_atbsn.training import train_dbsn
 
 ort = pytest.importorskip("onnxruntime")

@@ -478,3 +478,22 @@ def test_bad_input_becomes_one_notification_and_leaves_nothing(case, viewer, qtb
     if case == "W07":
         assert (tmp_path / "out.tif").read_bytes() == b"precious"
     assert not (tmp_path / "ran.txt").exists(), "a pickle was loaded: its code ran"
+
+
+def test_export_button_writes_the_model_file(viewer, qtbot, tmp_path, tiny_student, errors) -> None:
+    from napari_atbsn._widgets import DistillWidget
+
+    w = dock(viewer, DistillWidget(viewer))
+    w.out_dir.value = str(tiny_student)
+    w.export_format.value = "onnx"
+    w.export_file.value = str(tmp_path / "student.onnx")
+    w.export_button.click()
+    wait_done(qtbot, w)
+    assert errors == [] and (tmp_path / "student.onnx").stat().st_size > 1000
+    assert "exported student to" in w.status.text()
+    w.export_button.click()  # the same again: refused, the file kept
+    wait_done(qtbot, w)
+    assert len(errors) == 1 and "already exists" in errors[0]
+    w.out_dir.value = str(tmp_path)  # not a model folder
+    w.export_button.click()
+    assert "has no config.json" in errors[-1]

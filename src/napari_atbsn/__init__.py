@@ -40,4 +40,15 @@ def denoise(source: Any, model: Any, out: Any = None, **kwargs: Any) -> Any:
     return _denoise(source, model, out, **kwargs)
 
 
-__all__ = ["__version__", "denoise", "load_model", "open_image"]
+def export(model_dir: Any, fmt: str, out: Any, **kwargs: Any) -> Any:
+    """Export a model folder as ``torchscript``, ``onnx`` or ``bioimageio`` (see :func:`napari_atbsn.exports.export`).
+
+    The TorchScript and ONNX graphs take one raw float32 (N, C, P, P) window and return it denoised in the same
+    units; a BioImage Model Zoo package is validated with bioimageio.core's own test.
+    """
+    from .exports import export as _export
+
+    return _export(model_dir, fmt, out, **kwargs)
+
+
+__all__ = ["__version__", "denoise", "export", "load_model", "open_image"]

@@ -427,7 +427,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .exports import export
 
     sample = None
     if args.sample:

@@ -151,7 +151,7 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
         WeightsDescr,
     )
 
-    from .export import ONNX_OPSET, RawWindowModel, _atomic, _target, contract
+    from .exports import ONNX_OPSET, RawWindowModel, _atomic, _target, contract
 
     target = _target(out, overwrite)
     plane = sample_plane(model, sample)
@@ -221,7 +221,7 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
 def _onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     import onnx
 
-    from .export import onnx_proto
+    from .exports import onnx_proto
 
     onnx.save_model(onnx_proto(module, example, opset), str(path))
 

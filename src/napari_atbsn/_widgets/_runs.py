@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, FileEdit, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox
 from qtpy.QtWidgets import QPushButton
 
+from ..errors import ConfigError
 from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent
-from ._base import JobWidget
+from ..exports import export as export_model
+from ..modelio import read_config
+from ._base import JobWidget, folder_or_none
 from ._job import info
 from ._plot import LinePlot
 from ._source import Source, center_crop, crop_layer_kwargs
@@ -32,15 +35,56 @@ class RunWidget(JobWidget):
         self.resume_button.setToolTip("continue the checkpoint in the output folder (saved by Stop)")
         self.buttons.addWidget(self.resume_button)
         self.resume_button.clicked.connect(lambda: self.guarded(lambda: self.start(resume=True)))
+        # Export the model in the output folder (after training, or any model folder chosen there)
+        self.export_format = ComboBox(label="export as", value="bioimageio",
+                                      choices=[("BioImage Model Zoo (.zip)", "bioimageio"),
+                                               ("TorchScript (.pt)", "torchscript"), ("ONNX (.onnx)", "onnx")],
+                                      tooltip="the model in the output folder, for Fiji/deepImageJ, ilastik or "
+                                              "your own code (docs/export.md)")
+        self.export_file = FileEdit(label="export file", mode="w", value=None, nullable=True,
+                                    filter="*.zip *.pt *.onnx",
+                                    tooltip="empty: next to the model folder, named after it")
+        self.export_button = QPushButton("Export")
+        self.export_button.setToolTip("export the model in the output folder in the chosen format")
+        self.buttons.addWidget(self.export_button)
+        self.export_button.clicked.connect(lambda: self.guarded(self.export))
         self.loss_plot = LinePlot("loss", log_y=True, smooth=0.9)
         self.extra.addWidget(self.loss_plot)
         self.preview_layer = None
         self._preview_kwargs: dict[str, Any] = {}
         self.result = None
 
+    @property
+    def export_fields(self) -> list[Any]:
+        return [self.export_format, self.export_file]
+
     def set_running(self, running: bool) -> None:
         super().set_running(running)
         self.resume_button.setEnabled(not running)
+        self.export_button.setEnabled(not running)
+
+    def export(self) -> None:
+        """Export the model folder in the output folder field (the same as ``atbsn export``)."""
+        folder = folder_or_none(self.out_dir.value)
+        if folder is None:
+            raise ConfigError("choose the output folder that holds the model to export.")
+        read_config(folder)  # a clear error now for a folder that holds no model
+        fmt = str(self.export_format.value)
+        ext = {"bioimageio": ".zip", "torchscript": ".pt", "onnx": ".onnx"}[fmt]
+        target = folder_or_none(self.export_file.value) or folder.with_name(folder.name + ext)
+        overwrite = bool(self.overwrite.value)
+
+        def make(should_stop: Any) -> Any:
+            yield from ()  # one step: an export cannot be stopped half-way (it writes atomically)
+            return export_model(folder, fmt, target, overwrite=overwrite)
+
+        def done(path: Any) -> None:
+            msg = f"exported {folder.name} to {path}" + (" (validated by bioimageio.core)"
+                                                          if fmt == "bioimageio" else "")
+            self.status.setText(msg)
+            info(msg)
+
+        self.run_job(f"export {folder.name}", make, on_done=done)
 
     def make_preview(self, src: Source, patch: int) -> Preview | None:
         if not self.preview_every.value:

@@ -48,7 +48,8 @@ class DistillWidget(RunWidget):
                                       "self-distillation")
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
         self.form.extend([*self.source.fields, self.teacher, self.ks, self.student, self.iters, self.batch,
-                          self.clean, self.device, self.out_dir, self.overwrite, self.preview_every])
+                          self.clean, self.device, self.out_dir, self.overwrite, self.preview_every,
+                          *self.export_fields])
 
     def start(self, resume: bool = False) -> None:
         src = self.source.get()

@@ -49,7 +49,8 @@ class TrainWidget(RunWidget):
         self.device = ComboBox(label="device", choices=device_choices(), value="auto",
                                tooltip="where to train: each CUDA GPU by name and memory, Apple MPS, or the CPU")
         self.form.extend([*self.source.fields, self.method, self.preset, self.k_a, self.k_b, self.iters, self.patch,
-                          self.batch, self.device, self.out_dir, self.overwrite, self.preview_every])
+                          self.batch, self.device, self.out_dir, self.overwrite, self.preview_every,
+                          *self.export_fields])
         self.method.changed.connect(self._method_changed)
         self.preset.changed.connect(self._fill_defaults)
         self._method_changed()
