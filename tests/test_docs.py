@@ -1,0 +1,26 @@
+"""The API reference names only things that exist."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_every_name_in_the_api_reference_exists() -> None:
+    text = (DOCS / "api.md").read_text()
+    dotted = set(re.findall(r"`(napari_atbsn(?:\.\w+)+)", text))
+    assert len(dotted) >= 8
+    for name in dotted:
+        module, _, attr = name.rpartition(".")
+        try:
+            obj = importlib.import_module(name)
+        except ImportError:
+            obj = getattr(importlib.import_module(module), attr, None)
+        assert obj is not None, f"docs/api.md names {name}, which does not exist"
+    training = importlib.import_module("napari_atbsn.training")
+    section = text.split("## Training")[1].split("## ")[0]
+    for fn in re.findall(r"^\| `(\w+)\(", section, flags=re.M):
+        assert hasattr(training, fn), f"docs/api.md lists napari_atbsn.training.{fn}, which does not exist"
