@@ -24,3 +24,20 @@ def test_every_name_in_the_api_reference_exists() -> None:
     section = text.split("## Training")[1].split("## ")[0]
     for fn in re.findall(r"^\| `(\w+)\(", section, flags=re.M):
         assert hasattr(training, fn), f"docs/api.md lists napari_atbsn.training.{fn}, which does not exist"
+
+
+def test_no_submodule_shadows_a_top_level_function() -> None:
+    """``napari_atbsn.denoise`` must stay the function after every submodule has been imported (importing a
+    submodule named like a function replaces the package attribute with the module)."""
+    import pkgutil
+    import types
+
+    import napari_atbsn
+
+    for info in pkgutil.walk_packages(napari_atbsn.__path__, "napari_atbsn."):
+        if "._widgets" not in info.name and not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+    for name in napari_atbsn.__all__:
+        if name != "__version__":
+            obj = getattr(napari_atbsn, name)
+            assert callable(obj) and not isinstance(obj, types.ModuleType), f"napari_atbsn.{name} is a module"

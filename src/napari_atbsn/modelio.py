@@ -351,7 +351,7 @@ class Denoiser:
         ``dtype`` is ``float32`` or ``input`` (the input's dtype, rounded and
         clipped to its range).
         """
-        from .denoise import iter_denoise
+        from .inmemory import iter_denoise
 
         return (yield from iter_denoise(self, image, axes, k_b=k_b, batch_size=batch_size, dtype=dtype))
 
