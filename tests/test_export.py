@@ -140,3 +140,22 @@ def test_export_refusals(tiny_teacher, tiny_student, tmp_path, capsys) -> None:
                  "--k-b", "1"]) == 0
     assert "wrote" in capsys.readouterr().out and (tmp_path / "t.pt").exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_cli_bioimageio_takes_its_test_tensors_from_the_sample(tiny_student, tmp_path, capsys) -> None:
+    import tifffile
+
+    plane = (np.random.default_rng(3).random((80, 90)) * 200 + 20).astype(np.float32)
+    tifffile.imwrite(tmp_path / "crop.tif", plane)
+    code = main(["export", str(tiny_student), "--format", "bioimageio", "-o", str(tmp_path / "m.zip"),
+                 "--sample", str(tmp_path / "crop.tif"), "--sample-axes", "YX", "--no-validate"])
+    assert code == 0, capsys.readouterr().err
+    p = load_model(tiny_student).patch
+    with zipfile.ZipFile(tmp_path / "m.zip") as z:
+        x = np.load(z.open("test_input.npy"))
+    y0, x0 = (80 - p) // 2, (90 - p) // 2
+    np.testing.assert_array_equal(x[0, 0], plane[y0:y0 + p, x0:x0 + p])
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([plane, plane]))
+    assert main(["export", str(tiny_student), "--format", "bioimageio", "-o", str(tmp_path / "n.zip"),
+                 "--sample", str(tmp_path / "stack.tif"), "--sample-axes", "ZYX", "--no-validate"]) == 2
+    assert "give one plane (YX or CYX)" in capsys.readouterr().err

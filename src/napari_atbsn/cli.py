@@ -431,8 +431,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     sample = None
     if args.sample:
-        import numpy as np
-
+        from .axes import to_planes
         from .errors import ConfigError
         from .readers import open_image
 
@@ -440,8 +439,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if set(img.axes) - set("CYX"):
             raise ConfigError(f"--sample {args.sample} has axes {img.axes}; give one plane (YX or CYX), e.g. a "
                               f"crop saved as TIFF.")
-        sample = np.moveaxis(np.asarray(img.data), [img.axes.index(a) for a in "CYX" if a in img.axes],
-                             list(range(len([a for a in "CYX" if a in img.axes]))))
+        plane = to_planes(img.data, img.axes)[0]  # (C, Y, X)
+        sample = plane if "C" in img.axes else plane[0]  # a grey sample is repeated over a model's channels
     path = export(args.model, args.format, args.output, k_b=args.k_b, overwrite=args.overwrite, sample=sample,
                   authors=tuple(args.author or ()), license=args.license, name=args.name,
                   validate=not args.no_validate)

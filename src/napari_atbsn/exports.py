@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from torch import nn
 
 from . import __version__
 from .errors import ConfigError, WriteError
-from .modelio import Denoiser, load_model
+from .modelio import Denoiser, atomic_write, load_model
 
 FORMATS = ("torchscript", "onnx", "bioimageio")
 #: Default ONNX opset: supported by onnxruntime >= 1.17 and by the BMZ tools.
@@ -87,9 +86,7 @@ def example_window(model: Denoiser, n: int = 1, seed: int = 0) -> torch.Tensor:
     """A raw window in the data's range (normalised noise mapped back), for tracing and checks."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, model.in_channels, model.patch, model.patch, generator=g) * 20 + 120
-    off = torch.tensor(model.normalization.offset).reshape(1, -1, 1, 1)
-    sc = torch.tensor(model.normalization.scale).reshape(1, -1, 1, 1)
-    return (z * sc + off).float() if model.normalization.mode == "range255" else z.float()
+    return model.normalization.undo(z).float() if model.normalization.mode == "range255" else z.float()
 
 
 def _target(out: str | os.PathLike, overwrite: bool) -> Path:
@@ -105,18 +102,11 @@ def _target(out: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def _atomic(p: Path, write: Any) -> Path:
-    """Write via ``write(tmp_path)`` then rename: a failed export never leaves a file that looks complete."""
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
+    """:func:`modelio.atomic_write`, with a failure to write reported as a :class:`WriteError`."""
     try:
-        write(Path(tmp))
-        os.replace(tmp, p)
+        atomic_write(p, write)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise WriteError(f"could not write {p}: {e.strerror or e}; check free space and permissions.") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return p
 
 
@@ -136,7 +126,7 @@ def to_onnx(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = None, 
             opset: int = ONNX_OPSET) -> Path:
     """ONNX with a dynamic batch axis; the tiling contract goes in the model's ``metadata_props``."""
     p = _target(out, overwrite)
-    _require("onnx", "onnx")
+    require("onnx")
     module = RawWindowModel(model, k_b).cpu()
     example = example_window(model, 2)
 
@@ -174,11 +164,19 @@ def onnx_proto(module: nn.Module, example: torch.Tensor, opset: int) -> Any:
     return prog.model_proto
 
 
-def _require(module: str, package: str) -> None:
+def require(*modules: str) -> None:
+    """Refuse an export whose optional packages (the ``[export]`` extra) are missing, naming them."""
     import importlib.util
 
-    if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"this export needs the {package!r} package; pip install \"napari-atbsn[export]\".")
+    def found(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # a dotted name whose parent package is missing
+            return False
+
+    missing = [m for m in modules if not found(m)]
+    if missing:
+        raise ConfigError(f"this export needs {', '.join(missing)}; pip install \"napari-atbsn[export]\".")
 
 
 def export(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *, k_b: int | None = None,
@@ -215,8 +213,3 @@ def export(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *, k_
             path.unlink(missing_ok=True)  # never leave a package that failed its own test
             raise
     return path
-
-
-def run_reference(model: Denoiser, window: np.ndarray, k_b: int | None = None) -> np.ndarray:
-    """What the exports must reproduce: :class:`Denoiser` on one raw window."""
-    return np.asarray(model(np.asarray(window, dtype=np.float32), k_b))

@@ -37,15 +37,6 @@ CITATIONS = {
 }
 
 
-def _require() -> None:
-    import importlib.util
-
-    missing = [m for m in ("bioimageio.spec", "onnx") if importlib.util.find_spec(m.split(".")[0]) is None]
-    if missing:
-        raise ConfigError(f"a BioImage Model Zoo package needs {', '.join(missing)}; "
-                          f"pip install \"napari-atbsn[export]\".")
-
-
 def sample_plane(model: Denoiser, sample: np.ndarray | None = None) -> np.ndarray:
     """A raw (C, Y, X) sample plane: ``sample`` (Y, X or C, Y, X), or the generated cells mapped into the
     model's data range through its normalisation."""
@@ -74,11 +65,6 @@ def _centre(x: np.ndarray, size: int) -> np.ndarray:
     h, w = min(size, x.shape[-2]), min(size, x.shape[-1])
     y0, x0 = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
     return np.ascontiguousarray(x[..., y0:y0 + h, x0:x0 + w])
-
-
-def sample_window(model: Denoiser, sample: np.ndarray | None = None) -> np.ndarray:
-    """The raw (1, C, P, P) test window: the centre of the sample plane."""
-    return _centre(sample_plane(model, sample), model.patch)[None]
 
 
 def _cover(noisy: np.ndarray, denoised: np.ndarray, path: Path) -> None:
@@ -127,7 +113,9 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
 
     ``authors`` and ``license`` (an SPDX id) describe the trained weights, which are the user's.
     """
-    _require()
+    from .exports import require
+
+    require("bioimageio.spec", "onnx")
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model.v0_5 import (
         Author,
@@ -168,7 +156,7 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
         np.save(work / "test_output.npy", y)
         _cover(*cover, work / "cover.png")
         _documentation(model, k_b, work / "README.md")
-        example = torch.from_numpy(((x - off.reshape(1, -1, 1, 1)) / sc.reshape(1, -1, 1, 1)).astype(np.float32))
+        example = torch.from_numpy(norm.apply(x).astype(np.float32))
         with torch.no_grad():
             torch.jit.save(torch.jit.trace(core, torch.cat([example, example]), check_trace=False),
                            str(work / "weights.torchscript.pt"))
@@ -241,4 +229,4 @@ def validate(package: str | os.PathLike) -> Any:
     return summary
 
 
-__all__ = ["sample_plane", "sample_window", "to_bioimageio", "validate"]
+__all__ = ["sample_plane", "to_bioimageio", "validate"]

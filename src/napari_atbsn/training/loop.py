@@ -24,7 +24,7 @@ from torch import nn
 from ..device import autocast, is_oom, needs_grad_scaler
 from ..errors import ATBSNError, DeviceError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, PreviewEvent, StepEvent
-from ..modelio import OPTIMIZER, fsync_dir, load_tensors, read_config, save_folder
+from ..modelio import CONFIG, OPTIMIZER, fsync_dir, load_tensors, read_config, save_folder
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_PARTIAL, CHECKPOINT_OLD = "checkpoint.partial", "checkpoint.old"
@@ -188,7 +188,7 @@ def iter_optimize(spec: LoopSpec, *, resume: bool,
             # No automatic back-off: a smaller batch or patch changes what the run learns, and a checkpoint
             # continues only with its own settings. Name the settings to change instead.
             kept = (f" The checkpoint in {spec.out_dir} is kept (--resume needs the same settings)."
-                    if spec.out_dir is not None and (spec.out_dir / CHECKPOINT_DIR / "config.json").exists()
+                    if spec.out_dir is not None and (spec.out_dir / CHECKPOINT_DIR / CONFIG).exists()
                     else "")
             raise DeviceError(f"{spec.device} ran out of memory during {spec.stage} with batch {batch.shape[0]} "
                               f"of {batch.shape[-1]}x{batch.shape[-1]} patches; start again with a smaller "
