@@ -159,3 +159,11 @@ def test_cli_bioimageio_takes_its_test_tensors_from_the_sample(tiny_student, tmp
     assert main(["export", str(tiny_student), "--format", "bioimageio", "-o", str(tmp_path / "n.zip"),
                  "--sample", str(tmp_path / "stack.tif"), "--sample-axes", "ZYX", "--no-validate"]) == 2
     assert "give one plane (YX or CYX)" in capsys.readouterr().err
+
+
+def test_missing_export_packages_are_named() -> None:
+    from napari_atbsn.exports import require
+
+    require("onnx", "onnxscript")
+    with pytest.raises(ConfigError, match=r"needs no_such_pkg_x, no_such\.sub; pip install \"napari-atbsn\[export\]\""):
+        require("onnx", "no_such_pkg_x", "no_such.sub")

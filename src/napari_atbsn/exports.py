@@ -126,7 +126,7 @@ def to_onnx(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = None, 
             opset: int = ONNX_OPSET) -> Path:
     """ONNX with a dynamic batch axis; the tiling contract goes in the model's ``metadata_props``."""
     p = _target(out, overwrite)
-    require("onnx")
+    require("onnx", "onnxscript")  # torch's ONNX exporter needs onnxscript, else it fails obscurely
     module = RawWindowModel(model, k_b).cpu()
     example = example_window(model, 2)
 

@@ -115,7 +115,7 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
     """
     from .exports import require
 
-    require("bioimageio.spec", "onnx")
+    require("bioimageio.spec", "onnx", "onnxscript")
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model.v0_5 import (
         Author,
