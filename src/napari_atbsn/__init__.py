@@ -15,11 +15,12 @@ if TYPE_CHECKING:
     from .readers import LazyImage
 
 
-def load_model(path: Any, *, device: str = "cpu") -> Denoiser:
-    """Load a model folder (teacher or student) as a ready-to-run :class:`Denoiser`."""
+def load_model(path: Any, *, device: str = "cpu", amp: bool = True, compile: bool = False) -> Denoiser:
+    """Load a model folder (teacher or student) as a ready-to-run :class:`Denoiser`; on CUDA it runs in
+    mixed precision unless ``amp=False``, and ``compile=True`` applies torch.compile."""
     from .modelio import load_model as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, amp=amp, compile=compile)
 
 
 def open_image(source: Any, axes: str | None = None, **kwargs: Any) -> LazyImage:

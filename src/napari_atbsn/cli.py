@@ -43,8 +43,17 @@ def _typed(p: argparse.ArgumentParser, helps: dict[str, str], specs: Sequence[tu
         p.add_argument(f"--{name}", type=typ, help=helps[name.replace("-", "_")])
 
 
+def _gpu_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (run in float32)")
+    p.add_argument("--compile", action="store_true", help=TRAIN_HELP["compile"])
+
+
+def _gpu(args: argparse.Namespace) -> dict[str, bool]:
+    return {"amp": not args.no_amp, "compile": args.compile}
+
+
 def _run_control(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    _gpu_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in the output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in the output folder")
 
@@ -132,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "standard deviation per pixel, OUT_noise")
     n.add_argument("--overwrite", action="store_true", help="replace an existing output (kept until the new one "
                    "is complete) or restart a different partial job")
+    _gpu_flags(n)
     _common(n)
 
     a = sub.add_parser("analyze", help="measure the noise's spatial correlation and recommend a method",
@@ -245,12 +255,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     common = ["iters", "patch", "batch", "lr", "seed", "normalization", "checkpoint_every"]
     with StopFlag() as stop:
         if args.method == "dbsn":
-            dcfg = DBSNConfig(preset=args.preset, device=args.device, amp=not args.no_amp,
+            dcfg = DBSNConfig(preset=args.preset, device=args.device, **_gpu(args),
                               **_overrides(args, [*common, "noise_model", "gamma", "phases"]))
             run = iter_train_dbsn(data, axes, dcfg, args.output, resume=args.resume, overwrite=args.overwrite,
                                   should_stop=stop)
         else:
-            cfg = TrainConfig(preset=args.preset, device=args.device, amp=not args.no_amp,
+            cfg = TrainConfig(preset=args.preset, device=args.device, **_gpu(args),
                               **_overrides(args, ["k_a", "k_b", *common]))
             run = iter_train(data, axes, cfg, args.output, resume=args.resume, overwrite=args.overwrite,
                              should_stop=stop)
@@ -282,7 +292,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise ConfigError("--clean and --real-weight are for D-BSN teachers (unpaired distillation); an AT-BSN "
                           "teacher distils from the noisy data alone.")
     data, axes = _open_training_data(args.noisy, args.axes)
-    cfg = DistillConfig(device=args.device, amp=not args.no_amp, mean_teacher=args.mean_teacher,
+    cfg = DistillConfig(device=args.device, **_gpu(args), mean_teacher=args.mean_teacher,
                         init_from_teacher=not args.no_init_from_teacher,
                         **_overrides(args, ["ks", "student", "iters", "patch", "batch", "lr", "seed",
                                             "checkpoint_every"]))
@@ -307,7 +317,7 @@ def _distill_dbsn(args: argparse.Namespace) -> int:
     clean_axes = None
     if args.clean:
         clean, clean_axes = _open_training_data(args.clean, args.clean_axes)
-    cfg = UnpairedConfig(device=args.device, amp=not args.no_amp,
+    cfg = UnpairedConfig(device=args.device, **_gpu(args),
                          **_overrides(args, ["student", "iters", "batch", "lr", "seed", "checkpoint_every",
                                              "real_weight"]))
     with StopFlag() as stop:
@@ -351,7 +361,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
           f"({source.nbytes / 2**30:.2f} GiB, {source.format})", file=sys.stderr)
     remote = args.scheduler.startswith("tcp://")
     # with a cluster the model only plans here (a login node may have no GPU); workers load it on --device
-    model = load_model(args.model, device="cpu" if remote else args.device)
+    model = load_model(args.model, device="cpu" if remote else args.device, amp=not args.no_amp,
+                       compile=args.compile and not remote)
     k_b = args.k_b[0] if args.k_b and len(args.k_b) == 1 else args.k_b
     workers = args.workers or (2 if args.scheduler in ("threads", "processes") else 1)
     job = plan_job(source, model, args.output, k_b=k_b, roi=args.roi, chunk=args.chunk, window=args.window,

@@ -152,6 +152,17 @@ def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
 
 
+# The GPU-path settings every training stage shares (device.py applies them).
+def _channels_last() -> Any:
+    return _help("channels-last memory layout (None: on CUDA only, where cuDNN's convolutions want it)",
+                 default=None)
+
+
+def _compile() -> Any:
+    return _help("torch.compile the network: a slower first step, faster ones after (needs a C++ compiler)",
+                 default=False)
+
+
 @dataclass
 class TrainConfig:
     """Settings of self-supervised AT-BSN training (stage 1)."""
@@ -170,6 +181,8 @@ class TrainConfig:
     device: str = _help("auto, cpu, cuda, cuda:N or mps", default="auto")
     amp: bool = _help("mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)",
                       default=True)
+    channels_last: bool | None = _channels_last()
+    compile: bool = _compile()
     checkpoint_every: int = _help("save a resumable checkpoint every N steps (0: only at the end)",
                                   default=500)
 
@@ -216,6 +229,8 @@ class DistillConfig:
     seed: int = _help("random seed", default=0)
     device: str = _help("auto, cpu, cuda, cuda:N or mps", default="auto")
     amp: bool = _help("mixed precision on CUDA", default=True)
+    channels_last: bool | None = _channels_last()
+    compile: bool = _compile()
     checkpoint_every: int = _help("save a resumable checkpoint every N steps (0: only at the end)", default=500)
 
     def resolved(self, teacher_preset: str, teacher_patch: int) -> DistillConfig:
@@ -289,6 +304,8 @@ class DBSNConfig:
     seed: int = _help("random seed (patch sampling and weight init)", default=0)
     device: str = _help("auto, cpu, cuda, cuda:N or mps", default="auto")
     amp: bool = _help("mixed precision on CUDA for the backbone (the likelihood is always float32)", default=True)
+    channels_last: bool | None = _channels_last()
+    compile: bool = _compile()
     checkpoint_every: int = _help("save a resumable checkpoint every N steps (0: only at the end)", default=500)
 
     def resolved(self) -> DBSNConfig:
@@ -339,6 +356,8 @@ class UnpairedConfig:
     seed: int = _help("random seed", default=0)
     device: str = _help("auto, cpu, cuda, cuda:N or mps", default="auto")
     amp: bool = _help("mixed precision on CUDA", default=True)
+    channels_last: bool | None = _channels_last()
+    compile: bool = _compile()
     checkpoint_every: int = _help("save a resumable checkpoint every N steps (0: only at the end)", default=500)
 
     def resolved(self, teacher_preset: str) -> UnpairedConfig:
@@ -357,7 +376,7 @@ class UnpairedConfig:
 
 
 #: Settings a resumed run may change; everything else comes from the checkpoint.
-RESUME_FREE = ("iters", "device", "amp", "checkpoint_every")
+RESUME_FREE = ("iters", "device", "amp", "channels_last", "compile", "checkpoint_every")
 
 
 def resume_config(current: Any, saved: dict[str, Any]) -> Any:

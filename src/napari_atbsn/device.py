@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import DeviceError
@@ -39,17 +40,78 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype on a CUDA ``device``: bf16 where supported (Ampere and later: fp32's range, no loss
+    scaling), else fp16 (which needs :func:`needs_grad_scaler`)."""
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(device: torch.device, enabled: bool) -> Any:
-    """bf16 autocast on CUDA where supported, fp16 otherwise; a no-op elsewhere."""
+    """bf16 autocast on CUDA where supported, fp16 otherwise; a no-op elsewhere.
+
+    Only CUDA: on CPUs without bf16 matrix units autocast is slower than float32, and MPS autocast still
+    lacks ops these networks use.
+    """
     if not enabled or device.type != "cuda":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=amp_dtype(device))
+
+
+def amp_in_effect(device: torch.device, enabled: bool) -> str | None:
+    """``"bfloat16"``/``"float16"`` when :func:`autocast` changes the arithmetic on ``device``, else None."""
+    return str(amp_dtype(device)).removeprefix("torch.") if enabled and device.type == "cuda" else None
 
 
 def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
     """fp16 (not bf16) needs loss scaling."""
     return enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+
+
+def use_channels_last(device: torch.device, requested: bool | None) -> bool:
+    """``None`` (auto): channels-last on CUDA, where cuDNN's tensor-core convolutions want NHWC; kept
+    contiguous elsewhere, where it does not pay. An explicit True/False is obeyed on any device."""
+    return device.type == "cuda" if requested is None else bool(requested)
+
+
+def configure_backend(device: torch.device) -> None:
+    """cuDNN autotuning on CUDA: training patches and inference windows have fixed shapes, so the
+    per-shape benchmark on the first call is paid once. (CUDA results are not bit-reproducible anyway:
+    cuDNN's backward kernels accumulate in a nondeterministic order.)"""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def to_device(x: np.ndarray | torch.Tensor, device: torch.device, *, channels_last: bool = False) -> torch.Tensor:
+    """A float32 batch on ``device``: through pinned memory with a non-blocking copy on CUDA (the copy
+    overlaps the previous step's kernels), in channels-last layout when asked."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x
+    t = t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.ndim == 4 else t
+
+
+def compile_module(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """``torch.compile`` the module's forward in place (its state-dict keys stay as they are, so saving
+    and checkpoints are unchanged). Compilation happens on the first call; see :func:`compile_error`."""
+    if enabled and not getattr(model, "_atbsn_compiled", False):
+        model.compile()
+        if callable(getattr(type(model), "teachers", None)):
+            # AT-BSN's inference and distillation pass (all k from one backbone pass) is a method, not forward
+            model.teachers = torch.compile(model.teachers)  # type: ignore[method-assign]
+        model._atbsn_compiled = True  # type: ignore[attr-defined]
+    return model
+
+
+def compile_error(e: BaseException) -> DeviceError | None:
+    """A readable error for a failed ``torch.compile`` (no C++ compiler, an unsupported platform), else None."""
+    try:
+        from torch._dynamo.exc import BackendCompilerFailed, TorchRuntimeError, Unsupported
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return None
+    if isinstance(e, (BackendCompilerFailed, Unsupported, TorchRuntimeError)):
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        return DeviceError(f"torch.compile failed on this machine ({first}); run again without --compile "
+                           f"(compile=False): the results are the same, only slower.")
+    return None
 
 
 def available_devices() -> list[tuple[str, str]]:

@@ -259,8 +259,9 @@ class Denoiser:
     """
 
     def __init__(self, network: nn.Module, config: dict[str, Any], *, device: str | torch.device = "cpu",
-                 path: Path | None = None) -> None:
-        from .device import resolve_device
+                 path: Path | None = None, amp: bool = True, channels_last: bool | None = None,
+                 compile: bool = False) -> None:
+        from .device import compile_module, configure_backend, resolve_device, use_channels_last
 
         self.config = config
         self.path = path
@@ -270,7 +271,13 @@ class Denoiser:
         self.k_b: int = int(config.get("k_b", 3))
         self.normalization = Normalization.from_dict(config["normalization"])
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
-        self.network = network.to(self.device).eval()
+        # The GPU path (device.py): mixed precision and channels-last on CUDA, cuDNN autotuning for the fixed
+        # window shape, optionally torch.compile. On the CPU the arithmetic is plain float32.
+        self.amp = bool(amp)
+        self.channels_last = use_channels_last(self.device, channels_last)
+        configure_backend(self.device)
+        fmt = torch.channels_last if self.channels_last else torch.preserve_format
+        self.network = compile_module(network.to(self.device, memory_format=fmt).eval(), compile)
         self.in_channels: int = int(config["arch"]["in_channels"])
 
     @property
@@ -297,18 +304,21 @@ class Denoiser:
         A teacher computes the rotated UNet features once and applies the head
         for each k (None: the model's own k_b); a student has one output.
         """
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        from .device import autocast, to_device
+
+        t = to_device(x, self.device, channels_last=self.channels_last)
         # PyTorch's CPU kernels take another code path for a batch of one, whose rounding differs; pairing a
         # lone window with a copy keeps every window's result independent of how windows are batched.
         single = t.shape[0] == 1
         if single:
             t = torch.cat([t, t])
-        if self.kind == "atbsn":
-            y = self.network.teachers(t, [self.k_b if k is None else check_k(k, name="k_b") for k in ks])
-        elif self.kind == "dbsn":
-            y = self._dbsn_outputs(t, ks)
-        else:
-            y = self.network(t)[None]
+        with autocast(self.device, self.amp):
+            if self.kind == "atbsn":
+                y = self.network.teachers(t, [self.k_b if k is None else check_k(k, name="k_b") for k in ks])
+            elif self.kind == "dbsn":
+                y = self._dbsn_outputs(t, ks)
+            else:
+                y = self.network(t)[None]
         return y[:, :1].float().cpu().numpy() if single else y.float().cpu().numpy()
 
     def _dbsn_outputs(self, t: torch.Tensor, ks: Sequence[int | str | None]) -> torch.Tensor:
@@ -336,9 +346,14 @@ class Denoiser:
 
     def fingerprint(self) -> str:
         """SHA-256 of what determines the output: kind, normalisation, window, k_b, gamma and weights."""
-        h = hashlib.sha256(json.dumps({"kind": self.kind, "norm": self.normalization.to_dict(), "patch": self.patch,
-                                       "halo": self.halo, "k_b": self.k_b, "gamma": self.gamma,
-                                       "arch": self.config["arch"]}, sort_keys=True).encode())
+        from .device import amp_in_effect
+
+        what = {"kind": self.kind, "norm": self.normalization.to_dict(), "patch": self.patch, "halo": self.halo,
+                "k_b": self.k_b, "gamma": self.gamma, "arch": self.config["arch"]}
+        precision = amp_in_effect(self.device, self.amp)
+        if precision:  # reduced precision changes the values: a resumed output must not mix the two
+            what["precision"] = precision
+        h = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
         for key, tensor in sorted(self.network.state_dict().items()):
             h.update(key.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -369,7 +384,9 @@ class Denoiser:
         return drain(self.iter_denoise(image, axes, k_b=k_b, batch_size=batch_size, dtype=dtype))
 
 
-def load_model(path: str | os.PathLike, *, device: str = "cpu") -> Denoiser:
-    """Load a model folder as a :class:`Denoiser`."""
+def load_model(path: str | os.PathLike, *, device: str = "cpu", amp: bool = True, compile: bool = False,
+               ) -> Denoiser:
+    """Load a model folder as a :class:`Denoiser` (``amp``: mixed precision on CUDA; ``compile``:
+    torch.compile the network)."""
     network, cfg = load_network(path)
-    return Denoiser(network, cfg, device=device, path=Path(path))
+    return Denoiser(network, cfg, device=device, path=Path(path), amp=amp, compile=compile)

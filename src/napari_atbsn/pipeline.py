@@ -932,7 +932,7 @@ def denoise(source: Any, model: Denoiser | str | os.PathLike, out: str | os.Path
             batch_size: int | None = None, dtype: str = "float32", overwrite: bool = False, scheduler: str = "sync",
             workers: int | None = None, device: str = "auto", progress: Progress | None = None,
             should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None,
-            noise_map: bool = False) -> Any:
+            noise_map: bool = False, amp: bool = True, compile: bool = False) -> Any:
     """Denoise an image or volume of any size in chunks.
 
     ``source`` is a path (TIFF, Zarr/OME-Zarr, NIfTI, .npy ...), an array or a
@@ -941,14 +941,15 @@ def denoise(source: Any, model: Denoiser | str | os.PathLike, out: str | os.Path
     ``.zarr``, ``.tif`` or ``.npy``) the result is streamed there (resumably) and
     a :class:`DenoiseResult` is returned; without, a lazy dask array (one per
     k_b when ``k_b`` is a list) that computes chunks on demand. ``noise_map`` (D-BSN models) adds the
-    estimated noise standard deviation as a second output (``OUT_noise``; the second array).
+    estimated noise standard deviation as a second output (``OUT_noise``; the second array). ``amp``
+    (mixed precision on CUDA) and ``compile`` (torch.compile) apply when ``model`` is a folder.
     """
     from .modelio import load_model
 
     remote = isinstance(scheduler, str) and scheduler.startswith("tcp://")
     if not hasattr(model, "run_windows"):
         # with a cluster the model only plans here; the workers load it on their own device
-        model = load_model(model, device="cpu" if remote else device)
+        model = load_model(model, device="cpu" if remote else device, amp=amp, compile=compile and not remote)
     workers = workers or (2 if scheduler in ("threads", "processes") else 1)
     if out is None:
         return lazy_denoise(source, model, axes=axes, k_b=k_b, roi=roi, chunk=chunk, window=window, halo=halo,

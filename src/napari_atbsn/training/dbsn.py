@@ -34,7 +34,7 @@ from ..models import DBSN, Student
 from ..models.dbsn import BLOWUP, constrained_nll
 from ..normalization import Normalization
 from ..sampling import check_patch_fits, plane_source, sample_batch
-from .loop import LoopSpec, iter_optimize
+from .loop import LoopSpec, gpu_options, iter_optimize
 from .train import (
     TrainResult,
     checkpoint_config,
@@ -138,7 +138,8 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
                         phase_loss(model, PHASES[phase], _Guard(iters[phase])), cfg.checkpoint_every, out,
                         config_fn_for(phase), should_stop,
                         **preview_runner(preview, model, config_fn_for(phase), device,
-                                         BLIND_ESTIMATE if PHASES[phase] == "mu" else None))
+                                         BLIND_ESTIMATE if PHASES[phase] == "mu" else None),
+                        **gpu_options(cfg, device))
         res = yield from iter_optimize(spec, resume=resume and phase == start_phase)
         losses += res.losses
         if res.stopped:
@@ -256,7 +257,7 @@ def iter_distill_dbsn(data: Any, teacher: str | Path, axes: str | None = None, *
 
     spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop,
-                    **preview_runner(preview, student, config_fn, device))
+                    **preview_runner(preview, student, config_fn, device), **gpu_options(cfg, device))
     return (yield from iter_run(spec, out, config_fn, resume=resume))
 
 

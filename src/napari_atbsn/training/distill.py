@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DistillConfig, resume_config
-from ..device import resolve_device
+from ..device import compile_module, resolve_device
 from ..errors import BlindSpotError, ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
 from ..modelio import arch_dict, load_network
 from ..models import ATBSN, Student
 from ..normalization import Normalization
 from ..sampling import check_patch_fits, plane_source, sample_batch
-from .loop import LoopSpec
+from .loop import LoopSpec, gpu_options
 from .train import TrainResult, checkpoint_config, iter_run, prepare_output, preview_runner, removes_empty_output
 
 
@@ -72,7 +72,9 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
     device = resolve_device(cfg.device)
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
     norm = Normalization.from_dict(tcfg["normalization"])
-    teacher_net = net.to(device).eval().requires_grad_(False)
+    opts = gpu_options(cfg, device)
+    fmt = torch.channels_last if opts["channels_last"] else torch.preserve_format
+    teacher_net = compile_module(net.to(device, memory_format=fmt).eval().requires_grad_(False), cfg.compile)
     torch.manual_seed(cfg.seed)
     student = Student(cfg.student, source.channels)
     initialised = False
@@ -102,7 +104,7 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
 
     spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop,
-                    **preview_runner(preview, student, config_fn, device))
+                    **preview_runner(preview, student, config_fn, device), **opts)
     return (yield from iter_run(spec, out, config_fn, resume=resume))
 
 

@@ -21,7 +21,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..device import autocast, is_oom, needs_grad_scaler
+from ..device import (
+    autocast,
+    compile_error,
+    compile_module,
+    configure_backend,
+    is_oom,
+    needs_grad_scaler,
+    to_device,
+    use_channels_last,
+)
 from ..errors import ATBSNError, DeviceError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, PreviewEvent, StepEvent
 from ..modelio import CONFIG, OPTIMIZER, fsync_dir, load_tensors, read_config, save_folder
@@ -48,6 +57,8 @@ class LoopSpec:
     should_stop: Callable[[], bool] | None = None
     preview: Callable[[int], np.ndarray] | None = None  # steps done -> the preview crop denoised now
     preview_every: int = 0
+    channels_last: bool = False  # resolved by device.use_channels_last
+    compile: bool = False
 
 
 @dataclass
@@ -55,6 +66,11 @@ class LoopResult:
     steps: int
     stopped: bool
     losses: list[float]
+
+
+def gpu_options(cfg: Any, device: torch.device) -> dict[str, Any]:
+    """The LoopSpec fields of a config's GPU-path settings (channels-last resolved for the device)."""
+    return {"channels_last": use_channels_last(device, cfg.channels_last), "compile": bool(cfg.compile)}
 
 
 def make_optimizer(model: nn.Module, lr: float, iters: int) -> tuple[torch.optim.Adam, Any]:
@@ -157,13 +173,14 @@ def _step(spec: LoopSpec, opt: Any, sched: Any, scaler: Any, x: torch.Tensor) ->
 
 def iter_optimize(spec: LoopSpec, *, resume: bool,
                   ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, LoopResult]:
-    model = spec.model.to(spec.device).train()
+    configure_backend(spec.device)
+    fmt = torch.channels_last if spec.channels_last else torch.preserve_format
+    model = compile_module(spec.model.to(spec.device, memory_format=fmt).train(), spec.compile)
     opt, sched = make_optimizer(model, spec.lr, spec.iters)
     start = load_checkpoint(spec, opt, sched) if resume else 0
     if start > spec.iters:
         raise ATBSNError(f"the checkpoint has {start} steps, more than --iters {spec.iters}; use --iters >= {start}.")
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(spec.device, spec.amp) else None
-    non_blocking = spec.device.type == "cuda"
     losses: list[float] = []
     t0 = time.perf_counter()
     for step in range(start, spec.iters):
@@ -172,15 +189,15 @@ def iter_optimize(spec: LoopSpec, *, resume: bool,
             raise ImageError(f"the training data contains NaN or Inf pixels (in the patches of step {step + 1}); "
                              f"replace them (e.g. with the local median) and train again (--resume continues "
                              f"from the last checkpoint).")
-        x = torch.from_numpy(batch)
-        if non_blocking:
-            x = x.pin_memory()
-        x = x.to(spec.device, non_blocking=non_blocking)
+        x = to_device(batch, spec.device, channels_last=spec.channels_last)
         lr = opt.param_groups[0]["lr"]
         try:
             value = _step(spec, opt, sched, scaler, x)
         except (RuntimeError, MemoryError) as e:
             if not is_oom(e):
+                failed = compile_error(e)
+                if failed is not None:
+                    raise failed from None
                 raise
             del x
             if spec.device.type == "cuda":

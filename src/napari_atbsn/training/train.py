@@ -24,7 +24,15 @@ from ..modelio import CONFIG, Denoiser, arch_dict, read_config, save_folder
 from ..models import ATBSN
 from ..normalization import Normalization, fit_normalization
 from ..sampling import PlaneSource, check_patch_fits, plane_source, sample_batch
-from .loop import CHECKPOINT_DIR, CHECKPOINT_OLD, CHECKPOINT_PARTIAL, LoopSpec, iter_optimize, recover_checkpoint
+from .loop import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_OLD,
+    CHECKPOINT_PARTIAL,
+    LoopSpec,
+    gpu_options,
+    iter_optimize,
+    recover_checkpoint,
+)
 
 
 @dataclass
@@ -194,7 +202,7 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
 
     spec = LoopSpec("train", model, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop,
-                    **preview_runner(preview, model, config_fn, device))
+                    **preview_runner(preview, model, config_fn, device), **gpu_options(cfg, device))
     return (yield from iter_run(spec, out, config_fn, resume=resume))
 
 
