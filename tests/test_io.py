@@ -134,3 +134,22 @@ def test_axes_from_imagej_and_ome_metadata(tmp_path, kind: str, axes: str, shape
     back, got = read_image(p)
     assert got == axes
     np.testing.assert_array_equal(back, data)
+
+
+def test_explicit_axes_reorder_a_tiff_stored_in_another_order_but_relabel_other_letters(tmp_path) -> None:
+    """A 2-channel YXC image is stored CYX (TIFF planes are YX) with that order recorded: asking for YXC
+    transposes it back (a relabel would scramble pixels and channels silently); other letters than the
+    file's (metadata calling Z "T") still relabel."""
+    from napari_atbsn.readers import open_image
+
+    data = np.arange(4 * 5 * 2, dtype=np.uint16).reshape(4, 5, 2)
+    write_image(tmp_path / "two.tif", data, "YXC")
+    assert open_image(tmp_path / "two.tif").axes == "CYX"
+    back, axes = read_image(tmp_path / "two.tif", axes="YXC")
+    assert axes == "YXC" and np.array_equal(back, data)
+    lazy = open_image(tmp_path / "two.tif", "YXC")
+    assert lazy.axes == "YXC" and np.array_equal(np.asarray(lazy.data), data)
+    stack = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    write_image(tmp_path / "z.tif", stack, "ZYX")
+    relabelled = open_image(tmp_path / "z.tif", "TYX")
+    assert relabelled.axes == "TYX" and np.array_equal(np.asarray(relabelled.data), stack)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from napari_atbsn.axes import LETTERS, validate_axes
@@ -118,6 +118,9 @@ def images(draw):
 
 @FAST
 @given(img=images(), suffix=st.sampled_from([".tif", ".npy", ".zarr"]))
+# found by this test: a 2-channel YXC TIFF is stored CYX, and --axes YXC used to relabel it (scrambled)
+@example(img=(np.array([[[95, 130]]], dtype=np.uint8), "YXC"), suffix=".tif")
+@example(img=(np.arange(8, dtype=np.uint16).reshape(2, 2, 2), "YXC"), suffix=".tif")
 def test_files_round_trip_bit_exact_through_the_lazy_reader(img, suffix: str) -> None:
     data, axes = img
     with tempfile.TemporaryDirectory() as d:

@@ -19,6 +19,20 @@ LETTERS = "TZSCYX"
 PLANE_LETTERS = "TZS"
 
 
+def reorder_for(recorded: str | None, requested: str) -> tuple[int, ...] | None:
+    """The transposition from a file's recorded axes to ``requested`` when both list the same axes in a
+    different order, else None.
+
+    A TIFF stores its planes last (our writer keeps a 2-channel ``YXC`` image as ``CYX`` and records
+    that), so ``--axes YXC`` on such a file asks for that order: the stored array is transposed rather
+    than relabelled, which would scramble pixels and channels silently. Other letters than the file's
+    (metadata that calls Z "T") still relabel.
+    """
+    if not isinstance(recorded, str) or recorded == requested or sorted(recorded) != sorted(requested):
+        return None
+    return tuple(recorded.index(a) for a in requested)
+
+
 def validate_axes(axes: str, ndim: int) -> str:
     """Check that ``axes`` names each of ``ndim`` dimensions once and includes Y and X."""
     if not isinstance(axes, str) or not axes:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .axes import guess_axes, validate_axes
+from .axes import guess_axes, reorder_for, validate_axes
 from .errors import AxesError, ImageError, ReadError, WriteError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -53,7 +53,8 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> tuple[np.nda
     except AxesError as e:
         raise AxesError(f"{p} has shape {data.shape}: {e}") from None
     check_image(data, p.name)
-    return data, axes
+    order = reorder_for(file_axes, axes)
+    return (np.ascontiguousarray(data.transpose(order)) if order is not None else data), axes
 
 
 def _read_tiff(p: Path) -> tuple[np.ndarray, str | None]:

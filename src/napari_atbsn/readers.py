@@ -31,7 +31,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .axes import guess_axes, validate_axes
+from .axes import guess_axes, reorder_for, validate_axes
 from .errors import AxesError, ConfigError, ImageError, ReadError
 from .imageio import _TIFF_AXES, PIL_SUFFIXES, TIFF_SUFFIXES, _read_pil, check_image
 
@@ -195,6 +195,9 @@ def _make(data: da.Array, axes: str | None, file_axes: str | AxesError | None, n
         axes = validate_axes(axes, data.ndim)
     except AxesError as e:
         raise AxesError(f"{name} has shape {tuple(data.shape)}: {e}") from None
+    order = reorder_for(file_axes if isinstance(file_axes, str) else None, axes)
+    if order is not None:
+        data = data.transpose(order)
     return LazyImage(data, axes, name, fmt, scale)
 
 
