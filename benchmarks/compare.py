@@ -206,10 +206,11 @@ def run_careamics(noisy, axes, ev_noisy, args, work: Path, struct: bool) -> tupl
     t0 = time.perf_counter()
     pred, _ = cam.predict(ev_noisy.astype(np.float32), axes=cax, tile_size=(256, 256), tile_overlap=(48, 48),
                           batch_size=4)
-    out = np.asarray(pred[0] if len(pred) == 1 else np.stack([np.squeeze(p) for p in pred]), dtype=np.float32)
-    out = np.squeeze(out).reshape(ev_noisy.shape) if out.size == ev_noisy.size else out
-    if out.shape != ev_noisy.shape and "C" in axes:  # CAREamics returns channels first: S C Y X -> S Y X C
-        out = np.moveaxis(out.reshape(ev_noisy.shape[0], channels, *ev_noisy.shape[1:3]), 1, -1)
+    # CAREamics 0.3.5 returns one array for an array input, in the input's axis order (checked: S Y X C)
+    out = np.asarray(pred[0], dtype=np.float32)
+    if len(pred) != 1 or out.shape != ev_noisy.shape:
+        raise RuntimeError(f"unexpected CAREamics prediction: {len(pred)} arrays, first {out.shape}; expected one "
+                           f"{ev_noisy.shape}")
     name = "structN2V (CAREamics, cross mask)" if struct else "Noise2Void (CAREamics)"
     steps = int(cam.trainer.global_step)
     return {name: out}, {name: {"train_s": t_train, "steps": steps, "infer_s": time.perf_counter() - t0}}

@@ -52,15 +52,15 @@ def variants(compile_: bool) -> list[tuple[str, dict]]:
 
 def reset(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak(device: torch.device) -> tuple[float, float]:
     if device.type != "cuda":
         return float("nan"), float("nan")
-    return torch.cuda.max_memory_allocated() / 1e9, torch.cuda.max_memory_reserved() / 1e9
+    return torch.cuda.max_memory_allocated(device) / 1e9, torch.cuda.max_memory_reserved(device) / 1e9
 
 
 def steps_per_second(gen, warmup: int) -> float:
@@ -99,7 +99,8 @@ def bench_inference(image: np.ndarray, args, device: torch.device) -> list[tuple
                        "normalization": {"mode": "zscore", "offset": [0.0] * 3, "scale": [1.0] * 3}}
                 den = Denoiser(net, cfg, device=device, amp=opts["amp"], channels_last=opts["channels_last"],
                                compile=opts.get("compile", False))
-                den.denoise(image[:window * 2, :window * 2], "YXC", batch_size=args.infer_batch)  # warm-up
+                # warm-up on the same image: every batch shape (the last one too) is autotuned/compiled before
+                den.denoise(image, "YXC", batch_size=args.infer_batch)
                 reset(device)
                 t0 = time.perf_counter()
                 den.denoise(image, "YXC", batch_size=args.infer_batch)
@@ -135,7 +136,9 @@ def main() -> None:
     data = rng.integers(0, 256, size=(8, side, side, 3), dtype=np.uint8)
     image = rng.normal(size=(args.image, args.image, 3)).astype(np.float32)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16 + loss scaling") if device.type == "cuda" else "n/a"
+    from napari_atbsn.device import bf16_native
+
+    amp = ("bf16" if bf16_native(device) else "fp16 + loss scaling") if device.type == "cuda" else "n/a"
     print(f"{gpu}; torch {torch.__version__}; preset {args.preset}, batch {args.batch}, patch {args.patch}; "
           f"mixed precision = {amp}\n")
     with tempfile.TemporaryDirectory() as tmp:

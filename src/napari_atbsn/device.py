@@ -40,10 +40,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` computes bf16 in hardware (compute capability 8.0, Ampere, and later).
+
+    Not ``torch.cuda.is_bf16_supported()``: it answers True on older GPUs too (T4, V100) because bf16
+    can be emulated, where cuDNN has no bf16 convolutions; and it asks about the current device only.
+    """
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def amp_dtype(device: torch.device) -> torch.dtype:
-    """The autocast dtype on a CUDA ``device``: bf16 where supported (Ampere and later: fp32's range, no loss
-    scaling), else fp16 (which needs :func:`needs_grad_scaler`)."""
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """The autocast dtype on a CUDA ``device``: bf16 where native (fp32's range, no loss scaling), else
+    fp16 (which needs :func:`needs_grad_scaler`)."""
+    return torch.bfloat16 if bf16_native(device) else torch.float16
 
 
 def autocast(device: torch.device, enabled: bool) -> Any:
@@ -64,7 +73,7 @@ def amp_in_effect(device: torch.device, enabled: bool) -> str | None:
 
 def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
     """fp16 (not bf16) needs loss scaling."""
-    return enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    return enabled and device.type == "cuda" and not bf16_native(device)
 
 
 def use_channels_last(device: torch.device, requested: bool | None) -> bool:

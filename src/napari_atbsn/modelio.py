@@ -278,6 +278,7 @@ class Denoiser:
         configure_backend(self.device)
         fmt = torch.channels_last if self.channels_last else torch.preserve_format
         self.network = compile_module(network.to(self.device, memory_format=fmt).eval(), compile)
+        self.compiled = bool(compile)
         self.in_channels: int = int(config["arch"]["in_channels"])
 
     @property
@@ -304,7 +305,7 @@ class Denoiser:
         A teacher computes the rotated UNet features once and applies the head
         for each k (None: the model's own k_b); a student has one output.
         """
-        from .device import autocast, to_device
+        from .device import autocast, compile_error, to_device
 
         t = to_device(x, self.device, channels_last=self.channels_last)
         # PyTorch's CPU kernels take another code path for a batch of one, whose rounding differs; pairing a
@@ -312,13 +313,19 @@ class Denoiser:
         single = t.shape[0] == 1
         if single:
             t = torch.cat([t, t])
-        with autocast(self.device, self.amp):
-            if self.kind == "atbsn":
-                y = self.network.teachers(t, [self.k_b if k is None else check_k(k, name="k_b") for k in ks])
-            elif self.kind == "dbsn":
-                y = self._dbsn_outputs(t, ks)
-            else:
-                y = self.network(t)[None]
+        try:
+            with autocast(self.device, self.amp):
+                if self.kind == "atbsn":
+                    y = self.network.teachers(t, [self.k_b if k is None else check_k(k, name="k_b") for k in ks])
+                elif self.kind == "dbsn":
+                    y = self._dbsn_outputs(t, ks)
+                else:
+                    y = self.network(t)[None]
+        except RuntimeError as e:
+            failed = compile_error(e)
+            if failed is not None:
+                raise failed from None
+            raise
         return y[:, :1].float().cpu().numpy() if single else y.float().cpu().numpy()
 
     def _dbsn_outputs(self, t: torch.Tensor, ks: Sequence[int | str | None]) -> torch.Tensor:
@@ -346,14 +353,9 @@ class Denoiser:
 
     def fingerprint(self) -> str:
         """SHA-256 of what determines the output: kind, normalisation, window, k_b, gamma and weights."""
-        from .device import amp_in_effect
-
-        what = {"kind": self.kind, "norm": self.normalization.to_dict(), "patch": self.patch, "halo": self.halo,
-                "k_b": self.k_b, "gamma": self.gamma, "arch": self.config["arch"]}
-        precision = amp_in_effect(self.device, self.amp)
-        if precision:  # reduced precision changes the values: a resumed output must not mix the two
-            what["precision"] = precision
-        h = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps({"kind": self.kind, "norm": self.normalization.to_dict(), "patch": self.patch,
+                                       "halo": self.halo, "k_b": self.k_b, "gamma": self.gamma,
+                                       "arch": self.config["arch"]}, sort_keys=True).encode())
         for key, tensor in sorted(self.network.state_dict().items()):
             h.update(key.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -260,11 +260,13 @@ class ModelRef:
     path: str
     device: str
     fingerprint: str
+    amp: bool = True
+    compile: bool = False
 
     def load(self) -> Denoiser:
         from .modelio import load_model
 
-        model = load_model(self.path, device=self.device)
+        model = load_model(self.path, device=self.device, amp=self.amp, compile=self.compile)
         if model.fingerprint() != self.fingerprint:
             raise ConfigError(f"the model folder {self.path} changed while the job was running; run it again.")
         return model
@@ -390,10 +392,12 @@ def auto_batch_size(model: Denoiser) -> int:
 
     if model.device.type != "cuda":
         return 4
+    probe = np.zeros((1, model.in_channels, model.patch, model.patch), np.float32)
+    # a first call pays cuDNN's autotuning (its trial workspaces) and any compilation: measure the second
+    model.run_windows(probe, [None])
     free, _ = torch.cuda.mem_get_info(model.device)
     torch.cuda.reset_peak_memory_stats(model.device)
     base = torch.cuda.memory_allocated(model.device)
-    probe = np.zeros((1, model.in_channels, model.patch, model.patch), np.float32)
     model.run_windows(probe, [None])
     per_window = max(1, torch.cuda.max_memory_allocated(model.device) - base)
     return int(max(1, min(64, free * 0.5 // per_window)))
@@ -708,6 +712,15 @@ def _output_lock(job: Job) -> Iterator[None]:
             f.close()
 
 
+def record_precision(job: Job, worker_device: str | None) -> None:
+    """Mixed precision changes the values: a resumed output must not mix its chunks with float32 ones, so it
+    joins the job's identity. Recorded only where it takes effect (CUDA, or workers that pick their own
+    device), so CPU jobs resume as before."""
+    compute_on = worker_device or str(job.model.device)
+    if job.model.amp and (compute_on.startswith("cuda") or compute_on == "auto"):
+        job.record["model"]["mixed_precision"] = True
+
+
 def iter_run(job: Job, *, overwrite: bool = False, scheduler: str = "sync", workers: int = 1,
              should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None,
              worker_device: str | None = None) -> Generator[tuple[int, int], None, DenoiseResult]:
@@ -731,6 +744,7 @@ def iter_run(job: Job, *, overwrite: bool = False, scheduler: str = "sync", work
         if log:
             log(msg)
 
+    record_precision(job, worker_device)
     with _output_lock(job):
         _prepare_stores(job, overwrite)
         done_keys = set.intersection(*[s.done() for s in job.stores])
@@ -744,7 +758,8 @@ def iter_run(job: Job, *, overwrite: bool = False, scheduler: str = "sync", work
         yield done, total
         model_path = str(Path(job.model.path).resolve()) if job.model.path else ""
         spec = UnitSpec(uuid.uuid4().hex, ModelRef(model_path, worker_device or str(job.model.device),
-                                                   job.model.fingerprint() if scheduler != "sync" else ""),
+                                                   job.model.fingerprint() if scheduler != "sync" else "",
+                                                   job.model.amp, job.model.compiled),
                         tuple(job.ks), job.geom, job.window, job.halo, job.batch_size, str(job.out_dtype),
                         tuple(str(s.array_path.resolve()) for s in job.stores), job.record["axes"],
                         _torch_threads(scheduler, workers))

@@ -73,8 +73,8 @@ class SourcePicker:
             if not path.exists():
                 raise ReadError(f"{path} does not exist; choose an existing file or clear the file field to use "
                                 f"the layer.")
-            lazy = open_image(path)
-            lazy = lazy.with_axes(validate_axes(axes, len(lazy.data.shape)))
+            # through open_image: axes listing the file's recorded axes in another order transpose the data
+            lazy = open_image(path, axes)
             return Source(lazy, lazy.axes, path.name.split(".")[0], None, path)
         layer = self.layer.value
         if not isinstance(layer, Image):

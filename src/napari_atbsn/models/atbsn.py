@@ -26,7 +26,7 @@ from torch import nn
 
 from ..config import ATBSN_PRESETS, UNetArch, check_k
 from ..errors import BlindSpotError, ConfigError
-from .blocks import LEAK, init_weights, shift_rows
+from .blocks import LEAK, float32_output, init_weights, shift_rows
 from .unet import UNet
 
 #: torch.rot90 ``k`` for the official order rot0, rot90 (clockwise), rot180, rot270.
@@ -71,6 +71,7 @@ class ATBSN(nn.Module):
         self.nin_B = nn.Conv2d(4 * d, d, 1)
         self.nin_C = nn.Conv2d(d, in_channels, 1)
         init_weights(self, last=self.nin_C)
+        float32_output(self.nin_C)
 
     # -- the k-independent part --------------------------------------------
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import DBSN_PRESETS, NOISE_MODELS
 from ..errors import ConfigError
+from .blocks import float32_output
 
 # Stability guard of the reference training: a batch whose Mahalanobis term
 # exceeds this is dropped (the loss would only push the variances around).
@@ -148,6 +149,7 @@ class DBSN(nn.Module):
         m = self.arch.sigma_width
         self.sigma_mu = SigmaNet(ch, m, _n_factor(c, self.full), 3)
         self.sigma_n = SigmaNet(c, m, _n_factor(c, self.full), 5)
+        float32_output(self.tail[-1])  # mu, the image estimate, is not rounded to bf16 under autocast
         with torch.no_grad():  # CNN_est starts at a small constant noise level (std ~0.018 in 0..1 units)
             self.sigma_n.last.weight.zero_()
             self.sigma_n.last.bias.zero_()

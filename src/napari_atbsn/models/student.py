@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import ATBSN_PRESETS, STUDENT_MULTIPLE, STUDENT_PRESETS, UNetArch
 from ..errors import ConfigError
-from .blocks import ConvBlock, init_weights, pad_to_multiple, pool, upsample
+from .blocks import ConvBlock, float32_output, init_weights, pad_to_multiple, pool, upsample
 from .unet import UNet
 
 # Conv widths of the small students, per stage (the last dec1 width is C).
@@ -99,6 +99,7 @@ class Student(nn.Module):
             self.unet = UNet(arch, in_channels, out_channels=in_channels, blind=False, act_out=False)
             last = self.unet.dec1.conv2.conv
         init_weights(self, last=last)
+        float32_output(last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

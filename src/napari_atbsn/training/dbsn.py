@@ -112,6 +112,7 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
     source, device, out, norm = prepare_data(data, axes, cfg, out_dir, saved, resume=resume, overwrite=overwrite)
     torch.manual_seed(cfg.seed)
     model = DBSN(source.channels, cfg.preset, noise_model=cfg.noise_model)
+    opts = {"amp": cfg.amp, "channels_last": cfg.channels_last}  # the returned Denoiser runs as training did
     iters = cfg.phase_iters()
     start_phase = PHASES.index(saved["phase"]) if saved else 0
     offsets = np.cumsum((0, *iters))
@@ -138,18 +139,20 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
                         phase_loss(model, PHASES[phase], _Guard(iters[phase])), cfg.checkpoint_every, out,
                         config_fn_for(phase), should_stop,
                         **preview_runner(preview, model, config_fn_for(phase), device,
-                                         BLIND_ESTIMATE if PHASES[phase] == "mu" else None),
+                                         BLIND_ESTIMATE if PHASES[phase] == "mu" else None, amp=cfg.amp,
+                                         channels_last=cfg.channels_last),
                         **gpu_options(cfg, device))
         res = yield from iter_optimize(spec, resume=resume and phase == start_phase)
         losses += res.losses
         if res.stopped:
             path = finish(out, model, config_fn_for(phase)(res.steps), stopped=True)
-            return TrainResult(Denoiser(model.eval(), config_fn_for(phase)(res.steps), device=device), path,
+            return TrainResult(Denoiser(model.eval(), config_fn_for(phase)(res.steps), device=device, **opts), path,
                                int(offsets[phase] + res.steps), True, losses)
     final = config_fn_for(len(PHASES) - 1)(iters[-1])
     final.pop("phase")
     path = finish(out, model, final, stopped=False)
-    return TrainResult(Denoiser(model.eval(), final, device=device, path=path), path, int(cfg.iters), False, losses)
+    return TrainResult(Denoiser(model.eval(), final, device=device, path=path, **opts), path, int(cfg.iters), False,
+                       losses)
 
 
 def train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | None = None,
@@ -257,7 +260,8 @@ def iter_distill_dbsn(data: Any, teacher: str | Path, axes: str | None = None, *
 
     spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop,
-                    **preview_runner(preview, student, config_fn, device), **gpu_options(cfg, device))
+                    **preview_runner(preview, student, config_fn, device, amp=cfg.amp,
+                                     channels_last=cfg.channels_last), **gpu_options(cfg, device))
     return (yield from iter_run(spec, out, config_fn, resume=resume))
 
 

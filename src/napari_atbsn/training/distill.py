@@ -104,7 +104,8 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
 
     spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop,
-                    **preview_runner(preview, student, config_fn, device), **opts)
+                    **preview_runner(preview, student, config_fn, device, amp=cfg.amp,
+                                     channels_last=cfg.channels_last), **opts)
     return (yield from iter_run(spec, out, config_fn, resume=resume))
 
 

@@ -133,7 +133,8 @@ def prepare_data(data: Any, axes: str | None, cfg: Any, out_dir: str | Path | No
 
 
 def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: Callable[[int], dict[str, Any]],
-                   device: torch.device, k: Any = None) -> dict[str, Any]:
+                   device: torch.device, k: Any = None, *, amp: bool = True, channels_last: bool | None = None,
+                   ) -> dict[str, Any]:
     """LoopSpec fields that denoise ``preview.image`` with the network in training (empty without a preview).
 
     ``k`` is the output shown (None: the model's own; D-BSN's mu phase shows mu).
@@ -150,7 +151,7 @@ def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: C
 
     def run(steps: int) -> np.ndarray:
         # the same windowed inference as a saved model, on the weights of this step
-        den = Denoiser(model, config_fn(steps), device=device)
+        den = Denoiser(model, config_fn(steps), device=device, amp=amp, channels_last=channels_last)
         return drain(iter_denoise_array(den, image, preview.axes, ks=[k], batch_size=4, dtype="float32"))[0]
 
     return {"preview": run, "preview_every": preview.every}
@@ -162,7 +163,8 @@ def iter_run(spec: LoopSpec, out: Path | None, config_fn: Callable[[int], dict[s
     res = yield from iter_optimize(spec, resume=resume)
     cfg_final = config_fn(res.steps)
     path = finish(out, spec.model, cfg_final, res.stopped)
-    model = Denoiser(spec.model.eval(), cfg_final, device=spec.device, path=path)
+    model = Denoiser(spec.model.eval(), cfg_final, device=spec.device, path=path, amp=spec.amp,
+                     channels_last=spec.channels_last)
     return TrainResult(model, path, res.steps, res.stopped, res.losses)
 
 
@@ -202,7 +204,8 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
 
     spec = LoopSpec("train", model, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop,
-                    **preview_runner(preview, model, config_fn, device), **gpu_options(cfg, device))
+                    **preview_runner(preview, model, config_fn, device, amp=cfg.amp, channels_last=cfg.channels_last),
+                    **gpu_options(cfg, device))
     return (yield from iter_run(spec, out, config_fn, resume=resume))
 
 
