@@ -107,7 +107,8 @@ def steps_for(make_gen: Any, budget: Budget, calib_steps: int = 12) -> tuple[int
 
 def run_atbsn_teacher(noisy: np.ndarray, axes: str, args: Any, seconds: float, out: Path) -> tuple[Any, dict]:
     from napari_atbsn.config import TrainConfig
-    from napari_atbsn.training import iter_train, train
+    from napari_atbsn.events import drain
+    from napari_atbsn.training import iter_train
 
     budget = Budget(seconds)
 
@@ -116,8 +117,10 @@ def run_atbsn_teacher(noisy: np.ndarray, axes: str, args: Any, seconds: float, o
                            device=args.device, checkpoint_every=0)
 
     iters, rate = steps_for(lambda n: iter_train(noisy, axes, cfg(n)), budget)
-    res = train(noisy, axes, cfg(iters), out, overwrite=True)
-    return res.model, {"steps": iters, "train_s": budget.spent(), "calibrated_it_s": rate}
+    # A hard stop at the budget if the machine runs slower than calibrated (the run then ends late in its
+    # cosine schedule, at a small learning rate); the steps done are reported.
+    res = drain(iter_train(noisy, axes, cfg(iters), out, overwrite=True, should_stop=lambda: budget.left() <= 0))
+    return res.model, {"steps": res.steps, "planned_steps": iters, "train_s": budget.spent(), "calibrated_it_s": rate}
 
 
 def run_atbsn(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
@@ -137,10 +140,12 @@ def run_atbsn(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
 
 def run_students(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
     from napari_atbsn.config import DistillConfig
-    from napari_atbsn.training import distill, iter_distill
+    from napari_atbsn.events import drain
+    from napari_atbsn.training import iter_distill
 
     half = args.budget / 2
-    _, tinfo = run_atbsn_teacher(noisy, axes, args, half, work / "half_teacher")
+    teacher, tinfo = run_atbsn_teacher(noisy, axes, args, half, work / "half_teacher")
+    teacher_dir = teacher.path  # the model folder, or its checkpoint when the budget stopped it
     results, infos = {}, {}
     for student in ("A", "C"):
         budget = Budget(half)
@@ -149,13 +154,14 @@ def run_students(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
             return DistillConfig(student=student, iters=iters, batch=args.batch, device=args.device,
                                  checkpoint_every=0)
 
-        iters, rate = steps_for(lambda n, cfg=cfg: iter_distill(noisy, work / "half_teacher", axes, cfg(n)), budget)
-        res = distill(noisy, work / "half_teacher", axes, cfg(iters), work / f"student_{student}", overwrite=True)
+        iters, rate = steps_for(lambda n, cfg=cfg: iter_distill(noisy, teacher_dir, axes, cfg(n)), budget)
+        res = drain(iter_distill(noisy, teacher_dir, axes, cfg(iters), work / f"student_{student}", overwrite=True,
+                                 should_stop=lambda budget=budget: budget.left() <= 0))
         t_distill = budget.spent()
         t0 = time.perf_counter()
         name = f"student {student} (distilled)"
         results[name] = res.model.denoise(ev_noisy, axes)
-        infos[name] = {"train_s": tinfo["train_s"] + t_distill, "steps": iters, "teacher_steps": tinfo["steps"],
+        infos[name] = {"train_s": tinfo["train_s"] + t_distill, "steps": res.steps, "teacher_steps": tinfo["steps"],
                        "teacher_s": tinfo["train_s"], "distill_s": t_distill, "calibrated_it_s": rate,
                        "infer_s": time.perf_counter() - t0}
     return results, infos
@@ -163,7 +169,7 @@ def run_students(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
 
 def run_dbsn(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
     from napari_atbsn.config import DBSNConfig
-    from napari_atbsn.training import iter_train_dbsn, train_dbsn
+    from napari_atbsn.training import train_dbsn
 
     budget = Budget(args.budget)
 
@@ -171,8 +177,13 @@ def run_dbsn(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
         return DBSNConfig(preset=args.preset, noise_model="poisson-gaussian", iters=iters, patch=args.patch,
                           batch=args.batch, device=args.device, checkpoint_every=0)
 
-    # The mu phase (the first 40 %) is the calibration: the sigma phase is cheaper, the joint one similar.
-    iters, rate = steps_for(lambda n: iter_train_dbsn(noisy, axes, cfg(n)), budget)
+    # The three phases run at different rates (the sigma phase has no backbone gradient) and the run cannot
+    # stop early (the later phases make the model), so the calibration is a whole short run of all three.
+    n_cal = 30
+    t0 = time.perf_counter()
+    train_dbsn(noisy, axes, cfg(n_cal))
+    rate = n_cal / (time.perf_counter() - t0)
+    iters = max(30, int(budget.left() * rate * 0.97))
     res = train_dbsn(noisy, axes, cfg(iters), work / "dbsn", overwrite=True)
     info = {"steps": iters, "train_s": budget.spent(), "calibrated_it_s": rate}
     t0 = time.perf_counter()
