@@ -51,7 +51,6 @@ def test_autocast_is_a_noop_off_cuda(tiny_teacher, sample_stack) -> None:
     a = _fresh(tiny_teacher, amp=True).denoise(noisy[:1], "ZYX")
     b = _fresh(tiny_teacher, amp=False).denoise(noisy[:1], "ZYX")
     assert np.array_equal(a, b)
-    assert dev.amp_in_effect(torch.device("cpu"), True) is None
     assert isinstance(dev.autocast(torch.device("cpu"), True), type(dev.autocast(torch.device("cpu"), False)))
 
 
@@ -157,6 +156,11 @@ def test_compile_failure_is_a_clear_message() -> None:
     err = dev.compile_error(info.value)
     assert err is not None and "torch.compile failed" in str(err) and "without --compile" in str(err)
     assert dev.compile_error(RuntimeError("shape mismatch")) is None
+    from napari_atbsn.errors import DeviceError
+
+    fn2 = torch.compile(lambda x: x * 3 - 1, backend=broken_backend)
+    with pytest.raises(DeviceError, match="without --compile"), dev.compile_errors_named():
+        fn2(torch.ones(3))
 
 
 def test_cli_exposes_the_gpu_flags() -> None:

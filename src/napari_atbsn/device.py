@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -66,11 +67,6 @@ def autocast(device: torch.device, enabled: bool) -> Any:
     return torch.autocast("cuda", dtype=amp_dtype(device))
 
 
-def amp_in_effect(device: torch.device, enabled: bool) -> str | None:
-    """``"bfloat16"``/``"float16"`` when :func:`autocast` changes the arithmetic on ``device``, else None."""
-    return str(amp_dtype(device)).removeprefix("torch.") if enabled and device.type == "cuda" else None
-
-
 def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
     """fp16 (not bf16) needs loss scaling."""
     return enabled and device.type == "cuda" and not bf16_native(device)
@@ -108,6 +104,27 @@ def compile_module(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
             model.teachers = torch.compile(model.teachers)  # type: ignore[method-assign]
         model._atbsn_compiled = True  # type: ignore[attr-defined]
     return model
+
+
+def place_network(model: torch.nn.Module, device: torch.device, *, channels_last: bool, compile: bool,
+                  ) -> torch.nn.Module:
+    """Put a network on ``device`` for the GPU path, in place: cuDNN autotuning, channels-last weights when
+    asked, torch.compile when asked. What training, distillation's teacher and inference all do."""
+    configure_backend(device)
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    return compile_module(model.to(device, memory_format=fmt), compile)
+
+
+@contextlib.contextmanager
+def compile_errors_named() -> Iterator[None]:
+    """Turn a failed ``torch.compile`` (raised on the first call) into :func:`compile_error`'s message."""
+    try:
+        yield
+    except RuntimeError as e:
+        failed = compile_error(e)
+        if failed is not None:
+            raise failed from None
+        raise
 
 
 def compile_error(e: BaseException) -> DeviceError | None:

@@ -261,7 +261,7 @@ class Denoiser:
     def __init__(self, network: nn.Module, config: dict[str, Any], *, device: str | torch.device = "cpu",
                  path: Path | None = None, amp: bool = True, channels_last: bool | None = None,
                  compile: bool = False) -> None:
-        from .device import compile_module, configure_backend, resolve_device, use_channels_last
+        from .device import place_network, resolve_device, use_channels_last
 
         self.config = config
         self.path = path
@@ -275,11 +275,14 @@ class Denoiser:
         # window shape, optionally torch.compile. On the CPU the arithmetic is plain float32.
         self.amp = bool(amp)
         self.channels_last = use_channels_last(self.device, channels_last)
-        configure_backend(self.device)
-        fmt = torch.channels_last if self.channels_last else torch.preserve_format
-        self.network = compile_module(network.to(self.device, memory_format=fmt).eval(), compile)
-        self.compiled = bool(compile)
+        self.network = place_network(network.eval(), self.device, channels_last=self.channels_last, compile=compile)
         self.in_channels: int = int(config["arch"]["in_channels"])
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the network runs through torch.compile (asked here, or compiled by the training run that
+        made it): dask workers that load the folder again compile too."""
+        return bool(getattr(self.network, "_atbsn_compiled", False))
 
     @property
     def name(self) -> str:
@@ -305,7 +308,7 @@ class Denoiser:
         A teacher computes the rotated UNet features once and applies the head
         for each k (None: the model's own k_b); a student has one output.
         """
-        from .device import autocast, compile_error, to_device
+        from .device import autocast, compile_errors_named, to_device
 
         t = to_device(x, self.device, channels_last=self.channels_last)
         # PyTorch's CPU kernels take another code path for a batch of one, whose rounding differs; pairing a
@@ -313,19 +316,13 @@ class Denoiser:
         single = t.shape[0] == 1
         if single:
             t = torch.cat([t, t])
-        try:
-            with autocast(self.device, self.amp):
-                if self.kind == "atbsn":
-                    y = self.network.teachers(t, [self.k_b if k is None else check_k(k, name="k_b") for k in ks])
-                elif self.kind == "dbsn":
-                    y = self._dbsn_outputs(t, ks)
-                else:
-                    y = self.network(t)[None]
-        except RuntimeError as e:
-            failed = compile_error(e)
-            if failed is not None:
-                raise failed from None
-            raise
+        with compile_errors_named(), autocast(self.device, self.amp):
+            if self.kind == "atbsn":
+                y = self.network.teachers(t, [self.k_b if k is None else check_k(k, name="k_b") for k in ks])
+            elif self.kind == "dbsn":
+                y = self._dbsn_outputs(t, ks)
+            else:
+                y = self.network(t)[None]
         return y[:, :1].float().cpu().numpy() if single else y.float().cpu().numpy()
 
     def _dbsn_outputs(self, t: torch.Tensor, ks: Sequence[int | str | None]) -> torch.Tensor:

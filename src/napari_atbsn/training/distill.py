@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DistillConfig, resume_config
-from ..device import compile_module, resolve_device
+from ..device import place_network, resolve_device
 from ..errors import BlindSpotError, ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
 from ..modelio import arch_dict, load_network
@@ -73,8 +73,7 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
     norm = Normalization.from_dict(tcfg["normalization"])
     opts = gpu_options(cfg, device)
-    fmt = torch.channels_last if opts["channels_last"] else torch.preserve_format
-    teacher_net = compile_module(net.to(device, memory_format=fmt).eval().requires_grad_(False), cfg.compile)
+    teacher_net = place_network(net.eval().requires_grad_(False), device, **opts)
     torch.manual_seed(cfg.seed)
     student = Student(cfg.student, source.channels)
     initialised = False

@@ -23,11 +23,10 @@ from torch import nn
 
 from ..device import (
     autocast,
-    compile_error,
-    compile_module,
-    configure_backend,
+    compile_errors_named,
     is_oom,
     needs_grad_scaler,
+    place_network,
     to_device,
     use_channels_last,
 )
@@ -173,9 +172,7 @@ def _step(spec: LoopSpec, opt: Any, sched: Any, scaler: Any, x: torch.Tensor) ->
 
 def iter_optimize(spec: LoopSpec, *, resume: bool,
                   ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, LoopResult]:
-    configure_backend(spec.device)
-    fmt = torch.channels_last if spec.channels_last else torch.preserve_format
-    model = compile_module(spec.model.to(spec.device, memory_format=fmt).train(), spec.compile)
+    model = place_network(spec.model, spec.device, channels_last=spec.channels_last, compile=spec.compile).train()
     opt, sched = make_optimizer(model, spec.lr, spec.iters)
     start = load_checkpoint(spec, opt, sched) if resume else 0
     if start > spec.iters:
@@ -192,12 +189,10 @@ def iter_optimize(spec: LoopSpec, *, resume: bool,
         x = to_device(batch, spec.device, channels_last=spec.channels_last)
         lr = opt.param_groups[0]["lr"]
         try:
-            value = _step(spec, opt, sched, scaler, x)
+            with compile_errors_named():
+                value = _step(spec, opt, sched, scaler, x)
         except (RuntimeError, MemoryError) as e:
             if not is_oom(e):
-                failed = compile_error(e)
-                if failed is not None:
-                    raise failed from None
                 raise
             del x
             if spec.device.type == "cuda":
