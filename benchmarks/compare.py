@@ -125,7 +125,7 @@ def run_atbsn_teacher(noisy: np.ndarray, axes: str, args: Any, seconds: float, o
 
 def run_atbsn(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
     from napari_atbsn.events import drain
-    from napari_atbsn.pipeline import iter_denoise_array
+    from napari_atbsn.inference.pipeline import iter_denoise_array
 
     model, info = run_atbsn_teacher(noisy, axes, args, args.budget, work / "teacher")
     t0 = time.perf_counter()

@@ -31,8 +31,8 @@ from napari_atbsn import load_model
 from napari_atbsn.analysis import analyze_noise
 from napari_atbsn.config import DBSNConfig, TrainConfig
 from napari_atbsn.events import drain
+from napari_atbsn.inference.pipeline import iter_denoise_array
 from napari_atbsn.metrics import psnr, ssim
-from napari_atbsn.pipeline import iter_denoise_array
 from napari_atbsn.training import train, train_dbsn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,7 +41,7 @@ from real_data import load  # the datasets and their conventions
 
 def dbsn_outputs(model, noisy: np.ndarray, axes: str) -> dict[str, np.ndarray]:
     """Fused (gamma 1 and 0.9) and mu alone, from the same windows."""
-    from napari_atbsn.modelio import BLIND_ESTIMATE
+    from napari_atbsn.inference.denoiser import BLIND_ESTIMATE
 
     out = {}
     for gamma in (1.0, 0.9):

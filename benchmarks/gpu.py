@@ -34,7 +34,8 @@ import torch
 
 from napari_atbsn.config import DistillConfig, TrainConfig
 from napari_atbsn.events import StepEvent
-from napari_atbsn.modelio import Denoiser, arch_dict
+from napari_atbsn.inference.denoiser import Denoiser
+from napari_atbsn.modelio import arch_dict
 from napari_atbsn.models import ATBSN, Student
 from napari_atbsn.training import iter_distill, iter_train, train
 

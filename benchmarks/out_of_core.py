@@ -109,8 +109,8 @@ def cmd_sizes(a: argparse.Namespace, work: Path, model: Path) -> None:
 def cmd_overhead(a: argparse.Namespace, work: Path, model_path: Path) -> None:
     import tifffile
 
-    from napari_atbsn.modelio import load_model
-    from napari_atbsn.pipeline import Geometry, denoise
+    from napari_atbsn.inference.denoiser import load_model
+    from napari_atbsn.inference.pipeline import Geometry, denoise
     from napari_atbsn.tiling import PlaneGrid
 
     model = load_model(model_path, device="cpu")

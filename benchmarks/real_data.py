@@ -65,7 +65,7 @@ def load(dataset: str, n_images: int) -> tuple[np.ndarray, np.ndarray, str, floa
 def teacher_sweep(model, noisy: np.ndarray, axes: str, kbs=KBS) -> dict[int, np.ndarray]:
     """All k_b outputs from one UNet pass per window (ATBSN.teachers via the in-memory pipeline)."""
     from napari_atbsn.events import drain
-    from napari_atbsn.pipeline import iter_denoise_array
+    from napari_atbsn.inference.pipeline import iter_denoise_array
 
     outs = drain(iter_denoise_array(model, noisy, axes, ks=list(kbs), batch_size=8, dtype="float32"))
     return dict(zip(kbs, outs, strict=True))

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_atbsn.modelio import Denoiser, arch_dict
+from napari_atbsn.inference.denoiser import Denoiser
+from napari_atbsn.modelio import arch_dict
 from napari_atbsn.models import ATBSN, Student
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from napari_atbsn.cli import main
-from napari_atbsn.imageio import read_image, write_image
-from napari_atbsn.readers import open_image
+from napari_atbsn.io.files import read_image, write_image
+from napari_atbsn.io.readers import open_image
 
 
 @pytest.fixture(scope="module")

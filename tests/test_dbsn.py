@@ -10,8 +10,9 @@ import torch
 
 from napari_atbsn.config import DBSNConfig, UnpairedConfig
 from napari_atbsn.errors import ATBSNError, BlindSpotError, ConfigError, ModelFolderError
+from napari_atbsn.inference.denoiser import NOISE_MAP, load_model
 from napari_atbsn.metrics import psnr
-from napari_atbsn.modelio import NOISE_MAP, load_model, read_config
+from napari_atbsn.modelio import read_config
 from napari_atbsn.models import DBSN, bayes_fusion
 from napari_atbsn.models.dbsn import constrained_nll
 from napari_atbsn.sample_data import add_poisson_gaussian_noise
@@ -105,7 +106,7 @@ def test_constrained_likelihood_matches_its_formula() -> None:
 def test_estimated_noise_level_is_within_10_percent_of_the_truth(dbsn_model: Path) -> None:
     """The noise map of held-out images against the known std, sqrt(photons + read_noise**2), per pixel."""
     from napari_atbsn.events import drain
-    from napari_atbsn.pipeline import iter_denoise_array
+    from napari_atbsn.inference.pipeline import iter_denoise_array
 
     model = load_model(dbsn_model)
     clean = _smooth_photons(7, 2)
@@ -204,7 +205,7 @@ def test_cli_dbsn_train_distill_denoise_with_noise_map_and_analyze(tmp_path: Pat
     import tifffile
 
     from napari_atbsn.cli import main
-    from napari_atbsn.readers import open_image
+    from napari_atbsn.io.readers import open_image
 
     noisy, clean = tmp_path / "noisy.tif", tmp_path / "clean.tif"
     tifffile.imwrite(noisy, pg_data["noisy"][:3], metadata={"axes": "ZYX"})

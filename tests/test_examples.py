@@ -36,9 +36,9 @@ def test_job_script_asks_slurm_for_what_the_user_gave(example, capsys) -> None:
 
 
 def test_local_cluster_run_equals_a_single_process_run(example, tmp_path: Path, tiny_teacher: Path) -> None:
-    from napari_atbsn.modelio import load_model
-    from napari_atbsn.pipeline import denoise
-    from napari_atbsn.readers import open_image
+    from napari_atbsn.inference.denoiser import load_model
+    from napari_atbsn.inference.pipeline import denoise
+    from napari_atbsn.io.readers import open_image
 
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, np.random.default_rng(1).normal(107, 9, (3, 64, 80)).astype(np.float32),

@@ -15,7 +15,8 @@ from napari_atbsn import load_model
 from napari_atbsn.cli import main
 from napari_atbsn.config import DBSNConfig
 from napari_atbsn.errors import ConfigError, WriteError
-from napari_atbsn.exports import META_KEY, example_window, export
+from napari_atbsn.exports import export
+from napari_atbsn.exports.graph import META_KEY, example_window
 from napari_atbsn.training import train_dbsn
 
 ort = pytest.importorskip("onnxruntime")
@@ -162,7 +163,7 @@ def test_cli_bioimageio_takes_its_test_tensors_from_the_sample(tiny_student, tmp
 
 
 def test_missing_export_packages_are_named() -> None:
-    from napari_atbsn.exports import require
+    from napari_atbsn.exports.graph import require
 
     require("onnx", "onnxscript")
     with pytest.raises(ConfigError, match=r"needs no_such_pkg_x, no_such\.sub; pip install \"napari-atbsn\[export\]\""):

@@ -23,8 +23,9 @@ import torch
 
 from napari_atbsn import device as dev
 from napari_atbsn.config import DistillConfig, TrainConfig
+from napari_atbsn.inference.denoiser import Denoiser, load_model
 from napari_atbsn.metrics import psnr
-from napari_atbsn.modelio import Denoiser, load_model, load_network
+from napari_atbsn.modelio import load_network
 from napari_atbsn.training import distill, train
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -57,7 +58,7 @@ def test_autocast_is_a_noop_off_cuda(tiny_teacher, sample_stack) -> None:
 def test_a_mixed_precision_job_never_resumes_into_float32_chunks(tiny_teacher, sample_stack, tmp_path) -> None:
     """Mixed precision is part of a denoise job's identity where it takes effect (CUDA, or workers on
     'auto'); on the CPU the record is unchanged, so CPU jobs resume as before whatever --no-amp says."""
-    from napari_atbsn.pipeline import iter_run, plan_job, record_precision
+    from napari_atbsn.inference.pipeline import iter_run, plan_job, record_precision
 
     noisy, _ = sample_stack
     job = plan_job(noisy[:1], load_model(tiny_teacher), tmp_path / "a.npy", axes="ZYX")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from napari_atbsn.axes import from_planes, guess_axes, to_planes, validate_axes
 from napari_atbsn.errors import AxesError, ImageError, ReadError, WriteError
-from napari_atbsn.imageio import read_image, write_image
+from napari_atbsn.io.files import read_image, write_image
 
 
 @pytest.mark.parametrize("axes, ndim, word", [
@@ -140,7 +140,7 @@ def test_explicit_axes_reorder_a_tiff_stored_in_another_order_but_relabel_other_
     """A 2-channel YXC image is stored CYX (TIFF planes are YX) with that order recorded: asking for YXC
     transposes it back (a relabel would scramble pixels and channels silently); other letters than the
     file's (metadata calling Z "T") still relabel."""
-    from napari_atbsn.readers import open_image
+    from napari_atbsn.io.readers import open_image
 
     data = np.arange(4 * 5 * 2, dtype=np.uint16).reshape(4, 5, 2)
     write_image(tmp_path / "two.tif", data, "YXC")

@@ -13,7 +13,8 @@ import torch
 
 import napari_atbsn
 from napari_atbsn.errors import ModelFolderError
-from napari_atbsn.modelio import load_model, read_config
+from napari_atbsn.inference.denoiser import load_model
+from napari_atbsn.modelio import read_config
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:

@@ -12,9 +12,9 @@ import tifffile
 import zarr
 
 from napari_atbsn.errors import ATBSNError, BlindSpotError, ConfigError, DeviceError, WriteError
-from napari_atbsn.modelio import load_model
-from napari_atbsn.pipeline import auto_chunk, denoise, iter_run, lazy_denoise, plan_job
-from napari_atbsn.readers import open_image
+from napari_atbsn.inference.denoiser import load_model
+from napari_atbsn.inference.pipeline import auto_chunk, denoise, iter_run, lazy_denoise, plan_job
+from napari_atbsn.io.readers import open_image
 from napari_atbsn.tiling import Box
 
 
@@ -183,7 +183,7 @@ def test_sigkill_at_any_moment_then_rerun_gives_identical_bytes(tmp_path: Path, 
 
 
 def test_ome_zarr_output_has_ngff_multiscales(tmp_path: Path, tiny_teacher: Path, monkeypatch) -> None:
-    import napari_atbsn.outputs as outputs
+    import napari_atbsn.io.outputs as outputs
 
     monkeypatch.setattr(outputs, "PYRAMID_MAX_SIDE", 40)
     model = load_model(tiny_teacher)

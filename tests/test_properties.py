@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from napari_atbsn.axes import LETTERS, validate_axes
 from napari_atbsn.errors import AxesError
-from napari_atbsn.imageio import read_image, write_image
-from napari_atbsn.readers import open_image
+from napari_atbsn.io.files import read_image, write_image
+from napari_atbsn.io.readers import open_image
 from napari_atbsn.tiling import Box, PlaneGrid, chunk_boxes, iter_box
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

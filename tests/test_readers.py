@@ -14,9 +14,9 @@ import pytest
 import tifffile
 import zarr
 
-from napari_atbsn import readers
 from napari_atbsn.errors import AxesError, ConfigError, ImageError, ReadError
-from napari_atbsn.readers import LazyImage, open_image, parse_roi
+from napari_atbsn.io import readers
+from napari_atbsn.io.readers import LazyImage, open_image, parse_roi
 
 RNG = np.random.default_rng(0)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_atbsn.config import TrainConfig
-from napari_atbsn.imageio import read_image
+from napari_atbsn.io.files import read_image
 from napari_atbsn.metrics import psnr
 from napari_atbsn.sample_data import neighbour_correlation
 from napari_atbsn.training import train

@@ -278,7 +278,7 @@ def _setup(name: str, tmp: Path, files: dict[str, Path], monkeypatch) -> None:
 
         monkeypatch.setattr(loop, "_step", oom)
     elif name == "oom_denoise":
-        from napari_atbsn.modelio import Denoiser
+        from napari_atbsn.inference.denoiser import Denoiser
 
         def oom(self, x, ks):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -389,22 +389,22 @@ def test_api_object_npy_is_never_unpickled(tmp_path: Path) -> None:
 def test_api_model_save_is_atomic_when_the_disk_fills(tmp_path: Path, monkeypatch) -> None:
     """A08: a full disk while a model folder is replaced leaves the old model loadable or none, never a
     config.json beside half-written weights."""
-    import napari_atbsn.modelio as mio
+    import napari_atbsn.io.fs as fs
 
     data = np.random.default_rng(1).normal(100, 10, size=(1, 48, 48)).astype(np.float32)
     cfg = TrainConfig(preset="tiny", iters=2, patch=32, batch=2, device="cpu")
     train(data, "ZYX", cfg, tmp_path / "m")
-    real = mio.os.fsync
+    real = fs.os.fsync
     calls = {"n": 0}
 
     def fsync(fd):
         calls["n"] += 1
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(mio.os, "fsync", fsync)
+    monkeypatch.setattr(fs.os, "fsync", fsync)
     with pytest.raises(ModelFolderError, match="No space left on device; check free space"):
         train(data, "ZYX", cfg, tmp_path / "m", overwrite=True)
-    monkeypatch.setattr(mio.os, "fsync", real)
+    monkeypatch.setattr(fs.os, "fsync", real)
     assert calls["n"] >= 1
     assert not (tmp_path / "m" / CONFIG).exists()  # incomplete: no config, so never loaded as a model
     assert [p.name for p in (tmp_path / "m").iterdir() if p.name.endswith(".tmp")] == []

@@ -220,7 +220,7 @@ def test_training_reads_patches_not_the_volume(tmp_path: Path) -> None:
 
 
 def test_training_from_a_lazy_file(tmp_path: Path, sample_stack) -> None:
-    from napari_atbsn.readers import open_image
+    from napari_atbsn.io.readers import open_image
 
     noisy, _ = sample_stack
     zarr = pytest.importorskip("zarr")

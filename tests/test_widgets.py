@@ -17,7 +17,7 @@ from napari.utils.notifications import notification_manager  # noqa: E402
 from napari_atbsn import load_model  # noqa: E402
 from napari_atbsn.config import TRAIN_DEFAULTS  # noqa: E402
 from napari_atbsn.events import drain  # noqa: E402
-from napari_atbsn.pipeline import iter_denoise_array  # noqa: E402
+from napari_atbsn.inference.pipeline import iter_denoise_array  # noqa: E402
 from napari_atbsn.sample_data import add_poisson_gaussian_noise, make_clean  # noqa: E402
 
 pytestmark = pytest.mark.gui

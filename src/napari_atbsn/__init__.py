@@ -8,35 +8,35 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 if TYPE_CHECKING:
-    from .modelio import Denoiser
-    from .readers import LazyImage
+    from .inference.denoiser import Denoiser
+    from .io.readers import LazyImage
 
 
 def load_model(path: Any, *, device: str = "cpu", amp: bool = True, compile: bool = False) -> Denoiser:
     """Load a model folder (teacher or student) as a ready-to-run :class:`Denoiser`; on CUDA it runs in
     mixed precision unless ``amp=False``, and ``compile=True`` applies torch.compile."""
-    from .modelio import load_model as _load
+    from .inference.denoiser import load_model as _load
 
     return _load(path, device=device, amp=amp, compile=compile)
 
 
 def open_image(source: Any, axes: str | None = None, **kwargs: Any) -> LazyImage:
-    """Open a TIFF/OME-TIFF/ImageJ, Zarr/OME-Zarr, NIfTI, .npy or an array lazily (see :mod:`.readers`)."""
-    from .readers import open_image as _open
+    """Open a TIFF/OME-TIFF/ImageJ, Zarr/OME-Zarr, NIfTI, .npy or an array lazily (see :mod:`.io.readers`)."""
+    from .io.readers import open_image as _open
 
     return _open(source, axes, **kwargs)
 
 
 def denoise(source: Any, model: Any, out: Any = None, **kwargs: Any) -> Any:
-    """Denoise an image or volume of any size in chunks (see :func:`napari_atbsn.pipeline.denoise`).
+    """Denoise an image or volume of any size in chunks (see :func:`napari_atbsn.inference.pipeline.denoise`).
 
     With ``out`` (.ome.zarr, .zarr, .tif, .npy) the result is streamed there, resumably, and a
-    :class:`~napari_atbsn.pipeline.DenoiseResult` is returned; without, a lazy dask array.
+    :class:`~napari_atbsn.inference.pipeline.DenoiseResult` is returned; without, a lazy dask array.
     """
-    from .pipeline import denoise as _denoise
+    from .inference.pipeline import denoise as _denoise
 
     return _denoise(source, model, out, **kwargs)
 

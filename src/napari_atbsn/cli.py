@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__
 from .config import DBSNConfig, DistillConfig, TrainConfig, UnpairedConfig, config_fields_help
 from .errors import ATBSNError
+from .version import __version__
 
 TRAIN_HELP = config_fields_help(TrainConfig)
 DISTILL_HELP = config_fields_help(DistillConfig)
@@ -239,7 +239,7 @@ def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]
 
 def _open_training_data(path: str, axes: str | None) -> tuple[Any, str]:
     """Training data stays on disk: patches are read from the lazy array as they are drawn."""
-    from .readers import open_image
+    from .io.readers import open_image
 
     img = open_image(path, axes)
     print(f"atbsn: {path}: shape {img.shape}, axes {img.axes}, dtype {img.dtype}", file=sys.stderr)
@@ -329,7 +329,7 @@ def _distill_dbsn(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze_noise
-    from .readers import open_image
+    from .io.readers import open_image
 
     img = open_image(args.noisy, args.axes)
     print(f"atbsn: {args.noisy}: shape {img.shape}, axes {img.axes}, dtype {img.dtype}", file=sys.stderr)
@@ -349,10 +349,10 @@ def _report_run(res: Any, output: str) -> int:
 
 def cmd_denoise(args: argparse.Namespace) -> int:
     from .events import drain
-    from .modelio import load_model
-    from .pipeline import check_scheduler, iter_run, plan_job
+    from .inference.denoiser import load_model
+    from .inference.pipeline import check_scheduler, iter_run, plan_job
+    from .io.readers import open_image
     from .progress import ProgressBar
-    from .readers import open_image
 
     check_scheduler(args.scheduler)
     _check_output_first(args.noisy, args.output)
@@ -395,7 +395,7 @@ def _check_output_first(src: str, dst: str) -> None:
     from pathlib import Path
 
     from .errors import WriteError
-    from .outputs import output_kind
+    from .io.outputs import output_kind
 
     output_kind(dst)
     if Path(dst).exists() and Path(src).exists() and Path(dst).resolve() == Path(src).resolve():
@@ -444,7 +444,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.sample:
         from .axes import to_planes
         from .errors import ConfigError
-        from .readers import open_image
+        from .io.readers import open_image
 
         img = open_image(args.sample, args.sample_axes)
         if set(img.axes) - set("CYX"):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DistillConfig, TrainConfig
-from .imageio import write_image
+from .io.files import write_image
 from .metrics import psnr, ssim
 from .sample_data import make_sample
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .axes import PLANE_LETTERS, validate_axes
 from .errors import ImageError
-from .imageio import check_image
+from .io.files import check_image
 
 
 class PlaneSource:
@@ -71,7 +71,7 @@ class PlaneSource:
 
 
 def plane_source(data: Any, axes: str | None = None) -> PlaneSource:
-    """A :class:`PlaneSource` over an array or a lazily opened :class:`~napari_atbsn.readers.LazyImage`."""
+    """A :class:`PlaneSource` over an array or a lazily opened :class:`~napari_atbsn.io.readers.LazyImage`."""
     from .axes import guess_axes
 
     if hasattr(data, "axes") and hasattr(data, "data") and hasattr(data.data, "dask"):  # a LazyImage

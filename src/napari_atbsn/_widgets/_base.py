@@ -20,9 +20,9 @@ from napari.layers import Image
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from .. import __version__
 from ..device import available_devices
 from ..errors import ConfigError
+from ..version import __version__
 from ._job import CLOSE_WAIT_S, Job, notify_error
 
 AXIS_LETTERS = set("TZCYX")

@@ -13,7 +13,7 @@ from napari.layers import Image
 
 from ..axes import validate_axes
 from ..errors import ConfigError, ReadError
-from ..readers import open_image
+from ..io.readers import open_image
 from ._base import JobWidget, layer_axes
 
 PLANE_AXES = "TZ"

@@ -1,6 +1,6 @@
 """Compare widget: several k_b (and optionally a student) side by side, computed only for the plane in view.
 
-The versions form one :class:`~napari_atbsn.compare.ComparisonStack`: either
+The versions form one :class:`~napari_atbsn.comparison.ComparisonStack`: either
 one layer with an extra leading axis under a slider, or one linked layer per
 version in napari's grid. Each plane is computed once for all k_b (a single
 backbone pass) when first shown; moving the cursor shows the values of every
@@ -15,10 +15,10 @@ import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, Select
 from qtpy.QtWidgets import QLabel
 
-from ..compare import ComparisonStack, versions_for
+from ..comparison import ComparisonStack, versions_for
 from ..config import DEFAULT_KS
 from ..errors import ConfigError
-from ..modelio import load_model
+from ..inference.denoiser import load_model
 from ._base import JobWidget, device_choices, display_kwargs, display_limits, folder_or_none, result_metadata
 from ._job import info
 from ._source import SourcePicker

@@ -20,9 +20,9 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox
 
 from ..errors import ConfigError, ImageError
-from ..modelio import NOISE_MAP, load_model
-from ..pipeline import available_memory, iter_denoise_array, iter_run, lazy_denoise, plan_job, resolve_ks
-from ..readers import open_image
+from ..inference.denoiser import NOISE_MAP, load_model
+from ..inference.pipeline import available_memory, iter_denoise_array, iter_run, lazy_denoise, plan_job, resolve_ks
+from ..io.readers import open_image
 from ._base import (
     JobWidget,
     device_choices,

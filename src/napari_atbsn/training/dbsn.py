@@ -29,7 +29,8 @@ from ..config import STUDENT_MULTIPLE, DBSNConfig, UnpairedConfig, resume_config
 from ..device import resolve_device
 from ..errors import ATBSNError, ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
-from ..modelio import BLIND_ESTIMATE, Denoiser, arch_dict, load_network
+from ..inference.denoiser import BLIND_ESTIMATE, Denoiser
+from ..modelio import arch_dict, load_network
 from ..models import DBSN, Student
 from ..models.dbsn import BLOWUP, constrained_nll
 from ..normalization import Normalization

@@ -32,7 +32,8 @@ from ..device import (
 )
 from ..errors import ATBSNError, DeviceError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, PreviewEvent, StepEvent
-from ..modelio import CONFIG, OPTIMIZER, fsync_dir, load_tensors, read_config, save_folder
+from ..io.fs import fsync_dir
+from ..modelio import CONFIG, OPTIMIZER, load_tensors, read_config, save_folder
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_PARTIAL, CHECKPOINT_OLD = "checkpoint.partial", "checkpoint.old"

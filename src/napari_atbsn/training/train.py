@@ -20,7 +20,8 @@ from ..config import TrainConfig, resume_config
 from ..device import resolve_device
 from ..errors import ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
-from ..modelio import CONFIG, Denoiser, arch_dict, read_config, save_folder
+from ..inference.denoiser import Denoiser
+from ..modelio import CONFIG, arch_dict, read_config, save_folder
 from ..models import ATBSN
 from ..normalization import Normalization, fit_normalization
 from ..sampling import PlaneSource, check_patch_fits, plane_source, sample_batch
@@ -141,7 +142,7 @@ def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: C
     """
     if preview is None:
         return {}
-    from ..pipeline import iter_denoise_array
+    from ..inference.pipeline import iter_denoise_array
 
     image = np.asarray(preview.image)
     channels = image.shape[preview.axes.index("C")] if "C" in preview.axes else 1

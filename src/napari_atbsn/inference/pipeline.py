@@ -3,13 +3,13 @@
 The output is cut into chunks (:mod:`napari_atbsn.tiling`), one plane at a
 time; a *unit* of work is one chunk of one plane. A unit reads only the
 region its windows need, runs them through the network in batches and
-writes one storage chunk of each output (:mod:`napari_atbsn.outputs`). Units
+writes one storage chunk of each output (:mod:`napari_atbsn.io.outputs`). Units
 are independent, so they run in process (``sync``), on dask threads, on dask
 worker processes or on a dask.distributed cluster with the same result;
 finished units are recorded, so an interrupted job resumes where it stopped.
 
 Memory is bounded by the chunk size, never by the volume: the source is a
-lazy array (:func:`napari_atbsn.readers.open_image`) and outputs are written
+lazy array (:func:`napari_atbsn.io.readers.open_image`) and outputs are written
 chunk by chunk.
 """
 
@@ -28,17 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
-from .axes import PLANE_LETTERS
-from .device import is_oom
-from .errors import BlindSpotError, ConfigError, DeviceError, ImageError, WriteError
-from .events import drain
-from .outputs import OutputStore, file_axes, outputs_for, store_axes
-from .tiling import Box, PlaneGrid, check_window, chunk_boxes, default_halo, iter_box
+from ..axes import PLANE_LETTERS
+from ..device import is_oom
+from ..errors import BlindSpotError, ConfigError, DeviceError, ImageError, WriteError
+from ..events import drain
+from ..io.outputs import OutputStore, file_axes, outputs_for, store_axes
+from ..tiling import Box, PlaneGrid, check_window, chunk_boxes, default_halo, iter_box
+from ..version import __version__
 
 if TYPE_CHECKING:
-    from .modelio import Denoiser
-    from .readers import LazyImage
+    from ..io.readers import LazyImage
+    from .denoiser import Denoiser
 
 OUTPUT_DTYPES = ("float32", "input")
 MAX_CHUNK = 2048  # storage chunks beyond 2048^2 float32 (16 MB per channel) only slow readers down
@@ -248,7 +248,7 @@ class DenoiseResult:
 
     def open(self, i: int = 0) -> LazyImage:
         """The i-th output, opened lazily."""
-        from .readers import open_image
+        from ..io.readers import open_image
 
         return open_image(self.paths[i])
 
@@ -264,7 +264,7 @@ class ModelRef:
     compile: bool = False
 
     def load(self) -> Denoiser:
-        from .modelio import load_model
+        from .denoiser import load_model
 
         model = load_model(self.path, device=self.device, amp=self.amp, compile=self.compile)
         if model.fingerprint() != self.fingerprint:
@@ -323,7 +323,7 @@ def store_index(spec: UnitSpec, n: int, box: Box) -> tuple[Any, ...]:
 
 def output_dtype(k: Any, dtype: np.dtype) -> np.dtype:
     """The noise map is a standard deviation: always float32, whatever the image's output type."""
-    from .modelio import NOISE_MAP
+    from .denoiser import NOISE_MAP
 
     return np.dtype(np.float32) if k == NOISE_MAP else np.dtype(dtype)
 
@@ -566,7 +566,7 @@ def _resolve(source: Any, model: Denoiser, *, axes: str | None, k_b: int | Seque
              noise_map: bool) -> tuple[LazyImage, LazyImage, Geometry, dict[str, list], list[Any], int, int]:
     """What a written and a lazy denoise both decide first: the source, its ROI geometry, the outputs and the
     window. Returns (source, source cropped to the ROI's planes, geometry, ROI record, outputs, window, halo)."""
-    from .readers import open_image, parse_roi
+    from ..io.readers import open_image, parse_roi
 
     lazy = open_image(source, axes)
     if isinstance(roi, str):
@@ -593,8 +593,8 @@ def _resolve(source: Any, model: Denoiser, *, axes: str | None, k_b: int | Seque
 
 def resolve_ks(model: Denoiser, k_b: int | Sequence[int] | None, noise_map: bool = False) -> list[Any]:
     """The outputs to compute: one per k_b (teachers), the image (students, D-BSN), plus D-BSN's noise map."""
-    from .config import check_k
-    from .modelio import NOISE_MAP
+    from ..config import check_k
+    from .denoiser import NOISE_MAP
 
     if noise_map and model.kind != "dbsn":
         raise ConfigError(f"a noise map comes from a D-BSN model's noise estimator; {model.name} has none. "
@@ -951,15 +951,15 @@ def denoise(source: Any, model: Denoiser | str | os.PathLike, out: str | os.Path
     """Denoise an image or volume of any size in chunks.
 
     ``source`` is a path (TIFF, Zarr/OME-Zarr, NIfTI, .npy ...), an array or a
-    :class:`~napari_atbsn.readers.LazyImage`; ``model`` a model folder or a
-    loaded :class:`~napari_atbsn.modelio.Denoiser`. With ``out`` (``.ome.zarr``,
+    :class:`~napari_atbsn.io.readers.LazyImage`; ``model`` a model folder or a
+    loaded :class:`~napari_atbsn.inference.denoiser.Denoiser`. With ``out`` (``.ome.zarr``,
     ``.zarr``, ``.tif`` or ``.npy``) the result is streamed there (resumably) and
     a :class:`DenoiseResult` is returned; without, a lazy dask array (one per
     k_b when ``k_b`` is a list) that computes chunks on demand. ``noise_map`` (D-BSN models) adds the
     estimated noise standard deviation as a second output (``OUT_noise``; the second array). ``amp``
     (mixed precision on CUDA) and ``compile`` (torch.compile) apply when ``model`` is a folder.
     """
-    from .modelio import load_model
+    from .denoiser import load_model
 
     remote = isinstance(scheduler, str) and scheduler.startswith("tcp://")
     if not hasattr(model, "run_windows"):

@@ -1,6 +1,6 @@
 """Denoising in-memory images (2-D, Z/T stacks, samples, channels) in windows.
 
-For files and arrays larger than memory use :func:`napari_atbsn.pipeline.denoise`,
+For files and arrays larger than memory use :func:`napari_atbsn.inference.pipeline.denoise`,
 which computes the same windows chunk by chunk and streams the result.
 """
 
@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .axes import guess_axes, validate_axes
-from .errors import ConfigError, ImageError
-from .imageio import check_image
+from ..axes import guess_axes, validate_axes
+from ..errors import ConfigError, ImageError
+from ..io.files import check_image
 from .pipeline import OUTPUT_DTYPES, iter_denoise_array, resolve_ks
 
 if TYPE_CHECKING:
-    from .modelio import Denoiser
+    from .denoiser import Denoiser
 
 
 def iter_denoise(model: Denoiser, image: Any, axes: str | None = None, *, k_b: int | None = None,

@@ -16,18 +16,17 @@ kept until the new one is.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import AxesError, WriteError
+from ..errors import AxesError, WriteError
+from .fs import check_writable, fsync_file
 
 NOISE_LABEL = "noise"  # modelio.NOISE_MAP: D-BSN's noise-map output
 ZARR_FORMAT = 2  # OME-NGFF 0.4 sits on zarr v2: what napari-ome-zarr, Fiji (MoBIE/n5-viewer) and QuPath read today
@@ -99,18 +98,6 @@ def ngff_axes(axes: str, units: dict[str, str] | None = None) -> list[dict[str, 
             entry["unit"] = units[a]
         out.append(entry)
     return out
-
-
-def check_writable(folder: Path) -> None:
-    """Create and remove a file in ``folder``: the only test that also holds for root, read-only mounts and
-    pseudo file systems (``os.access`` says yes to root everywhere)."""
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".atbsn-write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise WriteError(f"output folder {folder} is not writable ({e.strerror or e}); choose another output "
-                         f"path.") from None
 
 
 class OutputStore:
@@ -330,7 +317,7 @@ def write_tiff_tiled(path: Path, arr: Any, store_ax: str, out_ax: str) -> None:
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
         tw.write(tiles(), shape=shape, dtype=arr.dtype, tile=(tile, tile), photometric="minisblack",
                  metadata={"axes": tif_axes})
-    _fsync(path)
+    fsync_file(path, strict=False)
 
 
 def write_npy_banded(path: Path, arr: Any, store_ax: str, out_ax: str) -> None:
@@ -349,13 +336,4 @@ def write_npy_banded(path: Path, arr: Any, store_ax: str, out_ax: str) -> None:
         mm.flush()
     finally:
         del mm
-    _fsync(path)
-
-
-def _fsync(p: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_file(path, strict=False)

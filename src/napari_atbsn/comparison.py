@@ -24,8 +24,8 @@ import numpy as np
 from .axes import guess_axes, validate_axes
 from .errors import ConfigError, ImageError
 from .events import drain
-from .modelio import Denoiser
-from .pipeline import iter_denoise_array, resolve_ks
+from .inference.denoiser import Denoiser
+from .inference.pipeline import iter_denoise_array, resolve_ks
 
 PLANE_AXES = "TZ"
 

@@ -31,9 +31,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .axes import guess_axes, reorder_for, validate_axes
-from .errors import AxesError, ConfigError, ImageError, ReadError
-from .imageio import _TIFF_AXES, PIL_SUFFIXES, TIFF_SUFFIXES, _read_pil, check_image
+from ..axes import guess_axes, reorder_for, validate_axes
+from ..errors import AxesError, ConfigError, ImageError, ReadError
+from .files import _TIFF_AXES, PIL_SUFFIXES, TIFF_SUFFIXES, _read_pil, check_image
 
 __all__ = ["CHUNK_BYTES", "LAZY_TIFF_SUFFIXES", "NIFTI_SUFFIXES", "LazyImage", "open_image", "parse_roi"]
 

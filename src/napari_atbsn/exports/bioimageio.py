@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import ConfigError, WriteError
-from .modelio import Denoiser
+from ..errors import ConfigError, WriteError
+from ..inference.denoiser import Denoiser
+from ..version import __version__
 
 CITATIONS = {
     "atbsn": ("Chen, Zhang, Yu, Huang. Exploring Efficient Asymmetric Blind-Spots for Self-Supervised Denoising "
@@ -42,7 +42,7 @@ def sample_plane(model: Denoiser, sample: np.ndarray | None = None) -> np.ndarra
     model's data range through its normalisation."""
     p, c = model.patch, model.in_channels
     if sample is None:
-        from .sample_data import make_sample
+        from ..sample_data import make_sample
 
         noisy, _ = make_sample(planes=1, size=max(256, p), seed=11)
         plane = noisy[0].astype(np.float32)
@@ -113,7 +113,7 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
 
     ``authors`` and ``license`` (an SPDX id) describe the trained weights, which are the user's.
     """
-    from .exports import require
+    from .graph import require
 
     require("bioimageio.spec", "onnx", "onnxscript")
     from bioimageio.spec import save_bioimageio_package
@@ -139,9 +139,10 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
         WeightsDescr,
     )
 
-    from .exports import ONNX_OPSET, RawWindowModel, _atomic, _target, contract
+    from ..io.fs import new_file_target, write_file_atomically
+    from .graph import ONNX_OPSET, RawWindowModel, contract
 
-    target = _target(out, overwrite)
+    target = new_file_target(out, overwrite)
     plane = sample_plane(model, sample)
     x = _centre(plane, model.patch)[None]
     y = np.asarray(model(x, k_b), dtype=np.float32)
@@ -202,14 +203,14 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
                                       parent="torchscript")),
             config={"napari_atbsn": contract(model, k_b)},
         )
-        _atomic(target, lambda tmp: save_bioimageio_package(descr, output_path=tmp))
+        write_file_atomically(target, lambda tmp: save_bioimageio_package(descr, output_path=tmp))
     return target
 
 
 def _onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     import onnx
 
-    from .exports import onnx_proto
+    from .graph import onnx_proto
 
     onnx.save_model(onnx_proto(module, example, opset), str(path))
 

@@ -21,13 +21,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import ConfigError, WriteError
-from .modelio import Denoiser, atomic_write, load_model
+from ..errors import ConfigError
+from ..inference.denoiser import Denoiser
+from ..io.fs import new_file_target, write_file_atomically
+from ..version import __version__
 
 FORMATS = ("torchscript", "onnx", "bioimageio")
 #: Default ONNX opset: supported by onnxruntime >= 1.17 and by the BMZ tools.
@@ -41,7 +41,7 @@ class RawWindowModel(nn.Module):
 
     def __init__(self, model: Denoiser, k_b: int | None = None, *, normalize: bool = True) -> None:
         super().__init__()
-        from .config import check_k
+        from ..config import check_k
 
         self.kind = model.kind
         # a copy: exporting must not change the caller's model (device, grad flags)
@@ -63,7 +63,7 @@ class RawWindowModel(nn.Module):
         if self.kind == "atbsn":
             y = self.net(x, self.k)
         elif self.kind == "dbsn":
-            from .models.dbsn import bayes_fusion
+            from ..models.dbsn import bayes_fusion
 
             mu, var_mu, var_n = self.net(x)
             y = bayes_fusion(x, mu, var_mu, var_n, self.gamma, exportable=True)
@@ -89,43 +89,22 @@ def example_window(model: Denoiser, n: int = 1, seed: int = 0) -> torch.Tensor:
     return model.normalization.undo(z).float() if model.normalization.mode == "range255" else z.float()
 
 
-def _target(out: str | os.PathLike, overwrite: bool) -> Path:
-    p = Path(out)
-    if p.exists() and not overwrite:
-        raise WriteError(f"{p} already exists; choose another name or pass --overwrite.")
-    if not p.parent.is_dir():
-        raise WriteError(f"output folder {p.parent} does not exist; create it first.")
-    from .outputs import check_writable
-
-    check_writable(p.parent)
-    return p
-
-
-def _atomic(p: Path, write: Any) -> Path:
-    """:func:`modelio.atomic_write`, with a failure to write reported as a :class:`WriteError`."""
-    try:
-        atomic_write(p, write)
-    except OSError as e:
-        raise WriteError(f"could not write {p}: {e.strerror or e}; check free space and permissions.") from None
-    return p
-
-
 def to_torchscript(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = None,
                    overwrite: bool = False) -> Path:
     """Trace the raw-window model; the tiling contract goes in ``extra_files['napari_atbsn.json']``."""
-    p = _target(out, overwrite)
+    p = new_file_target(out, overwrite)
     module = RawWindowModel(model, k_b).cpu()
     example = example_window(model, 2)
     with torch.no_grad():
         traced = torch.jit.trace(module, example, check_trace=False)
     extra = {f"{META_KEY}.json": json.dumps(contract(model, k_b))}
-    return _atomic(p, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
+    return write_file_atomically(p, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
 
 
 def to_onnx(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = None, overwrite: bool = False,
             opset: int = ONNX_OPSET) -> Path:
     """ONNX with a dynamic batch axis; the tiling contract goes in the model's ``metadata_props``."""
-    p = _target(out, overwrite)
+    p = new_file_target(out, overwrite)
     require("onnx", "onnxscript")  # torch's ONNX exporter needs onnxscript, else it fails obscurely
     module = RawWindowModel(model, k_b).cpu()
     example = example_window(model, 2)
@@ -138,7 +117,7 @@ def to_onnx(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = None, 
         entry.key, entry.value = META_KEY, json.dumps(contract(model, k_b))
         onnx.save_model(proto, str(tmp))
 
-    return _atomic(p, write)
+    return write_file_atomically(p, write)
 
 
 def onnx_proto(module: nn.Module, example: torch.Tensor, opset: int) -> Any:
@@ -177,39 +156,3 @@ def require(*modules: str) -> None:
     missing = [m for m in modules if not found(m)]
     if missing:
         raise ConfigError(f"this export needs {', '.join(missing)}; pip install \"napari-atbsn[export]\".")
-
-
-def export(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *, k_b: int | None = None,
-           overwrite: bool = False, sample: np.ndarray | None = None, authors: tuple[str, ...] = (),
-           license: str = "CC-BY-4.0", name: str | None = None, validate: bool = True) -> Path:
-    """Export the model folder ``model_dir`` as ``fmt`` (torchscript, onnx or bioimageio) to ``out``.
-
-    ``sample``, ``authors``, ``license``, ``name`` and ``validate`` apply to BioImage Model Zoo packages,
-    which are checked with bioimageio.core's own test unless ``validate`` is False (a package that fails is
-    removed).
-    """
-    if fmt not in FORMATS:
-        raise ConfigError(f"format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}.")
-    model = load_model(model_dir, device="cpu")
-    if k_b is not None and model.kind != "atbsn":
-        raise ConfigError(f"k_b applies to AT-BSN teachers; {model.name} has no blind spot. Leave k_b unset.")
-    if Path(out).resolve().parent == Path(model_dir).resolve():
-        # a model folder holds safetensors and JSON only: a TorchScript zip there would make it refused
-        raise WriteError(f"write the export outside the model folder {model_dir}; model folders hold only "
-                         f"safetensors and JSON (a .pt there makes the folder refused as carrying a pickle).")
-    if fmt == "torchscript":
-        return to_torchscript(model, out, k_b=k_b, overwrite=overwrite)
-    if fmt == "onnx":
-        return to_onnx(model, out, k_b=k_b, overwrite=overwrite)
-    from .zoo import to_bioimageio
-    from .zoo import validate as check
-
-    path = to_bioimageio(model, out, k_b=k_b, overwrite=overwrite, sample=sample, authors=authors,
-                         license=license, name=name)
-    if validate:
-        try:
-            check(path)
-        except BaseException:
-            path.unlink(missing_ok=True)  # never leave a package that failed its own test
-            raise
-    return path

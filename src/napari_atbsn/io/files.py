@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .axes import guess_axes, reorder_for, validate_axes
-from .errors import AxesError, ImageError, ReadError, WriteError
+from ..axes import guess_axes, reorder_for, validate_axes
+from ..errors import AxesError, ImageError, ReadError, WriteError
+from .fs import fsync_file
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -119,7 +120,7 @@ def write_image(path: str | os.PathLike, data: np.ndarray, axes: str, *, overwri
                 os.fsync(f.fileno())
         else:
             _write_tiff(tmp, data, axes)
-            _fsync(tmp)
+            fsync_file(tmp)
         os.replace(tmp, p)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -143,11 +144,3 @@ def _write_tiff(path: Path, data: np.ndarray, axes: str) -> None:
     data = np.transpose(data, order)
     tif_axes = "".join(axes[i] for i in order).replace("S", "I")  # tifffile calls independent planes I
     tifffile.imwrite(path, data, metadata={"axes": tif_axes}, photometric="minisblack")
-
-
-def _fsync(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

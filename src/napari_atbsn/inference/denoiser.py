@@ -1,0 +1,170 @@
+"""The runnable model: :class:`Denoiser` (a loaded network with its normalisation and window) and its outputs.
+
+A teacher's outputs are indexed by blind-spot size k_b (None: the model's
+own); a D-BSN adds its noise map (:data:`NOISE_MAP`) and its blind-spot
+estimate before fusion (:data:`BLIND_ESTIMATE`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import check_k
+from ..modelio import load_network
+from ..normalization import Normalization
+
+#: The extra output of a D-BSN: its estimated noise standard deviation per pixel.
+NOISE_MAP = "noise"
+#: D-BSN's blind-spot estimate mu before the Bayes fusion (for comparisons).
+BLIND_ESTIMATE = "mu"
+
+
+class Denoiser:
+    """A loaded model with its normalisation and window size, ready to run.
+
+    ``denoiser(window)`` takes raw (N, C, P, P) data (numpy or torch, P the
+    training patch size) and returns it denoised in the same value range.
+    :meth:`denoise` handles whole images of any size and axes, running the
+    network in windows of P with a halo (method.md Decision 8).
+    """
+
+    def __init__(self, network: nn.Module, config: dict[str, Any], *, device: str | torch.device = "cpu",
+                 path: Path | None = None, amp: bool = True, channels_last: bool | None = None,
+                 compile: bool = False) -> None:
+        from ..device import place_network, resolve_device, use_channels_last
+
+        self.config = config
+        self.path = path
+        self.kind: str = config["kind"]
+        self.patch: int = int(config["patch"])
+        self.halo: int = int(config.get("halo", self.patch // 4))
+        self.k_b: int = int(config.get("k_b", 3))
+        self.normalization = Normalization.from_dict(config["normalization"])
+        self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+        # The GPU path (device.py): mixed precision and channels-last on CUDA, cuDNN autotuning for the fixed
+        # window shape, optionally torch.compile. On the CPU the arithmetic is plain float32.
+        self.amp = bool(amp)
+        self.channels_last = use_channels_last(self.device, channels_last)
+        self.network = place_network(network.eval(), self.device, channels_last=self.channels_last, compile=compile)
+        self.in_channels: int = int(config["arch"]["in_channels"])
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the network runs through torch.compile (asked here, or compiled by the training run that
+        made it): dask workers that load the folder again compile too."""
+        return bool(getattr(self.network, "_atbsn_compiled", False))
+
+    @property
+    def name(self) -> str:
+        """Short label for outputs: ``atbsn_kb3`` or ``student_C``."""
+        if self.kind == "dbsn":
+            return "dbsn"
+        return f"student_{self.config['arch']['preset']}" if self.kind == "student" else f"atbsn_kb{self.k_b}"
+
+    @property
+    def gamma(self) -> float:
+        """D-BSN: weight of the noise term in the Bayes fusion (stored with the model; 1 = exact posterior)."""
+        return float(self.config.get("gamma", 1.0))
+
+    @torch.no_grad()
+    def run_normalized(self, x: np.ndarray, k_b: int | None = None) -> np.ndarray:
+        """Network on already-normalised (N, C, h, w) float32 data."""
+        return self.run_windows(x, [k_b])[0]
+
+    @torch.no_grad()
+    def run_windows(self, x: np.ndarray, ks: Sequence[int | None]) -> np.ndarray:
+        """Normalised (B, C, w, w) windows -> (K, B, C, w, w), one output per k in ``ks``.
+
+        A teacher computes the rotated UNet features once and applies the head
+        for each k (None: the model's own k_b); a student has one output.
+        """
+        from ..device import autocast, compile_errors_named, to_device
+
+        t = to_device(x, self.device, channels_last=self.channels_last)
+        # PyTorch's CPU kernels take another code path for a batch of one, whose rounding differs; pairing a
+        # lone window with a copy keeps every window's result independent of how windows are batched.
+        single = t.shape[0] == 1
+        if single:
+            t = torch.cat([t, t])
+        with compile_errors_named(), autocast(self.device, self.amp):
+            if self.kind == "atbsn":
+                y = self.network.teachers(t, [self.k_b if k is None else check_k(k, name="k_b") for k in ks])
+            elif self.kind == "dbsn":
+                y = self._dbsn_outputs(t, ks)
+            else:
+                y = self.network(t)[None]
+        return y[:, :1].float().cpu().numpy() if single else y.float().cpu().numpy()
+
+    def _dbsn_outputs(self, t: torch.Tensor, ks: Sequence[int | str | None]) -> torch.Tensor:
+        """D-BSN: None -> the Bayes-fused image; NOISE_MAP -> the noise standard deviation (normalised units);
+        BLIND_ESTIMATE -> mu, the one-pixel blind-spot estimate before fusion."""
+        from ..models.dbsn import bayes_fusion
+
+        mu, var_mu, var_n = self.network(t)
+        outs = []
+        for k in ks:
+            if k == BLIND_ESTIMATE:
+                outs.append(mu)
+            elif k == NOISE_MAP:
+                var = var_n if var_n.ndim == 4 else var_n.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
+                outs.append(var.clamp_min(0).sqrt())
+            else:
+                outs.append(bayes_fusion(t, mu, var_mu, var_n, self.gamma))
+        return torch.stack(outs)
+
+    def undo_output(self, out: np.ndarray, k: int | str | None) -> np.ndarray:
+        """A normalised network output back in the data's units (a noise std scales, an image also shifts)."""
+        if k == NOISE_MAP:
+            return out * np.asarray(self.normalization.scale, dtype=np.float32).reshape(-1, 1, 1)
+        return self.normalization.undo(out)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what determines the output: kind, normalisation, window, k_b, gamma and weights."""
+        h = hashlib.sha256(json.dumps({"kind": self.kind, "norm": self.normalization.to_dict(), "patch": self.patch,
+                                       "halo": self.halo, "k_b": self.k_b, "gamma": self.gamma,
+                                       "arch": self.config["arch"]}, sort_keys=True).encode())
+        for key, tensor in sorted(self.network.state_dict().items()):
+            h.update(key.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def __call__(self, window: Any, k_b: int | None = None) -> Any:
+        is_torch = isinstance(window, torch.Tensor)
+        x = window.detach().cpu().numpy() if is_torch else np.asarray(window, dtype=np.float32)
+        y = self.normalization.undo(self.run_normalized(self.normalization.apply(x), k_b))
+        return torch.from_numpy(y) if is_torch else y
+
+    def iter_denoise(self, image: Any, axes: str | None = None, *, k_b: int | None = None,
+                     batch_size: int = 4, dtype: str = "float32") -> Iterator[tuple[int, int]]:
+        """Generator: denoise ``image``; yields (windows_done, total); returns the result.
+
+        ``dtype`` is ``float32`` or ``input`` (the input's dtype, rounded and
+        clipped to its range).
+        """
+        from .inmemory import iter_denoise
+
+        return (yield from iter_denoise(self, image, axes, k_b=k_b, batch_size=batch_size, dtype=dtype))
+
+    def denoise(self, image: Any, axes: str | None = None, *, k_b: int | None = None, batch_size: int = 4,
+                dtype: str = "float32") -> np.ndarray:
+        """Denoise a whole image (2-D, stack, channels) and return it in its own layout."""
+        from ..events import drain
+
+        return drain(self.iter_denoise(image, axes, k_b=k_b, batch_size=batch_size, dtype=dtype))
+
+
+def load_model(path: str | os.PathLike, *, device: str = "cpu", amp: bool = True, compile: bool = False,
+               ) -> Denoiser:
+    """Load a model folder as a :class:`Denoiser` (``amp``: mixed precision on CUDA; ``compile``:
+    torch.compile the network)."""
+    network, cfg = load_network(path)
+    return Denoiser(network, cfg, device=device, path=Path(path), amp=amp, compile=compile)
