@@ -41,7 +41,7 @@ from real_data import load  # the datasets and their conventions
 
 def dbsn_outputs(model, noisy: np.ndarray, axes: str) -> dict[str, np.ndarray]:
     """Fused (gamma 1 and 0.9) and mu alone, from the same windows."""
-    from napari_atbsn.inference.denoiser import BLIND_ESTIMATE
+    from napari_atbsn.config import BLIND_ESTIMATE
 
     out = {}
     for gamma in (1.0, 0.9):

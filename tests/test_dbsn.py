@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_atbsn.config import DBSNConfig, UnpairedConfig
+from napari_atbsn.config import NOISE_MAP, DBSNConfig, UnpairedConfig
 from napari_atbsn.errors import ATBSNError, BlindSpotError, ConfigError, ModelFolderError
-from napari_atbsn.inference.denoiser import NOISE_MAP, load_model
+from napari_atbsn.inference.denoiser import load_model
 from napari_atbsn.metrics import psnr
 from napari_atbsn.modelio import read_config
 from napari_atbsn.models import DBSN, bayes_fusion

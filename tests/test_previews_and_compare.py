@@ -9,11 +9,10 @@ import pytest
 
 from napari_atbsn import load_model
 from napari_atbsn.comparison import ComparisonStack, versions_for
-from napari_atbsn.config import DBSNConfig, DistillConfig, TrainConfig
+from napari_atbsn.config import BLIND_ESTIMATE, DBSNConfig, DistillConfig, TrainConfig
 from napari_atbsn.device import available_devices
 from napari_atbsn.errors import BlindSpotError, ConfigError, ImageError
 from napari_atbsn.events import Preview, PreviewEvent, StepEvent, drain
-from napari_atbsn.inference.denoiser import BLIND_ESTIMATE
 from napari_atbsn.inference.pipeline import iter_denoise_array
 from napari_atbsn.training import iter_distill, iter_train, iter_train_dbsn
 

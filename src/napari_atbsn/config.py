@@ -60,6 +60,15 @@ STUDENT_MULTIPLE: dict[str, int] = {"A": 4, "B": 4, "C": 32, "tiny": 4}
 #: Blind-spot sizes of the paper's SIDD multi-teacher set (method.md §1.8).
 DEFAULT_KS: tuple[int, ...] = (0, 1, 3, 5, 7, 9, 11)
 
+# -- what a model can output -----------------------------------------------------------------------------------
+#: An output of a model run: a blind-spot size k_b (AT-BSN teachers), None (the model's own image: its stored
+#: k_b, a student's or D-BSN's fused image), or one of the named D-BSN outputs below.
+OutputKey = int | str | None
+#: The extra output of a D-BSN: its estimated noise standard deviation per pixel.
+NOISE_MAP = "noise"
+#: D-BSN's blind-spot estimate mu before the Bayes fusion (for comparisons).
+BLIND_ESTIMATE = "mu"
+
 @dataclass(frozen=True)
 class DBSNArch:
     """Widths of D-BSN (method.md §5.1): ``width`` feature channels (96 in the paper), ``blocks``

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox
 
+from ..config import NOISE_MAP
 from ..errors import ConfigError, ImageError
-from ..inference.denoiser import NOISE_MAP, load_model
+from ..inference.denoiser import load_model
 from ..inference.pipeline import available_memory, iter_denoise_array, iter_run, lazy_denoise, plan_job, resolve_ks
 from ..io.readers import open_image
 from ._base import (

@@ -18,14 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import check_k
+from ..config import BLIND_ESTIMATE, NOISE_MAP, check_k
 from ..modelio import load_network
 from ..normalization import Normalization
-
-#: The extra output of a D-BSN: its estimated noise standard deviation per pixel.
-NOISE_MAP = "noise"
-#: D-BSN's blind-spot estimate mu before the Bayes fusion (for comparisons).
-BLIND_ESTIMATE = "mu"
 
 
 class Denoiser:

@@ -323,7 +323,7 @@ def store_index(spec: UnitSpec, n: int, box: Box) -> tuple[Any, ...]:
 
 def output_dtype(k: Any, dtype: np.dtype) -> np.dtype:
     """The noise map is a standard deviation: always float32, whatever the image's output type."""
-    from .denoiser import NOISE_MAP
+    from ..config import NOISE_MAP
 
     return np.dtype(np.float32) if k == NOISE_MAP else np.dtype(dtype)
 
@@ -593,8 +593,7 @@ def _resolve(source: Any, model: Denoiser, *, axes: str | None, k_b: int | Seque
 
 def resolve_ks(model: Denoiser, k_b: int | Sequence[int] | None, noise_map: bool = False) -> list[Any]:
     """The outputs to compute: one per k_b (teachers), the image (students, D-BSN), plus D-BSN's noise map."""
-    from ..config import check_k
-    from .denoiser import NOISE_MAP
+    from ..config import NOISE_MAP, check_k
 
     if noise_map and model.kind != "dbsn":
         raise ConfigError(f"a noise map comes from a D-BSN model's noise estimator; {model.name} has none. "

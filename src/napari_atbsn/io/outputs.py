@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from ..config import NOISE_MAP
 from ..errors import AxesError, WriteError
 from .fs import check_writable, fsync_file
 
-NOISE_LABEL = "noise"  # modelio.NOISE_MAP: D-BSN's noise-map output
 ZARR_FORMAT = 2  # OME-NGFF 0.4 sits on zarr v2: what napari-ome-zarr, Fiji (MoBIE/n5-viewer) and QuPath read today
 NGFF_VERSION = "0.4"
 DONE_DIR = ".atbsn-done"
@@ -66,8 +66,8 @@ def outputs_for(path: str | os.PathLike, ks: Sequence[Any]) -> list[Path]:
     sizes; ``out_noise.tif`` for a D-BSN noise map."""
     p = Path(path)
     stem, suffix = _split_suffix(p.name)
-    images = [k for k in ks if k != NOISE_LABEL]
-    return [p.with_name(f"{stem}_noise{suffix}") if k == NOISE_LABEL else
+    images = [k for k in ks if k != NOISE_MAP]
+    return [p.with_name(f"{stem}_noise{suffix}") if k == NOISE_MAP else
             p if len(images) == 1 else p.with_name(f"{stem}_kb{k}{suffix}") for k in ks]
 
 

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import STUDENT_MULTIPLE, DBSNConfig, UnpairedConfig, resume_config
+from ..config import BLIND_ESTIMATE, STUDENT_MULTIPLE, DBSNConfig, UnpairedConfig, resume_config
 from ..device import resolve_device
 from ..errors import ATBSNError, ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
-from ..inference.denoiser import BLIND_ESTIMATE, Denoiser
+from ..inference.denoiser import Denoiser
 from ..modelio import arch_dict, load_network
 from ..models import DBSN, Student
 from ..models.dbsn import BLOWUP, constrained_nll
