@@ -125,11 +125,11 @@ def run_atbsn_teacher(noisy: np.ndarray, axes: str, args: Any, seconds: float, o
 
 def run_atbsn(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
     from napari_atbsn.events import drain
-    from napari_atbsn.inference.pipeline import iter_denoise_array
+    from napari_atbsn.inference.inmemory import iter_denoise_outputs
 
     model, info = run_atbsn_teacher(noisy, axes, args, args.budget, work / "teacher")
     t0 = time.perf_counter()
-    outs = drain(iter_denoise_array(model, ev_noisy, axes, ks=list(KB_SWEEP), batch_size=8, dtype="float32"))
+    outs = drain(iter_denoise_outputs(model, ev_noisy, axes, ks=list(KB_SWEEP), batch_size=8, dtype="float32"))
     t_inf = time.perf_counter() - t0
     sweep = dict(zip(KB_SWEEP, outs, strict=True))
     results = {f"AT-BSN k_b={kb}": sweep[kb] for kb in KB_SWEEP}

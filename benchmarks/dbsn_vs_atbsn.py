@@ -31,7 +31,7 @@ from napari_atbsn import load_model
 from napari_atbsn.analysis import analyze_noise
 from napari_atbsn.config import DBSNConfig, TrainConfig
 from napari_atbsn.events import drain
-from napari_atbsn.inference.pipeline import iter_denoise_array
+from napari_atbsn.inference.inmemory import iter_denoise_outputs
 from napari_atbsn.metrics import psnr, ssim
 from napari_atbsn.training import train, train_dbsn
 
@@ -46,10 +46,10 @@ def dbsn_outputs(model, noisy: np.ndarray, axes: str) -> dict[str, np.ndarray]:
     out = {}
     for gamma in (1.0, 0.9):
         model.config["gamma"] = gamma
-        out[f"D-BSN fused (gamma {gamma:g})"] = drain(iter_denoise_array(model, noisy, axes, ks=[None], batch_size=8,
+        out[f"D-BSN fused (gamma {gamma:g})"] = drain(iter_denoise_outputs(model, noisy, axes, ks=[None], batch_size=8,
                                                                          dtype="float32"))[0]
     model.config["gamma"] = 1.0
-    out["D-BSN mu alone (no fusion)"] = drain(iter_denoise_array(model, noisy, axes, ks=[BLIND_ESTIMATE],
+    out["D-BSN mu alone (no fusion)"] = drain(iter_denoise_outputs(model, noisy, axes, ks=[BLIND_ESTIMATE],
                                                                  batch_size=8, dtype="float32"))[0]
     return out
 
@@ -101,7 +101,7 @@ def main() -> None:
     results = {"noisy input": ev_noisy.astype(np.float32)}
     for ka, model in teachers.items():
         kbs = sorted({1, 3, ka})
-        outs = drain(iter_denoise_array(model, ev_noisy, axes, ks=kbs, batch_size=8, dtype="float32"))
+        outs = drain(iter_denoise_outputs(model, ev_noisy, axes, ks=kbs, batch_size=8, dtype="float32"))
         for kb, img in zip(kbs, outs, strict=True):
             results[f"AT-BSN k_a={ka} k_b={kb}"] = img
     results.update(dbsn_outputs(dbsn, ev_noisy, axes))

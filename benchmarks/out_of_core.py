@@ -110,7 +110,8 @@ def cmd_overhead(a: argparse.Namespace, work: Path, model_path: Path) -> None:
     import tifffile
 
     from napari_atbsn.inference.denoiser import load_model
-    from napari_atbsn.inference.pipeline import Geometry, denoise
+    from napari_atbsn.inference.geometry import Geometry
+    from napari_atbsn.inference.run import denoise
     from napari_atbsn.tiling import PlaneGrid
 
     model = load_model(model_path, device="cpu")

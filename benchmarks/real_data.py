@@ -65,9 +65,9 @@ def load(dataset: str, n_images: int) -> tuple[np.ndarray, np.ndarray, str, floa
 def teacher_sweep(model, noisy: np.ndarray, axes: str, kbs=KBS) -> dict[int, np.ndarray]:
     """All k_b outputs from one UNet pass per window (ATBSN.teachers via the in-memory pipeline)."""
     from napari_atbsn.events import drain
-    from napari_atbsn.inference.pipeline import iter_denoise_array
+    from napari_atbsn.inference.inmemory import iter_denoise_outputs
 
-    outs = drain(iter_denoise_array(model, noisy, axes, ks=list(kbs), batch_size=8, dtype="float32"))
+    outs = drain(iter_denoise_outputs(model, noisy, axes, ks=list(kbs), batch_size=8, dtype="float32"))
     return dict(zip(kbs, outs, strict=True))
 
 

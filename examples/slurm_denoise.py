@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.close()
         return 0
 
-    from napari_atbsn.inference.pipeline import denoise
+    from napari_atbsn.inference.run import denoise
     from napari_atbsn.progress import ProgressBar
 
     cluster = make_local_cluster(args) if args.local else make_slurm_cluster(args)

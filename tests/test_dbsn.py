@@ -106,12 +106,12 @@ def test_constrained_likelihood_matches_its_formula() -> None:
 def test_estimated_noise_level_is_within_10_percent_of_the_truth(dbsn_model: Path) -> None:
     """The noise map of held-out images against the known std, sqrt(photons + read_noise**2), per pixel."""
     from napari_atbsn.events import drain
-    from napari_atbsn.inference.pipeline import iter_denoise_array
+    from napari_atbsn.inference.inmemory import iter_denoise_outputs
 
     model = load_model(dbsn_model)
     clean = _smooth_photons(7, 2)
     noisy = add_poisson_gaussian_noise(clean, read_noise=READ_NOISE, seed=8)
-    _, noise = drain(iter_denoise_array(model, noisy, "ZYX", ks=[None, NOISE_MAP], batch_size=8, dtype="float32"))
+    _, noise = drain(iter_denoise_outputs(model, noisy, "ZYX", ks=[None, NOISE_MAP], batch_size=8, dtype="float32"))
     truth = np.sqrt(clean + READ_NOISE**2)
     ratio = noise / truth
     assert abs(float(np.median(ratio)) - 1) <= 0.10
@@ -164,9 +164,9 @@ def test_phases_stop_and_resume_like_an_uninterrupted_run(tmp_path: Path, pg_dat
 
 
 def test_a_blowing_up_likelihood_is_guarded() -> None:
-    from napari_atbsn.training.dbsn import _Guard
+    from napari_atbsn.training.dbsn import LossGuard
 
-    guard = _Guard(steps=10)
+    guard = LossGuard(steps=10)
     assert guard.check(torch.tensor(1.0), torch.tensor(5.0))
     assert not guard.check(torch.tensor(1.0), torch.tensor(1e9))
     assert not guard.check(torch.tensor(float("nan")), torch.tensor(1.0))

@@ -37,7 +37,7 @@ def test_job_script_asks_slurm_for_what_the_user_gave(example, capsys) -> None:
 
 def test_local_cluster_run_equals_a_single_process_run(example, tmp_path: Path, tiny_teacher: Path) -> None:
     from napari_atbsn.inference.denoiser import load_model
-    from napari_atbsn.inference.pipeline import denoise
+    from napari_atbsn.inference.run import denoise
     from napari_atbsn.io.readers import open_image
 
     src = tmp_path / "in.tif"

@@ -58,7 +58,8 @@ def test_autocast_is_a_noop_off_cuda(tiny_teacher, sample_stack) -> None:
 def test_a_mixed_precision_job_never_resumes_into_float32_chunks(tiny_teacher, sample_stack, tmp_path) -> None:
     """Mixed precision is part of a denoise job's identity where it takes effect (CUDA, or workers on
     'auto'); on the CPU the record is unchanged, so CPU jobs resume as before whatever --no-amp says."""
-    from napari_atbsn.inference.pipeline import iter_run, plan_job, record_precision
+    from napari_atbsn.inference.plan import plan_job
+    from napari_atbsn.inference.run import iter_run
 
     noisy, _ = sample_stack
     job = plan_job(noisy[:1], load_model(tiny_teacher), tmp_path / "a.npy", axes="ZYX")
@@ -66,8 +67,8 @@ def test_a_mixed_precision_job_never_resumes_into_float32_chunks(tiny_teacher, s
     assert "mixed_precision" not in job.record["model"]
     for worker_device, amp, recorded in (("cuda", True, True), ("auto", True, True), ("cuda", False, False),
                                          ("cpu", True, False)):
-        job = plan_job(noisy[:1], load_model(tiny_teacher, amp=amp), tmp_path / "b.npy", axes="ZYX")
-        record_precision(job, worker_device)  # workers on a GPU cluster
+        job = plan_job(noisy[:1], load_model(tiny_teacher, amp=amp), tmp_path / "b.npy", axes="ZYX",
+                       worker_device=worker_device)  # workers on a GPU cluster
         assert job.record["model"].get("mixed_precision", False) is recorded, (worker_device, amp)
 
 

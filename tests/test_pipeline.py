@@ -13,7 +13,9 @@ import zarr
 
 from napari_atbsn.errors import ATBSNError, BlindSpotError, ConfigError, DeviceError, WriteError
 from napari_atbsn.inference.denoiser import load_model
-from napari_atbsn.inference.pipeline import auto_chunk, denoise, iter_run, lazy_denoise, plan_job
+from napari_atbsn.inference.lazy import lazy_denoise
+from napari_atbsn.inference.plan import auto_chunk, plan_job
+from napari_atbsn.inference.run import denoise, iter_run
 from napari_atbsn.io.readers import open_image
 from napari_atbsn.tiling import Box
 

@@ -13,7 +13,7 @@ from napari_atbsn.config import BLIND_ESTIMATE, DBSNConfig, DistillConfig, Train
 from napari_atbsn.device import available_devices
 from napari_atbsn.errors import BlindSpotError, ConfigError, ImageError
 from napari_atbsn.events import Preview, PreviewEvent, StepEvent, drain
-from napari_atbsn.inference.pipeline import iter_denoise_array
+from napari_atbsn.inference.inmemory import iter_denoise_outputs
 from napari_atbsn.training import iter_distill, iter_train, iter_train_dbsn
 
 TINY = dict(preset="tiny", iters=6, patch=32, batch=2, device="cpu")
@@ -76,9 +76,9 @@ def test_dbsn_preview_shows_mu_then_the_fused_output(sample_stack) -> None:
     previews = [e for e in events if isinstance(e, PreviewEvent)]
     # phases of 4, 4 and 2 steps: a preview at the end of each
     assert [(e.stage, e.step) for e in previews] == [("dbsn-mu", 4), ("dbsn-sigma", 4), ("dbsn-joint", 2)]
-    final = drain(iter_denoise_array(res.model, crop, "YX", ks=[None], batch_size=4, dtype="float32"))[0]
+    final = drain(iter_denoise_outputs(res.model, crop, "YX", ks=[None], batch_size=4, dtype="float32"))[0]
     np.testing.assert_array_equal(previews[-1].image, final)
-    mu = drain(iter_denoise_array(res.model, crop, "YX", ks=[BLIND_ESTIMATE], batch_size=4, dtype="float32"))[0]
+    mu = drain(iter_denoise_outputs(res.model, crop, "YX", ks=[BLIND_ESTIMATE], batch_size=4, dtype="float32"))[0]
     assert not np.array_equal(final, mu)
 
 
@@ -108,7 +108,7 @@ def test_comparison_stack_equals_the_denoised_planes(tiny_teacher: Path, tiny_st
     assert stack.shape == (4, *noisy.shape) and stack.dtype == np.float32 and stack.ndim == 4
     assert stack.labels == ["k_b=1", "k_b=3", "k_b=9", "student_tiny"]
     assert stack.computed == 0  # nothing runs until indexed
-    ref = np.stack(drain(iter_denoise_array(teacher, noisy, "ZYX", ks=[1, 3, 9], batch_size=4, dtype="float32")))
+    ref = np.stack(drain(iter_denoise_outputs(teacher, noisy, "ZYX", ks=[1, 3, 9], batch_size=4, dtype="float32")))
     ref_s = student.denoise(noisy, "ZYX")
     np.testing.assert_array_equal(stack[1, 2], ref[1, 2])
     assert stack.computed == 1
@@ -125,7 +125,7 @@ def test_comparison_stack_axes_and_errors(tiny_teacher: Path, sample_stack) -> N
     teacher = load_model(tiny_teacher)
     tzyx = noisy.reshape(2, 2, *noisy.shape[1:])
     stack = ComparisonStack(tzyx, "TZYX", versions_for(teacher, [1, 3]))
-    ref = np.stack(drain(iter_denoise_array(teacher, tzyx, "TZYX", ks=[1, 3], batch_size=4, dtype="float32")))
+    ref = np.stack(drain(iter_denoise_outputs(teacher, tzyx, "TZYX", ks=[1, 3], batch_size=4, dtype="float32")))
     np.testing.assert_array_equal(stack[:, 1, :, 3], ref[:, 1, :, 3])
     with pytest.raises(IndexError, match="too many"):
         stack[0, 0, 0, 0, 0, 0]

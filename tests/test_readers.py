@@ -15,7 +15,7 @@ import tifffile
 import zarr
 
 from napari_atbsn.errors import AxesError, ConfigError, ImageError, ReadError
-from napari_atbsn.io import readers
+from napari_atbsn.io import chunking, filearrays
 from napari_atbsn.io.readers import LazyImage, open_image, parse_roi
 
 RNG = np.random.default_rng(0)
@@ -29,13 +29,13 @@ def _stack(shape: tuple[int, ...], dtype=np.uint16) -> np.ndarray:
 def reads(monkeypatch: pytest.MonkeyPatch) -> list:
     """Keys of every read of a file-backed array (TIFF, .npy, NIfTI), in any thread of this process."""
     keys: list = []
-    original = readers._FileArray.__getitem__
+    original = filearrays._FileArray.__getitem__
 
     def counting(self, key):
         keys.append(key)
         return original(self, key)
 
-    monkeypatch.setattr(readers._FileArray, "__getitem__", counting)
+    monkeypatch.setattr(filearrays._FileArray, "__getitem__", counting)
     return keys
 
 
@@ -93,7 +93,7 @@ def test_bigtiff_tiled_compressed_chunks_are_whole_tiles(tmp_path: Path, monkeyp
     data = _stack((3, 100, 120))
     path = tmp_path / "t.btf"
     _imwrite(path, data, bigtiff=True, tile=(32, 32), compression="zlib", metadata={"axes": "ZYX"})
-    monkeypatch.setattr(readers, "CHUNK_BYTES", 2 * 32 * 64)  # room for two tiles: a chunk is one tile pair
+    monkeypatch.setattr(chunking, "CHUNK_BYTES", 2 * 32 * 64)  # room for two tiles: a chunk is one tile pair
     img = open_image(path)
     assert img.axes == "ZYX"
     assert img.data.chunksize == (1, 32, 64)
@@ -102,9 +102,9 @@ def test_bigtiff_tiled_compressed_chunks_are_whole_tiles(tmp_path: Path, monkeyp
 
 def test_small_tiff_pages_share_chunks_but_large_pages_do_not(tmp_path: Path, monkeypatch) -> None:
     _imwrite(tmp_path / "s.tif", _stack((50, 16, 16)), metadata={"axes": "ZYX"})
-    monkeypatch.setattr(readers, "CHUNK_BYTES", 10 * 16 * 16 * 2)
+    monkeypatch.setattr(chunking, "CHUNK_BYTES", 10 * 16 * 16 * 2)
     assert open_image(tmp_path / "s.tif").data.chunksize == (10, 16, 16)
-    monkeypatch.setattr(readers, "CHUNK_BYTES", 16 * 16)  # half a page: bands of whole rows
+    monkeypatch.setattr(chunking, "CHUNK_BYTES", 16 * 16)  # half a page: bands of whole rows
     assert open_image(tmp_path / "s.tif").data.chunksize == (1, 8, 16)
 
 
@@ -197,7 +197,7 @@ def test_zarr_v3_sharded_chunks_are_whole_shards(tmp_path: Path, monkeypatch) ->
     z = zarr.create_array(tmp_path / "v3", shape=data.shape, chunks=(1, 8, 8), shards=(2, 16, 40),
                           dtype=data.dtype)  # a directory without .zarr suffix: found by zarr.json
     z[:] = data
-    monkeypatch.setattr(readers, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(chunking, "CHUNK_BYTES", 1)
     img = open_image(tmp_path / "v3")
     assert img.axes == "ZYX" and img.data.chunksize == (2, 16, 40)
     np.testing.assert_array_equal(img.data.compute(), data)
@@ -312,6 +312,7 @@ def test_npy_is_memory_mapped_not_loaded(tmp_path: Path, order: str, reads: list
     img = open_image(tmp_path / "a.npy")
     assert (img.axes, img.format) == ("ZYX", "npy") and reads == []
     np.testing.assert_array_equal(img.data.compute(), data)
+    assert len(reads) == 1  # pixels came through the file-backed array, once
 
 
 def test_png_is_read_eagerly(tmp_path: Path) -> None:
@@ -423,19 +424,20 @@ def test_chunks_can_be_changed_in_place(tmp_path: Path) -> None:
 def test_threads_share_one_open_file(tmp_path: Path, monkeypatch) -> None:
     data = _stack((8, 32, 32))
     opened: list[str] = []
-    original = readers._FileArray._open_checked
+    original = filearrays._FileArray._open_checked
 
     def counting(self):
         opened.append(self.path)
         return original(self)
 
-    monkeypatch.setattr(readers._FileArray, "_open_checked", counting)
-    monkeypatch.setattr(readers, "CHUNK_BYTES", 32 * 32 * 2)  # one chunk per plane (or per tile)
-    for path in _file_sources(tmp_path, data):
+    monkeypatch.setattr(filearrays._FileArray, "_open_checked", counting)
+    monkeypatch.setattr(chunking, "CHUNK_BYTES", 32 * 32 * 2)  # one chunk per plane (or per tile)
+    paths = _file_sources(tmp_path, data)
+    for path in paths:
         img = open_image(path)
         assert img.data.npartitions >= 8
         np.testing.assert_array_equal(img.data.compute(scheduler="threads", num_workers=4), data, err_msg=str(path))
-    assert len(opened) == len(set(opened))
+    assert sorted(opened) == sorted(os.path.abspath(p) for p in paths)  # each file opened once, by one thread
 
 
 def test_crop_is_lazy_and_reads_only_the_region(tmp_path: Path, reads: list) -> None:

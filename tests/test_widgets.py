@@ -17,7 +17,7 @@ from napari.utils.notifications import notification_manager  # noqa: E402
 from napari_atbsn import load_model  # noqa: E402
 from napari_atbsn.config import TRAIN_DEFAULTS  # noqa: E402
 from napari_atbsn.events import drain  # noqa: E402
-from napari_atbsn.inference.pipeline import iter_denoise_array  # noqa: E402
+from napari_atbsn.inference.inmemory import iter_denoise_outputs  # noqa: E402
 from napari_atbsn.sample_data import add_poisson_gaussian_noise, make_clean  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -223,7 +223,7 @@ def test_denoise_widget_adds_named_layers_with_metadata(viewer, qtbot, tiny_teac
     assert errors == []
     layer = viewer.layers["cells_atbsn_kb1"]
     model = load_model(tiny_teacher)
-    ref = drain(iter_denoise_array(model, np.asarray(viewer.layers["cells"].data), "ZYX", ks=[1], batch_size=4,
+    ref = drain(iter_denoise_outputs(model, np.asarray(viewer.layers["cells"].data), "ZYX", ks=[1], batch_size=4,
                                    dtype="float32"))[0]
     np.testing.assert_array_equal(layer.data, ref)
     meta = layer.metadata["napari_atbsn"]
@@ -298,7 +298,7 @@ def test_compare_widget_stack_is_lazy_and_reads_all_versions(viewer, qtbot, tiny
     qtbot.waitUntil(lambda: stack.cached([2]) is not None, timeout=WAIT_MS)
     teacher, student = load_model(tiny_teacher), load_model(tiny_student)
     plane = np.asarray(viewer.layers["cells"].data[2])
-    expected = drain(iter_denoise_array(teacher, plane, "YX", ks=[1, 3, 9], batch_size=4, dtype="float32"))
+    expected = drain(iter_denoise_outputs(teacher, plane, "YX", ks=[1, 3, 9], batch_size=4, dtype="float32"))
     np.testing.assert_array_equal(stack.cached([2])[:3], np.stack(expected))
     np.testing.assert_array_equal(stack.cached([2])[3], student.denoise(plane, "YX"))
     world = layer.data_to_world((0, 2, 40, 50))
@@ -411,12 +411,10 @@ def _pickle_model(src: Path, dst: Path, marker: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("case", ["W01", "W02", "W03", "W04", "W05", "W06", "W07", "W08"])
-def test_bad_input_becomes_one_notification_and_leaves_nothing(case, viewer, qtbot, tmp_path, tiny_teacher,
-                                                               errors) -> None:
+def _bad_input_case(case: str, viewer, tmp_path: Path, tiny_teacher: Path, before_layers: list[str]):
+    """The widget and form of one W case; returns (widget, expected message, files it must leave)."""
     from napari_atbsn._widgets import DenoiseWidget, DistillWidget, TrainWidget
 
-    before_layers = [la.name for la in viewer.layers]
     expect, leaves = "", set()
     if case in ("W01", "W02", "W03"):
         w = dock(viewer, TrainWidget(viewer))
@@ -467,6 +465,14 @@ def test_bad_input_becomes_one_notification_and_leaves_nothing(case, viewer, qtb
             w.mode.value = "file"
             w.out_file.value = str(tmp_path / "out.tif")
             expect = "out.tif already exists; choose another name or pass --overwrite"
+    return w, expect, leaves
+
+
+@pytest.mark.parametrize("case", ["W01", "W02", "W03", "W04", "W05", "W06", "W07", "W08"])
+def test_bad_input_becomes_one_notification_and_leaves_nothing(case, viewer, qtbot, tmp_path, tiny_teacher,
+                                                               errors) -> None:
+    before_layers = [la.name for la in viewer.layers]
+    w, expect, leaves = _bad_input_case(case, viewer, tmp_path, tiny_teacher, before_layers)
     w.run_button.click()
     qtbot.waitUntil(lambda: len(errors) >= 1, timeout=WAIT_MS)
     if w.job is not None:

@@ -31,12 +31,12 @@ def open_image(source: Any, axes: str | None = None, **kwargs: Any) -> LazyImage
 
 
 def denoise(source: Any, model: Any, out: Any = None, **kwargs: Any) -> Any:
-    """Denoise an image or volume of any size in chunks (see :func:`napari_atbsn.inference.pipeline.denoise`).
+    """Denoise an image or volume of any size in chunks (see :func:`napari_atbsn.inference.run.denoise`).
 
     With ``out`` (.ome.zarr, .zarr, .tif, .npy) the result is streamed there, resumably, and a
-    :class:`~napari_atbsn.inference.pipeline.DenoiseResult` is returned; without, a lazy dask array.
+    :class:`~napari_atbsn.inference.run.DenoiseResult` is returned; without, a lazy dask array.
     """
-    from .inference.pipeline import denoise as _denoise
+    from .inference.run import denoise as _denoise
 
     return _denoise(source, model, out, **kwargs)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AxesError
+from .errors import AxesError, ImageError
 
 LETTERS = "TZSCYX"
 PLANE_LETTERS = "TZS"
@@ -97,3 +97,13 @@ def from_planes(planes: np.ndarray, axes: str, shape: Sequence[int]) -> np.ndarr
     permuted_shape = [shape[i] for i in order]
     arr = planes.reshape(permuted_shape)
     return np.transpose(arr, np.argsort(order))
+
+
+def check_image(data: Any, name: str = "image") -> None:
+    """Refuse data no denoiser can use: wrong dtype, fewer than 2 dims."""
+    arr = np.asarray(data) if not hasattr(data, "dtype") else data
+    if arr.dtype.kind not in "uif":
+        raise ImageError(f"{name} has dtype {arr.dtype}; convert it to an integer or float type "
+                         f"(complex, boolean and object images are not supported).")
+    if arr.ndim < 2:
+        raise ImageError(f"{name} is {arr.ndim}-D; an image needs at least 2 dimensions (Y and X).")

@@ -11,10 +11,12 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .config import DBSNConfig, DistillConfig, TrainConfig, UnpairedConfig, config_fields_help
-from .errors import ATBSNError
+from .errors import ATBSNError, ConfigError, WriteError
+from .progress import count_callback, progress_callback
 from .version import __version__
 
 TRAIN_HELP = config_fields_help(TrainConfig)
@@ -58,10 +60,18 @@ def _run_control(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing model in the output folder")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--axes", help="axes of NOISY, letters from TZSCYX (default: from metadata, else guessed)")
-    p.add_argument("--device", default="auto", help=TRAIN_HELP["device"])
+def _debug(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _axes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--axes", help="axes of NOISY, letters from TZSCYX (default: from metadata, else guessed)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _axes(p)
+    p.add_argument("--device", default="auto", help=TRAIN_HELP["device"])
+    _debug(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "blind spots (AT-BSN) and multi-teacher distillation.")
     parser.add_argument("--version", action="version", version=f"napari-atbsn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_distill, _add_denoise, _add_analyze, _add_info, _add_export, _add_demo):
+        add(sub)
+    return parser
 
+
+def _add_train(sub: Any) -> None:
     t = sub.add_parser("train", help="train an AT-BSN teacher (or a D-BSN) on noisy data",
                        description="Train on noisy data only. --method atbsn (default) suits spatially "
                        "correlated noise; --method dbsn suits pixel-independent noise. 'atbsn analyze' tells "
@@ -92,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_control(t)
     _common(t)
 
+
+def _add_distill(sub: Any) -> None:
     d = sub.add_parser("distill", help="distil a trained teacher into a fast non-blind student",
                        description="An AT-BSN teacher: multi-teacher distillation over blind-spot sizes --ks. "
                        "A D-BSN teacher: unpaired distillation, with --clean images of similar samples if you have "
@@ -111,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_control(d)
     _common(d)
 
+
+def _add_denoise(sub: Any) -> None:
     n = sub.add_parser("denoise", help="denoise an image or volume of any size, chunk by chunk (resumable)",
                        description="Denoise IN with a teacher or student model. The network runs on windows of "
                        "the model's training patch size; the output is written chunk by chunk, so memory does "
@@ -144,18 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
     _gpu_flags(n)
     _common(n)
 
+
+def _add_analyze(sub: Any) -> None:
     a = sub.add_parser("analyze", help="measure the noise's spatial correlation and recommend a method",
                        description="Estimates the noise's autocorrelation (from differences of neighbouring planes "
                        "when a stack repeats the same scene, else from residuals of single planes) and prints a "
                        "recommendation; its last line is 'recommended: atbsn k_a=K k_b=K' or 'recommended: dbsn'.")
     a.add_argument("noisy", metavar="NOISY")
-    a.add_argument("--axes", help="axes of NOISY, letters from TZSCYX (default: from metadata, else guessed)")
-    a.add_argument("--debug", action="store_true", help="show tracebacks")
+    _axes(a)
+    _debug(a)
 
+
+def _add_info(sub: Any) -> None:
     i = sub.add_parser("info", help="describe a model folder")
     i.add_argument("model")
-    i.add_argument("--debug", action="store_true", help="show tracebacks")
+    _debug(i)
 
+
+def _add_export(sub: Any) -> None:
     x = sub.add_parser("export", help="export a model folder to TorchScript, ONNX or a BioImage Model Zoo package",
                        description="Export a teacher (its k_b fixed), a student or a D-BSN. TorchScript and ONNX "
                        "take one raw float32 (N, C, P, P) window, P the training patch, and return it denoised in "
@@ -175,16 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-validate", action="store_true",
                    help="bioimageio: skip bioimageio.core's validation and test (on by default)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    x.add_argument("--debug", action="store_true", help="show tracebacks")
+    _debug(x)
 
+
+def _add_demo(sub: Any) -> None:
     m = sub.add_parser("demo", help="the whole job on the built-in generated sample, with PSNR/SSIM")
     m.add_argument("-o", "--output", default="atbsn-demo", help="folder for models and results")
     m.add_argument("--iters", type=int, default=None, help="teacher training iterations")
     m.add_argument("--distill-iters", type=int, default=None, help="distillation iterations")
     m.add_argument("--preset", default="small", choices=["paper", "small", "tiny"], help=TRAIN_HELP["preset"])
     m.add_argument("--device", default="auto", help=TRAIN_HELP["device"])
-    m.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser
+    _debug(m)
 
 
 # -- commands ------------------------------------------------------------------
@@ -213,64 +239,52 @@ class StopFlag:
         return self.requested
 
 
-def progress_callback(label: str) -> Callable[[Any], None]:
-    from .events import CheckpointEvent, StepEvent
-    from .progress import ProgressBar
-
-    bar: ProgressBar | None = None
-    stage: str | None = None
-
-    def cb(event: Any) -> None:
-        nonlocal bar, stage
-        if isinstance(event, StepEvent):
-            if bar is None or event.stage != stage:  # D-BSN trains in phases: one bar each
-                stage = event.stage
-                bar = ProgressBar(stage if stage.startswith("dbsn") else label, event.total)
-            bar.update(event.step, f"loss {event.loss:.4f} lr {event.lr:.2e}")
-        elif isinstance(event, CheckpointEvent) and bar is not None and not bar.tty:
-            print(f"  checkpoint at step {event.step}", file=sys.stderr)
-
-    return cb
-
-
 def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def _open_training_data(path: str, axes: str | None) -> tuple[Any, str]:
-    """Training data stays on disk: patches are read from the lazy array as they are drawn."""
+def _open_image(path: str, axes: str | None) -> Any:
+    """Open ``path`` lazily and say what was found (shape, axes, dtype) on stderr."""
     from .io.readers import open_image
 
     img = open_image(path, axes)
     print(f"atbsn: {path}: shape {img.shape}, axes {img.axes}, dtype {img.dtype}", file=sys.stderr)
+    return img
+
+
+def _open_training_data(path: str, axes: str | None) -> tuple[Any, str]:
+    """Training data stays on disk: patches are read from the lazy array as they are drawn."""
+    img = _open_image(path, axes)
     return img.data, img.axes
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _run_training(start: Callable[[StopFlag], Any], label: str, output: str) -> int:
+    """Run the training generator ``start(stop)`` with a progress bar; Ctrl-C checkpoints and stops it."""
     from .events import drain
+
+    with StopFlag() as stop:
+        res = drain(start(stop), progress_callback(label))
+    return _report_run(res, output)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from .training import iter_train, iter_train_dbsn
 
     _check_method_flags(args)
     data, axes = _open_training_data(args.noisy, args.axes)
     common = ["iters", "patch", "batch", "lr", "seed", "normalization", "checkpoint_every"]
-    with StopFlag() as stop:
-        if args.method == "dbsn":
-            dcfg = DBSNConfig(preset=args.preset, device=args.device, **_gpu(args),
-                              **_overrides(args, [*common, "noise_model", "gamma", "phases"]))
-            run = iter_train_dbsn(data, axes, dcfg, args.output, resume=args.resume, overwrite=args.overwrite,
-                                  should_stop=stop)
-        else:
-            cfg = TrainConfig(preset=args.preset, device=args.device, **_gpu(args),
-                              **_overrides(args, ["k_a", "k_b", *common]))
-            run = iter_train(data, axes, cfg, args.output, resume=args.resume, overwrite=args.overwrite,
-                             should_stop=stop)
-        res = drain(run, progress_callback("train"))
-    return _report_run(res, args.output)
+    if args.method == "dbsn":
+        dcfg = DBSNConfig(preset=args.preset, device=args.device, **_gpu(args),
+                          **_overrides(args, [*common, "noise_model", "gamma", "phases"]))
+        return _run_training(lambda stop: iter_train_dbsn(data, axes, dcfg, args.output, resume=args.resume,
+                                                          overwrite=args.overwrite, should_stop=stop),
+                             "train", args.output)
+    cfg = TrainConfig(preset=args.preset, device=args.device, **_gpu(args), **_overrides(args, ["k_a", "k_b", *common]))
+    return _run_training(lambda stop: iter_train(data, axes, cfg, args.output, resume=args.resume,
+                                                 overwrite=args.overwrite, should_stop=stop), "train", args.output)
 
 
 def _check_method_flags(args: argparse.Namespace) -> None:
-    from .errors import ConfigError
-
     wrong = {"atbsn": ["noise_model", "gamma", "phases"], "dbsn": ["k_a", "k_b"]}[args.method]
     given = [f"--{n.replace('_', '-')}" for n in wrong if getattr(args, n, None) is not None]
     if given:
@@ -280,15 +294,12 @@ def _check_method_flags(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from .events import drain
     from .modelio import read_config
     from .training import iter_distill
 
     if read_config(args.teacher)["kind"] == "dbsn":
         return _distill_dbsn(args)
     if args.clean or args.real_weight is not None:
-        from .errors import ConfigError
-
         raise ConfigError("--clean and --real-weight are for D-BSN teachers (unpaired distillation); an AT-BSN "
                           "teacher distils from the noisy data alone.")
     data, axes = _open_training_data(args.noisy, args.axes)
@@ -296,15 +307,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
                         init_from_teacher=not args.no_init_from_teacher,
                         **_overrides(args, ["ks", "student", "iters", "patch", "batch", "lr", "seed",
                                             "checkpoint_every"]))
-    with StopFlag() as stop:
-        res = drain(iter_distill(data, args.teacher, axes, cfg, args.output, resume=args.resume,
-                                 overwrite=args.overwrite, should_stop=stop), progress_callback("distill"))
-    return _report_run(res, args.output)
+    return _run_training(lambda stop: iter_distill(data, args.teacher, axes, cfg, args.output, resume=args.resume,
+                                                   overwrite=args.overwrite, should_stop=stop),
+                         "distill", args.output)
 
 
 def _distill_dbsn(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
-    from .events import drain
     from .training import iter_distill_dbsn
 
     wrong = [f for f, v in (("--ks", args.ks), ("--patch", args.patch), ("--mean-teacher", args.mean_teacher or None),
@@ -313,27 +321,20 @@ def _distill_dbsn(args: argparse.Namespace) -> int:
         raise ConfigError(f"{', '.join(wrong)} apply to AT-BSN teachers; a D-BSN teacher's student uses the "
                           f"teacher's patch and its Bayes output. Drop them.")
     data, axes = _open_training_data(args.noisy, args.axes)
-    clean = None
-    clean_axes = None
-    if args.clean:
-        clean, clean_axes = _open_training_data(args.clean, args.clean_axes)
+    clean, clean_axes = _open_training_data(args.clean, args.clean_axes) if args.clean else (None, None)
     cfg = UnpairedConfig(device=args.device, **_gpu(args),
                          **_overrides(args, ["student", "iters", "batch", "lr", "seed", "checkpoint_every",
                                              "real_weight"]))
-    with StopFlag() as stop:
-        res = drain(iter_distill_dbsn(data, args.teacher, axes, clean=clean, clean_axes=clean_axes, config=cfg,
-                                      out_dir=args.output, resume=args.resume, overwrite=args.overwrite,
-                                      should_stop=stop), progress_callback("distill"))
-    return _report_run(res, args.output)
+    return _run_training(lambda stop: iter_distill_dbsn(data, args.teacher, axes, clean=clean, clean_axes=clean_axes,
+                                                        config=cfg, out_dir=args.output, resume=args.resume,
+                                                        overwrite=args.overwrite, should_stop=stop),
+                         "distill", args.output)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze_noise
-    from .io.readers import open_image
 
-    img = open_image(args.noisy, args.axes)
-    print(f"atbsn: {args.noisy}: shape {img.shape}, axes {img.axes}, dtype {img.dtype}", file=sys.stderr)
-    print(analyze_noise(img).report())
+    print(analyze_noise(_open_image(args.noisy, args.axes)).report())
     return 0
 
 
@@ -349,39 +350,31 @@ def _report_run(res: Any, output: str) -> int:
 
 def cmd_denoise(args: argparse.Namespace) -> int:
     from .events import drain
-    from .inference.denoiser import load_model
-    from .inference.pipeline import check_scheduler, iter_run, plan_job
+    from .inference.plan import plan_job
+    from .inference.run import default_workers, is_remote, iter_run, load_for_scheduler
+    from .inference.schedulers import check_scheduler
     from .io.readers import open_image
-    from .progress import ProgressBar
 
     check_scheduler(args.scheduler)
     _check_output_first(args.noisy, args.output)
     source = open_image(args.noisy, args.axes)
     print(f"atbsn: {args.noisy}: shape {source.shape}, axes {source.axes}, {source.dtype} "
           f"({source.nbytes / 2**30:.2f} GiB, {source.format})", file=sys.stderr)
-    remote = args.scheduler.startswith("tcp://")
-    # with a cluster the model only plans here (a login node may have no GPU); workers load it on --device
-    model = load_model(args.model, device="cpu" if remote else args.device, amp=not args.no_amp,
-                       compile=args.compile and not remote)
+    remote = is_remote(args.scheduler)
+    model = load_for_scheduler(args.model, args.scheduler, device=args.device, amp=not args.no_amp,
+                               compile=args.compile)
     k_b = args.k_b[0] if args.k_b and len(args.k_b) == 1 else args.k_b
-    workers = args.workers or (2 if args.scheduler in ("threads", "processes") else 1)
+    workers = default_workers(args.scheduler, args.workers)
     job = plan_job(source, model, args.output, k_b=k_b, roi=args.roi, chunk=args.chunk, window=args.window,
                    halo=args.halo, batch_size=args.batch_size, dtype=args.dtype, overwrite=args.overwrite,
-                   workers=workers, noise_map=args.save_noise_map)
+                   workers=workers, noise_map=args.save_noise_map,
+                   worker_device=args.device if remote else None)
     print(f"atbsn: {model.name}, window {job.window} (halo {job.halo}), chunk {job.chunk}, "
           f"{len(job.units())} chunks, scheduler {args.scheduler}", file=sys.stderr)
-    bar = ProgressBar("denoise", 1)
-
-    def cb(ev: tuple[int, int]) -> None:
-        bar.total = max(1, ev[1])
-        bar.update(ev[0])
-
-    def log(msg: str) -> None:
-        print(f"atbsn: {msg}", file=sys.stderr)
-
+    cb = count_callback("denoise")
     with StopFlag("stopping after the chunks in progress; run the same command to resume") as stop:
-        res = drain(iter_run(job, overwrite=args.overwrite, scheduler=args.scheduler, workers=workers,
-                             should_stop=stop, log=log, worker_device=args.device if remote else None), cb)
+        res = drain(iter_run(job, scheduler=args.scheduler, workers=workers, should_stop=stop,
+                             log=lambda msg: print(f"atbsn: {msg}", file=sys.stderr)), cb)
     if not res.complete:
         return 130
     for p in res.paths:
@@ -392,9 +385,6 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 
 def _check_output_first(src: str, dst: str) -> None:
     """Output mistakes are reported before the (slower) input and model loading."""
-    from pathlib import Path
-
-    from .errors import WriteError
     from .io.outputs import output_kind
 
     output_kind(dst)
@@ -406,6 +396,7 @@ def _check_output_first(src: str, dst: str) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .modelio import load_network
+    from .tiling import default_halo
 
     net, cfg = load_network(args.model)
     n_params = sum(p.numel() for p in net.parameters())
@@ -414,7 +405,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines = [f"model folder   {args.model}",
              f"kind           {kind}",
              f"preset         {arch['preset']}  ({n_params:,} parameters, {arch['in_channels']} channel(s))",
-             f"window         {cfg['patch']} px (training patch), halo {cfg.get('halo', cfg['patch'] // 4)} px"]
+             f"window         {cfg['patch']} px (training patch), "
+             f"halo {cfg.get('halo', default_halo(cfg['patch']))} px"]
     if cfg["kind"] == "atbsn":
         lines.append(f"blind spots    k_a={cfg.get('k_a')} (training), k_b={cfg.get('k_b')} (default inference)")
     elif cfg["kind"] == "dbsn":
@@ -443,7 +435,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     sample = None
     if args.sample:
         from .axes import to_planes
-        from .errors import ConfigError
         from .io.readers import open_image
 
         img = open_image(args.sample, args.sample_axes)
@@ -463,8 +454,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.output, preset=args.preset, iters=args.iters, distill_iters=args.distill_iters,
-             device=args.device)
+    run_demo(args.output, preset=args.preset, iters=args.iters, distill_iters=args.distill_iters, device=args.device)
     return 0
 
 

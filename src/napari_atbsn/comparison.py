@@ -25,7 +25,8 @@ from .axes import guess_axes, validate_axes
 from .errors import ConfigError, ImageError
 from .events import drain
 from .inference.denoiser import Denoiser
-from .inference.pipeline import iter_denoise_array, resolve_ks
+from .inference.inmemory import iter_denoise_outputs
+from .inference.output_kinds import resolve_ks
 
 PLANE_AXES = "TZ"
 
@@ -120,7 +121,7 @@ class ComparisonStack:
             done[id(v.model)][1].append(v.k)
         for rows, ks in done.values():
             model = self.versions[rows[0]].model
-            res = drain(iter_denoise_array(model, raw, self.plane_axes, ks=ks, batch_size=self.batch_size,
+            res = drain(iter_denoise_outputs(model, raw, self.plane_axes, ks=ks, batch_size=self.batch_size,
                                            dtype="float32"))
             for r, img in zip(rows, res, strict=True):
                 out[r] = img

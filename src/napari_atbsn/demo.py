@@ -19,6 +19,7 @@ from typing import Any
 from .config import DistillConfig, TrainConfig
 from .io.files import write_image
 from .metrics import psnr, ssim
+from .progress import progress_callback
 from .sample_data import make_sample
 
 #: CPU-sized settings of the demo per preset: (train iters, patch, batch, distill iters, student).
@@ -33,7 +34,6 @@ def run_demo(output: str | Path = "atbsn-demo", *, preset: str = "small", iters:
              distill_iters: int | None = None, device: str = "auto", planes: int = 8, size: int = 256,
              stream: Any = None) -> dict[str, Any]:
     """Run the demo, write its outputs to ``output`` and return the metrics table."""
-    from .cli import progress_callback
     from .events import drain
     from .training import iter_distill, iter_train
 

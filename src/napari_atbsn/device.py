@@ -18,13 +18,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
         raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps.") from None
+    _check_available(dev, name)
+    return dev
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def _check_available(dev: torch.device, name: str) -> None:
+    """Refuse a device this machine (or this PyTorch build) does not have."""
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {name!r} requested but CUDA is not available on this machine "
@@ -34,11 +44,10 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise DeviceError(f"device {name!r} does not exist: this machine has {n} CUDA device(s) "
                               f"(cuda:0..cuda:{n - 1}).")
     elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        if not _mps_available():
             raise DeviceError("device 'mps' requested but Apple MPS is not available; use --device cpu or auto.")
     elif dev.type != "cpu":
         raise DeviceError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps.")
-    return dev
 
 
 def bf16_native(device: torch.device) -> bool:

@@ -106,14 +106,25 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
                                f"{WEIGHTS}.")
     refuse_pickles(p)
     cfg_path = p / CONFIG
+    cfg = _read_json(p, cfg_path)
+    _check_entries(p, cfg_path, cfg)
+    return cfg
+
+
+def _read_json(folder: Path, cfg_path: Path) -> Any:
     if not cfg_path.exists():
-        raise ModelFolderError(f"{p} has no {CONFIG}: it is not a model folder, or its writing was interrupted.")
+        raise ModelFolderError(f"{folder} has no {CONFIG}: it is not a model folder, or its writing was "
+                               f"interrupted.")
     try:
-        cfg = json.loads(cfg_path.read_text())
+        return json.loads(cfg_path.read_text())
     except OSError as e:
         raise ModelFolderError(f"cannot read {cfg_path}: {e.strerror or e}; check its permissions.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelFolderError(f"{cfg_path} is not valid JSON ({e}); the folder is corrupted.") from None
+
+
+def _check_entries(p: Path, cfg_path: Path, cfg: Any) -> None:
+    """The keys, format version and kind of a parsed config.json."""
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise ModelFolderError(f"{cfg_path} is not a napari-atbsn model configuration.")
     missing = sorted(_REQUIRED - set(cfg))
@@ -129,7 +140,6 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
                                f"({__version__}) reads ({FORMAT_VERSION}); upgrade napari-atbsn.")
     if cfg["kind"] not in KINDS:
         raise ModelFolderError(f"{cfg_path}: unknown model kind {cfg['kind']!r}.")
-    return cfg
 
 
 def build_model(cfg: dict[str, Any]) -> nn.Module:

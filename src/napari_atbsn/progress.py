@@ -1,10 +1,12 @@
-"""A dependency-free terminal progress bar with rate and ETA."""
+"""A dependency-free terminal progress bar with rate and ETA, and the callback that shows training events
+with it (the command line's and the demo's)."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 
 def format_seconds(s: float) -> str:
@@ -51,3 +53,36 @@ class ProgressBar:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def progress_callback(label: str) -> Callable[[Any], None]:
+    """A :func:`~napari_atbsn.events.drain` callback that shows a training run's steps as a progress bar on
+    stderr, one bar per stage (D-BSN trains in phases), and its checkpoints when stderr is not a terminal."""
+    from .events import CheckpointEvent, StepEvent
+
+    bar: ProgressBar | None = None
+    stage: str | None = None
+
+    def cb(event: Any) -> None:
+        nonlocal bar, stage
+        if isinstance(event, StepEvent):
+            if bar is None or event.stage != stage:  # D-BSN trains in phases: one bar each
+                stage = event.stage
+                bar = ProgressBar(stage if stage.startswith("dbsn") else label, event.total)
+            bar.update(event.step, f"loss {event.loss:.4f} lr {event.lr:.2e}")
+        elif isinstance(event, CheckpointEvent) and bar is not None and not bar.tty:
+            print(f"  checkpoint at step {event.step}", file=sys.stderr)
+
+    return cb
+
+
+def count_callback(label: str) -> Callable[[tuple[int, int]], None]:
+    """A :func:`~napari_atbsn.events.drain` callback for ``(done, total)`` events (a chunked denoise): one bar
+    on stderr whose total follows the events."""
+    bar = ProgressBar(label, 1)
+
+    def cb(event: tuple[int, int]) -> None:
+        bar.total = max(1, event[1])
+        bar.update(event[0])
+
+    return cb

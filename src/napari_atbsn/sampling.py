@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .axes import PLANE_LETTERS, validate_axes
+from .axes import PLANE_LETTERS, check_image, validate_axes
 from .errors import ImageError
-from .io.files import check_image
 
 
 class PlaneSource:

@@ -72,6 +72,24 @@ class CompareWidget(JobWidget):
 
     def start(self) -> None:
         src = self.source.get()
+        versions = self._versions()
+        self.stack = stack = ComparisonStack(src.array, src.axes, versions)
+        kw = display_kwargs(src.layer) if src.layer is not None else {}
+        if "contrast_limits" not in kw and not kw.get("rgb"):
+            kw["contrast_limits"] = display_limits(src.array)
+        kw.pop("axis_labels", None)
+        record = result_metadata(versions[0].model, k=versions[0].k, source=src.name, versions=stack.labels,
+                                 models={v.label: str(v.model.path) for v in versions}, lazy=True)
+        self.layers = []
+        if self.layout_mode.value == "stack":
+            msg = self._show_stack(src.name, stack, record, kw)
+        else:
+            msg = self._show_grid(src.name, stack, record, kw)
+        self.status.setText(msg + ". Planes are denoised when shown; hover to read every version's value.")
+        info(msg)
+
+    def _versions(self) -> list[Any]:
+        """The teacher's k_b versions and the student's, as chosen in the form."""
         versions = []
         teacher = folder_or_none(self.model_dir.value)
         if teacher is not None:
@@ -88,39 +106,34 @@ class CompareWidget(JobWidget):
             versions += versions_for(load_model(student, device=self.device.value))
         if not versions:
             raise ConfigError("choose a teacher folder (and k_b values), a student folder, or both.")
-        self.stack = stack = ComparisonStack(src.array, src.axes, versions)
-        kw = display_kwargs(src.layer) if src.layer is not None else {}
-        if "contrast_limits" not in kw and not kw.get("rgb"):
-            kw["contrast_limits"] = display_limits(src.array)
-        kw.pop("axis_labels", None)
-        record = result_metadata(versions[0].model, k=versions[0].k, source=src.name, versions=stack.labels,
-                                 models={v.label: str(v.model.path) for v in versions}, lazy=True)
-        self.layers = []
-        if self.layout_mode.value == "stack":
-            for key in ("rotate", "shear", "affine", "units"):  # the version axis has no place in these
-                kw.pop(key, None)
-            scale = kw.pop("scale", None)
-            translate = kw.pop("translate", None)
-            if scale is not None:
-                kw["scale"], kw["translate"] = (1.0, *scale), (0.0, *translate)
-            self.layers.append(self.viewer.add_image(stack, name=f"{src.name}_compare", metadata=record, **kw))
-            labels = list(self.viewer.dims.axis_labels)
-            if len(labels) == stack.ndim:
-                labels[0] = "version"
-                self.viewer.dims.axis_labels = labels
-            msg = "versions on the first slider: " + ", ".join(f"{i}: {lab}" for i, lab in enumerate(stack.labels))
-        else:
-            for i, v in enumerate(versions):
-                name = f"{src.name}_{v.label.replace('k_b=', 'atbsn_kb')}"
-                meta = {"napari_atbsn": {**record["napari_atbsn"], "version": v.label}}
-                self.layers.append(self.viewer.add_image(VersionView(stack, i), name=name, metadata=meta, **kw))
-            from napari.experimental import link_layers
+        return versions
 
-            link_layers(self.layers, ("contrast_limits", "gamma", "colormap", "interpolation2d"))
-            self.viewer.grid.enabled = True
-            msg = f"{len(versions)} linked layers in a grid"
-        self.status.setText(msg + ". Planes are denoised when shown; hover to read every version's value.")
-        info(msg)
+    def _show_stack(self, name: str, stack: ComparisonStack, record: dict[str, Any], kw: dict[str, Any]) -> str:
+        """One layer whose first axis is the version."""
+        for key in ("rotate", "shear", "affine", "units"):  # the version axis has no place in these
+            kw.pop(key, None)
+        scale = kw.pop("scale", None)
+        translate = kw.pop("translate", None)
+        if scale is not None:
+            kw["scale"], kw["translate"] = (1.0, *scale), (0.0, *translate)
+        self.layers.append(self.viewer.add_image(stack, name=f"{name}_compare", metadata=record, **kw))
+        labels = list(self.viewer.dims.axis_labels)
+        if len(labels) == stack.ndim:
+            labels[0] = "version"
+            self.viewer.dims.axis_labels = labels
+        return "versions on the first slider: " + ", ".join(f"{i}: {lab}" for i, lab in enumerate(stack.labels))
+
+    def _show_grid(self, name: str, stack: ComparisonStack, record: dict[str, Any], kw: dict[str, Any]) -> str:
+        """One linked layer per version, in a grid."""
+        from napari.experimental import link_layers
+
+        for i, v in enumerate(stack.versions):
+            layer_name = f"{name}_{v.label.replace('k_b=', 'atbsn_kb')}"
+            meta = {"napari_atbsn": {**record["napari_atbsn"], "version": v.label}}
+            self.layers.append(self.viewer.add_image(VersionView(stack, i), name=layer_name, metadata=meta, **kw))
+        link_layers(self.layers, ("contrast_limits", "gamma", "colormap", "interpolation2d"))
+        self.viewer.grid.enabled = True
+        return f"{len(stack.versions)} linked layers in a grid"
 
     def values_at(self, world: Any) -> dict[str, float] | None:
         """Each version's value at a world position, from planes already computed (None if not shown yet)."""

@@ -22,7 +22,11 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox
 from ..config import NOISE_MAP
 from ..errors import ConfigError, ImageError
 from ..inference.denoiser import load_model
-from ..inference.pipeline import available_memory, iter_denoise_array, iter_run, lazy_denoise, plan_job, resolve_ks
+from ..inference.inmemory import iter_denoise_outputs
+from ..inference.lazy import lazy_denoise
+from ..inference.output_kinds import resolve_ks
+from ..inference.plan import available_memory, plan_job
+from ..inference.run import iter_run
 from ..io.readers import open_image
 from ._base import (
     JobWidget,
@@ -93,10 +97,6 @@ class DenoiseWidget(JobWidget):
     # -- computed now ------------------------------------------------------------------------------
     def _run_now(self, src: Source, model: Any, ks: list[Any]) -> None:
         arr = src.array
-        channels = arr.shape[src.axes.index("C")] if "C" in src.axes else 1
-        if channels != model.in_channels:
-            raise ImageError(f"the image has {channels} channel(s) (axes {src.axes}) but the model expects "
-                             f"{model.in_channels}; check the axes or use a model trained on such data.")
         need = int(np.prod(arr.shape)) * 4 * (len(ks) + 1)
         if need > available_memory() // 2:
             raise ImageError(f"denoising this {'x'.join(map(str, arr.shape))} image in memory needs about "
@@ -104,16 +104,8 @@ class DenoiseWidget(JobWidget):
         dtype = self.dtype.value
 
         def make(should_stop: Any) -> Any:
-            data = np.asarray(arr)
-            gen = iter_denoise_array(model, data, src.axes, ks=ks, batch_size=4, dtype=dtype)
-            while True:  # iter_denoise_array has no stop hook: a stop ends it between window batches
-                try:
-                    event = next(gen)
-                except StopIteration as done:
-                    return done.value
-                yield event
-                if should_stop():
-                    return None
+            return iter_denoise_outputs(model, np.asarray(arr), src.axes, ks=ks, batch_size=4, dtype=dtype,
+                                        should_stop=should_stop)
 
         def done(outs: list[np.ndarray] | None) -> None:
             if outs is None:

@@ -17,8 +17,7 @@ from napari.layers import Image
 from ..config import DEFAULT_KS, STUDENT_PRESETS, DistillConfig, UnpairedConfig, config_fields_help
 from ..errors import ConfigError
 from ..modelio import read_config
-from ..training import iter_distill, iter_distill_dbsn
-from ..training.train import checkpoint_config
+from ..training import checkpoint_config, iter_distill, iter_distill_dbsn
 from ._base import device_choices, folder_or_none, layer_axes
 from ._runs import RunWidget
 from ._source import SourcePicker

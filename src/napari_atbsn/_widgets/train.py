@@ -16,8 +16,7 @@ from ..config import (
     config_fields_help,
 )
 from ..errors import ConfigError
-from ..training import iter_train, iter_train_dbsn
-from ..training.train import checkpoint_config
+from ..training import checkpoint_config, iter_train, iter_train_dbsn
 from ._base import device_choices, folder_or_none
 from ._runs import RunWidget
 from ._source import SourcePicker

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, WriteError
-from ..inference.denoiser import load_model
+from ..inference.denoiser import load_model, refuse_k_b
 from . import bioimageio
 from .graph import FORMATS, to_onnx, to_torchscript
 
@@ -27,8 +27,7 @@ def export(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *, k_
     if fmt not in FORMATS:
         raise ConfigError(f"format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}.")
     model = load_model(model_dir, device="cpu")
-    if k_b is not None and model.kind != "atbsn":
-        raise ConfigError(f"k_b applies to AT-BSN teachers; {model.name} has no blind spot. Leave k_b unset.")
+    refuse_k_b(model, k_b)
     if Path(out).resolve().parent == Path(model_dir).resolve():
         # a model folder holds safetensors and JSON only: a TorchScript zip there would make it refused
         raise WriteError(f"write the export outside the model folder {model_dir}; model folders hold only "
@@ -38,7 +37,7 @@ def export(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *, k_
     if fmt == "onnx":
         return to_onnx(model, out, k_b=k_b, overwrite=overwrite)
     path = bioimageio.to_bioimageio(model, out, k_b=k_b, overwrite=overwrite, sample=sample, authors=authors,
-                         license=license, name=name)
+                                    license=license, name=name)
     if validate:
         try:
             bioimageio.validate(path)

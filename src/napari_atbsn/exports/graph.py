@@ -24,9 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import check_k
 from ..errors import ConfigError
-from ..inference.denoiser import Denoiser
+from ..inference.denoiser import Denoiser, refuse_k_b
 from ..io.fs import new_file_target, write_file_atomically
+from ..models.outputs import network_outputs
 from ..version import __version__
 
 FORMATS = ("torchscript", "onnx", "bioimageio")
@@ -41,14 +43,12 @@ class RawWindowModel(nn.Module):
 
     def __init__(self, model: Denoiser, k_b: int | None = None, *, normalize: bool = True) -> None:
         super().__init__()
-        from ..config import check_k
-
+        refuse_k_b(model, k_b)
         self.kind = model.kind
         # a copy: exporting must not change the caller's model (device, grad flags)
         self.net = copy.deepcopy(model.network).cpu().float().eval().requires_grad_(False)
-        self.k = check_k(model.k_b if k_b is None else k_b, name="k_b") if model.kind == "atbsn" else 0
-        if k_b is not None and model.kind != "atbsn":
-            raise ConfigError(f"k_b applies to AT-BSN teachers; {model.name} has no blind spot. Leave k_b unset.")
+        # the one output the graph computes: a teacher's fixed k_b, else the model's image (D-BSN: Bayes-fused)
+        self.key = check_k(model.k_b if k_b is None else k_b, name="k_b") if model.kind == "atbsn" else None
         self.gamma = model.gamma
         self.normalize = normalize
         self.eval()
@@ -60,15 +60,7 @@ class RawWindowModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:
             x = (x - self.offset) / self.scale
-        if self.kind == "atbsn":
-            y = self.net(x, self.k)
-        elif self.kind == "dbsn":
-            from ..models.dbsn import bayes_fusion
-
-            mu, var_mu, var_n = self.net(x)
-            y = bayes_fusion(x, mu, var_mu, var_n, self.gamma, exportable=True)
-        else:
-            y = self.net(x)
+        y = network_outputs(self.net, self.kind, x, [self.key], gamma=self.gamma, exportable=True)[0]
         return y * self.scale + self.offset if self.normalize else y
 
 

@@ -1,20 +1,24 @@
-"""Denoising in-memory images (2-D, Z/T stacks, samples, channels) in windows.
+"""Denoising in-memory images (2-D, Z/T stacks, samples, channels) in windows: the one validated entry for
+arrays that fit in memory (napari layers, notebooks, the comparison stack, training previews).
 
-For files and arrays larger than memory use :func:`napari_atbsn.inference.pipeline.denoise`,
+For files and arrays larger than memory use :func:`napari_atbsn.inference.run.denoise`,
 which computes the same windows chunk by chunk and streams the result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..axes import guess_axes, validate_axes
+from ..axes import check_image, guess_axes, validate_axes
+from ..config import OutputKey
 from ..errors import ConfigError, ImageError
-from ..io.files import check_image
-from .pipeline import OUTPUT_DTYPES, iter_denoise_array, resolve_ks
+from ..io.outputs import to_dtype
+from .geometry import Geometry, from_cyx, read_block
+from .output_kinds import OUTPUT_DTYPES, output_dtype, resolve_ks
+from .runtime import Runtime, counted
 
 if TYPE_CHECKING:
     from .denoiser import Denoiser
@@ -23,11 +27,23 @@ if TYPE_CHECKING:
 def iter_denoise(model: Denoiser, image: Any, axes: str | None = None, *, k_b: int | None = None,
                  batch_size: int = 4, dtype: str = "float32") -> Generator[tuple[int, int], None, np.ndarray]:
     """Denoise plane by plane; yields (windows_done, windows_total); returns the image."""
+    outs = yield from iter_denoise_outputs(model, image, axes, ks=resolve_ks(model, k_b), batch_size=batch_size,
+                                           dtype=dtype)
+    assert outs is not None  # no should_stop: never stopped
+    return outs[0]
+
+
+def iter_denoise_outputs(model: Denoiser, image: Any, axes: str | None = None, *, ks: Sequence[OutputKey],
+                         batch_size: int = 4, dtype: str = "float32",
+                         should_stop: Callable[[], bool] | None = None,
+                         ) -> Generator[tuple[int, int], None, list[np.ndarray] | None]:
+    """Several outputs of one pass (k_b values of a teacher, a D-BSN's image and noise map ...), validated:
+    yields (windows_done, windows_total); returns one array per entry of ``ks`` in the image's layout, or
+    None when ``should_stop`` said so (checked after every batch of windows)."""
     if dtype not in OUTPUT_DTYPES:
         raise ConfigError(f"dtype={dtype!r}; choose float32 or input.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} must be a positive integer (windows per network call).")
-    ks = resolve_ks(model, k_b)
     check_image(image)
     arr = np.asarray(image)
     axes = validate_axes(axes or guess_axes(arr.shape), arr.ndim)
@@ -35,5 +51,33 @@ def iter_denoise(model: Denoiser, image: Any, axes: str | None = None, *, k_b: i
     if channels != model.in_channels:
         raise ImageError(f"the image has {channels} channel(s) (axes {axes}, shape {arr.shape}) but the model "
                          f"expects {model.in_channels}; check --axes or use a model trained on such data.")
-    outs = yield from iter_denoise_array(model, arr, axes, ks=ks, batch_size=batch_size, dtype=dtype)
-    return outs[0]
+    gen = _iter_planes(model, arr, axes, ks=list(ks), batch_size=batch_size, dtype=dtype)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            return done.value
+        yield event
+        if should_stop is not None and should_stop():
+            return None
+
+
+def _iter_planes(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Sequence[OutputKey],
+                       batch_size: int, dtype: str) -> Generator[tuple[int, int], None, list[np.ndarray]]:
+    """Denoise an in-memory array plane by plane (each plane one chunk); returns one array per k."""
+    geom = Geometry.of(axes, arr.shape)
+    rt = Runtime(model, ks, geom, model.patch, model.halo, batch_size)
+    grid = rt.grid
+    out_dtype = arr.dtype if dtype == "input" else np.dtype(np.float32)
+    outs = [np.empty(arr.shape, dtype=output_dtype(k, out_dtype)) for k in ks]
+    total = geom.n_planes * grid.count(geom.region)
+    done = 0
+    for n in range(geom.n_planes):
+        box = geom.region
+        index = geom.source_index(n, 0, geom.height, 0, geom.width)
+        raw = geom.to_cyx(read_block(arr, index))
+        result = yield from counted(rt.iter_unit(raw, (0, 0), box), done, total)
+        done += grid.count(box)
+        for o, res in zip(outs, result, strict=True):
+            o[index] = from_cyx(to_dtype(res, o.dtype), geom)
+    return outs

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..axes import guess_axes, reorder_for, validate_axes
-from ..errors import AxesError, ImageError, ReadError, WriteError
+from ..axes import check_image, guess_axes, reorder_for, validate_axes
+from ..errors import AxesError, ReadError, WriteError
 from .fs import fsync_file
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -39,7 +38,7 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> tuple[np.nda
     if suffix in TIFF_SUFFIXES:
         data, file_axes = _read_tiff(p)
     elif suffix in PIL_SUFFIXES:
-        data, file_axes = _read_pil(p), None
+        data, file_axes = read_pil(p), None
     elif suffix == ".npy":
         try:
             data, file_axes = np.load(p, allow_pickle=False), None
@@ -68,14 +67,20 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, str | None]:
             raw_axes = series.axes
     except Exception as e:  # tifffile raises many types for broken files
         raise ReadError(f"{p} could not be read as a TIFF ({type(e).__name__}: {e}); is the file complete?") from None
+    return data, map_tiff_axes(raw_axes)
+
+
+def map_tiff_axes(raw_axes: str) -> str | None:
+    """tifffile's axes letters as ours; None when they cannot be mapped, so the caller guesses instead."""
     mapped = "".join(_TIFF_AXES.get(a, "?") for a in raw_axes)
-    # Unknown letters or two letters that map to the same one: fall back to guessing.
+    # Unknown letters or two letters that map to the same one: no usable axes.
     if "?" in mapped or len(set(mapped)) != len(mapped):
-        return data, None
-    return data, mapped
+        return None
+    return mapped
 
 
-def _read_pil(p: Path) -> np.ndarray:
+def read_pil(p: Path) -> np.ndarray:
+    """A PNG or JPEG as a numpy array (Y, X) or (Y, X, samples)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -83,16 +88,6 @@ def _read_pil(p: Path) -> np.ndarray:
             return np.asarray(im)
     except (UnidentifiedImageError, OSError) as e:
         raise ReadError(f"{p} could not be read as an image ({e}).") from None
-
-
-def check_image(data: Any, name: str = "image") -> None:
-    """Refuse data no denoiser can use: wrong dtype, fewer than 2 dims."""
-    arr = np.asarray(data) if not hasattr(data, "dtype") else data
-    if arr.dtype.kind not in "uif":
-        raise ImageError(f"{name} has dtype {arr.dtype}; convert it to an integer or float type "
-                         f"(complex, boolean and object images are not supported).")
-    if arr.ndim < 2:
-        raise ImageError(f"{name} is {arr.ndim}-D; an image needs at least 2 dimensions (Y and X).")
 
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:

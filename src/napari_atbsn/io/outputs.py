@@ -71,6 +71,19 @@ def outputs_for(path: str | os.PathLike, ks: Sequence[Any]) -> list[Path]:
             p if len(images) == 1 else p.with_name(f"{stem}_kb{k}{suffix}") for k in ks]
 
 
+def to_dtype(x: Any, dtype: Any) -> Any:
+    """Float results as ``dtype``: integers are rounded (``np.rint``, halves to even) and clipped to their range.
+
+    Other types are a plain ``astype(dtype, copy=False)``. numpy and dask arrays alike: on a dask
+    array the NumPy calls dispatch to dask, so a pyramid level stays lazy until it is stored.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(x), info.min, info.max).astype(dtype)
+    return x.astype(dtype, copy=False)
+
+
 def work_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial")
 
@@ -101,7 +114,11 @@ def ngff_axes(axes: str, units: dict[str, str] | None = None) -> list[dict[str, 
 
 
 class OutputStore:
-    """One output file or folder and its resumable work store."""
+    """One output file or folder and its resumable work store.
+
+    Only paths: building one touches no file, so a worker process cheaply rebuilds it from the
+    absolute final path alone (``OutputStore(final)``) and finds the same work store, array and markers.
+    """
 
     def __init__(self, final: str | os.PathLike) -> None:
         self.final = Path(final)
@@ -153,7 +170,18 @@ class OutputStore:
         except FileNotFoundError:
             return set()
 
+    def open_array(self) -> Any:
+        """The level-0 array of the work store, opened for writing units into (``r+``)."""
+        import zarr
+
+        return zarr.open_array(str(self.array_path), mode="r+")
+
     def mark_done(self, key: str) -> None:
+        """Record unit ``key`` as done, as :meth:`done` lists it: an empty file in the store's DONE_DIR.
+
+        Call it only once the unit's chunk is fully stored, so a marker never lies. An ``OSError``
+        (disk full, permissions) propagates: the caller says how to resume.
+        """
         (self.done_dir / key).touch()
 
     # -- finishing --------------------------------------------------------------
@@ -245,19 +273,11 @@ def build_pyramid(group: Any, axes: str) -> int:
         if any(p[1] for p in pad):
             prev = da.pad(prev, pad, mode="edge")
         small = da.coarsen(np.mean, prev.astype(np.float64), {yi: 2, xi: 2})
-        small = _cast(small, base.dtype)
+        small = to_dtype(small, base.dtype)
         target = group.create_array(str(level), shape=shapes[level], chunks=base.chunks, dtype=base.dtype,
                                     fill_value=0, overwrite=True)
         da.store(small.rechunk(base.chunks), target, lock=False, scheduler="threads")
     return len(shapes)
-
-
-def _cast(x: Any, dtype: np.dtype) -> Any:
-    dtype = np.dtype(dtype)
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return x.round().clip(info.min, info.max).astype(dtype)
-    return x.astype(dtype)
 
 
 def multiscales(axes: str, levels: int, scale: dict[str, float], name: str) -> dict[str, Any]:

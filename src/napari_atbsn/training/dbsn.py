@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +33,20 @@ from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
 from ..inference.denoiser import Denoiser
 from ..modelio import arch_dict, load_network
 from ..models import DBSN, Student
-from ..models.dbsn import BLOWUP, constrained_nll
+from ..models.dbsn import BLOWUP, bayes_fusion, constrained_nll
 from ..normalization import Normalization
-from ..sampling import check_patch_fits, plane_source, sample_batch
-from .loop import LoopSpec, gpu_options, iter_optimize
-from .train import (
+from ..sampling import PlaneSource, check_patch_fits, plane_source, sample_batch
+from .harness import (
     TrainResult,
     checkpoint_config,
     finish,
-    iter_run,
+    iter_training_run,
     prepare_data,
     prepare_output,
     preview_runner,
     removes_empty_output,
 )
+from .loop import LoopSpec, gpu_options, iter_optimize
 
 PHASES = ("mu", "sigma", "joint")
 #: The sigma phase runs at this multiple of the learning rate. The noise estimator starts flat (a constant
@@ -57,7 +58,7 @@ SIGMA_LR_FACTOR = 3.0
 MAX_DROPPED = 0.2  # of a phase's steps
 
 
-class _Guard:
+class LossGuard:
     """Counts dropped batches; refuses to go on when the likelihood keeps blowing up."""
 
     def __init__(self, steps: int) -> None:
@@ -74,7 +75,7 @@ class _Guard:
         return ok
 
 
-def phase_loss(model: DBSN, phase: str, guard: _Guard) -> Callable[[torch.Tensor], torch.Tensor | None]:
+def phase_loss(model: DBSN, phase: str, guard: LossGuard) -> Callable[[torch.Tensor], torch.Tensor | None]:
     def loss_fn(x: torch.Tensor) -> torch.Tensor | None:
         if phase == "sigma":
             # mu is frozen: no graph through the backbone, so a sigma step costs about a third of a mu step
@@ -137,7 +138,7 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
 
         lr = cfg.lr * (SIGMA_LR_FACTOR if PHASES[phase] == "sigma" else 1.0)
         spec = LoopSpec(f"dbsn-{PHASES[phase]}", model, iters[phase], lr, device, cfg.amp, batch_fn,
-                        phase_loss(model, PHASES[phase], _Guard(iters[phase])), cfg.checkpoint_every, out,
+                        phase_loss(model, PHASES[phase], LossGuard(iters[phase])), cfg.checkpoint_every, out,
                         config_fn_for(phase), should_stop,
                         **preview_runner(preview, model, config_fn_for(phase), device,
                                          BLIND_ESTIMATE if PHASES[phase] == "mu" else None, amp=cfg.amp,
@@ -175,6 +176,126 @@ def synthesize_noisy(model: DBSN, clean: torch.Tensor, u: float, z: torch.Tensor
     return clean + noise * u
 
 
+def load_dbsn_teacher(teacher: str | Path) -> tuple[DBSN, dict[str, Any]]:
+    """The D-BSN network in folder ``teacher`` and its config; any other kind of model is refused."""
+    net, tcfg = load_network(teacher)
+    if not isinstance(net, DBSN):
+        raise ModelFolderError(f"{teacher} holds a {tcfg['kind']}, not a D-BSN; give the folder written by "
+                               f"'atbsn train --method dbsn'.")
+    return net, tcfg
+
+
+def unpaired_sources(data: Any, axes: str | None, clean: Any, clean_axes: str | None, patch: int,
+                     channels: int) -> tuple[PlaneSource, PlaneSource | None]:
+    """The plane sources of the noisy data and of the clean images (None without them), checked against the
+    patch and the D-BSN's ``channels``."""
+    source = plane_source(data, axes)
+    check_patch_fits(source, patch)
+    if source.channels != channels:
+        raise ImageError(f"the noisy data has {source.channels} channel(s) but the D-BSN was trained on "
+                         f"{channels}; check --axes.")
+    if clean is None:
+        return source, None
+    clean_source = plane_source(clean, clean_axes)
+    check_patch_fits(clean_source, patch)
+    if clean_source.channels != source.channels:
+        raise ImageError(f"the clean images have {clean_source.channels} channel(s), the noisy data "
+                         f"{source.channels}; they must match (check --clean-axes).")
+    return source, clean_source
+
+
+def real_per_batch(cfg: UnpairedConfig, with_clean: bool) -> int:
+    """How many patches of a batch are real noisy data: one in 8 (at least one) beside clean images, else all."""
+    n_real = max(1, cfg.batch // 8) if with_clean else cfg.batch
+    if with_clean and n_real >= cfg.batch:
+        raise ConfigError(f"batch={cfg.batch} leaves no room for clean patches; use at least 2 (8 in the paper).")
+    return n_real
+
+
+def make_unpaired_student(cfg: UnpairedConfig, channels: int, patch: int) -> Student:
+    """The student, seeded; refused when the teacher's patch does not suit it."""
+    torch.manual_seed(cfg.seed)
+    student = Student(cfg.student, channels)
+    if patch % STUDENT_MULTIPLE[cfg.student]:
+        raise ConfigError(f"the teacher's patch {patch} is not a multiple of {STUDENT_MULTIPLE[cfg.student]}, "
+                          f"which student {cfg.student} needs; choose another student.")
+    return student
+
+
+@dataclass
+class UnpairedBatches:
+    """Batches of ``n_real`` real noisy patches followed by clean ones (when there is a clean source).
+
+    Remembers the step of the last batch: the loss draws its synthetic noise from (seed, step), so a resumed
+    run continues exactly.
+    """
+
+    source: PlaneSource
+    clean_source: PlaneSource | None
+    norm: Normalization
+    seed: int
+    batch: int
+    n_real: int
+    patch: int
+    step: int = 0
+
+    def __call__(self, step: int) -> np.ndarray:
+        self.step = step
+        real = sample_batch(self.source, step, seed=self.seed, batch=self.n_real, patch=self.patch)
+        parts = [real]
+        if self.clean_source is not None:
+            parts.append(sample_batch(self.clean_source, step, seed=self.seed + 1, batch=self.batch - self.n_real,
+                                      patch=self.patch))
+        return self.norm.apply(np.concatenate(parts))
+
+
+def synthetic_noise_draw(seed: int, step: int, shape: torch.Size) -> tuple[float, torch.Tensor]:
+    """The noise scale u ~ U[0.9, 1.1] and the standard normal ``z`` of one step, from (seed, step)."""
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + step)
+    u = 0.9 + 0.2 * float(torch.rand((), generator=gen))
+    z = torch.randn(shape, generator=gen)
+    return u, z
+
+
+def unpaired_loss(student: Student, teacher_net: DBSN, gamma: float, real_weight: float,
+                  batches: UnpairedBatches) -> Callable[[torch.Tensor], torch.Tensor]:
+    """batch on device -> ``real_weight * MSE(real) + MSE(synthetic)`` (plain ``MSE(real)`` without clean
+    images), the real target being the D-BSN's Bayes-fused output."""
+    n_real, with_clean = batches.n_real, batches.clean_source is not None
+
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        real, clean_x = x[:n_real], x[n_real:]
+        with torch.no_grad():
+            mu, var_mu, var_n = teacher_net(real.float())
+            target = bayes_fusion(real.float(), mu, var_mu, var_n, gamma)
+        if not with_clean:
+            return F.mse_loss(student(real).float(), target)
+        loss = real_weight * F.mse_loss(student(real).float(), target)
+        u, z = synthetic_noise_draw(batches.seed, batches.step, clean_x.shape)
+        with torch.no_grad():
+            noisy = synthesize_noisy(teacher_net, clean_x.float(), u, z.to(clean_x.device))
+        return loss + F.mse_loss(student(noisy).float(), clean_x.float())
+
+    return loss_fn
+
+
+def unpaired_config_fn(student: Student, cfg: UnpairedConfig, norm: Normalization, teacher: str | Path,
+                       tcfg: dict[str, Any], batches: UnpairedBatches) -> Callable[[int], dict[str, Any]]:
+    """steps done -> the student's config.json content."""
+    patch, source = batches.patch, batches.source
+
+    def config_fn(steps: int) -> dict[str, Any]:
+        return {"kind": "student", "method": "dbsn-unpaired", "arch": arch_dict(student), "patch": patch,
+                "normalization": norm.to_dict(), "steps": steps,
+                "teacher": {"path": str(teacher), "kind": "dbsn", "arch": tcfg["arch"], "steps": tcfg.get("steps"),
+                            "patch": patch},
+                "unpaired": {**dataclasses.asdict(cfg), "clean": batches.clean_source is not None,
+                             "real_per_batch": batches.n_real},
+                "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape]}}
+
+    return config_fn
+
+
 @removes_empty_output
 def iter_distill_dbsn(data: Any, teacher: str | Path, axes: str | None = None, *, clean: Any = None,
                       clean_axes: str | None = None, config: UnpairedConfig | None = None,
@@ -189,81 +310,27 @@ def iter_distill_dbsn(data: Any, teacher: str | Path, axes: str | None = None, *
     whose target is the clean patch. Loss: ``real_weight * MSE(real) + MSE(synthetic)``. Without clean
     images it is plain self-distillation on the noisy data.
     """
-    net, tcfg = load_network(teacher)
-    if not isinstance(net, DBSN):
-        raise ModelFolderError(f"{teacher} holds a {tcfg['kind']}, not a D-BSN; give the folder written by "
-                               f"'atbsn train --method dbsn'.")
+    net, tcfg = load_dbsn_teacher(teacher)
     saved = checkpoint_config(out_dir) if resume else None
     base = config or UnpairedConfig()
     cfg = (resume_config(base, saved["unpaired"]) if saved else base).resolved(tcfg["arch"]["preset"])
     patch = int(tcfg["patch"])
-    source = plane_source(data, axes)
-    check_patch_fits(source, patch)
-    if source.channels != net.in_channels:
-        raise ImageError(f"the noisy data has {source.channels} channel(s) but the D-BSN was trained on "
-                         f"{net.in_channels}; check --axes.")
-    clean_source = None
-    if clean is not None:
-        clean_source = plane_source(clean, clean_axes)
-        check_patch_fits(clean_source, patch)
-        if clean_source.channels != source.channels:
-            raise ImageError(f"the clean images have {clean_source.channels} channel(s), the noisy data "
-                             f"{source.channels}; they must match (check --clean-axes).")
-    n_real = max(1, cfg.batch // 8) if clean_source is not None else cfg.batch
-    if clean_source is not None and n_real >= cfg.batch:
-        raise ConfigError(f"batch={cfg.batch} leaves no room for clean patches; use at least 2 (8 in the paper).")
+    source, clean_source = unpaired_sources(data, axes, clean, clean_axes, patch, net.in_channels)
+    n_real = real_per_batch(cfg, clean_source is not None)
     device = resolve_device(cfg.device)
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
     norm = Normalization.from_dict(tcfg["normalization"])
     gamma = float(tcfg.get("gamma", 1.0))
     teacher_net = net.to(device).eval().requires_grad_(False)
-    torch.manual_seed(cfg.seed)
-    student = Student(cfg.student, source.channels)
-    if patch % STUDENT_MULTIPLE[cfg.student]:
-        raise ConfigError(f"the teacher's patch {patch} is not a multiple of {STUDENT_MULTIPLE[cfg.student]}, "
-                          f"which student {cfg.student} needs; choose another student.")
-
-    current = {"step": 0}
-
-    def batch_fn(step: int) -> np.ndarray:
-        current["step"] = step  # the loss draws its synthetic noise from (seed, step): resumable exactly
-        real = sample_batch(source, step, seed=cfg.seed, batch=n_real, patch=patch)
-        parts = [real]
-        if clean_source is not None:
-            parts.append(sample_batch(clean_source, step, seed=cfg.seed + 1, batch=cfg.batch - n_real, patch=patch))
-        return norm.apply(np.concatenate(parts))
-
-    def loss_fn(x: torch.Tensor) -> torch.Tensor:
-        from ..models.dbsn import bayes_fusion
-
-        real, clean_x = x[:n_real], x[n_real:]
-        with torch.no_grad():
-            mu, var_mu, var_n = teacher_net(real.float())
-            target = bayes_fusion(real.float(), mu, var_mu, var_n, gamma)
-        loss = cfg.real_weight * F.mse_loss(student(real).float(), target) if clean_source is not None else \
-            F.mse_loss(student(real).float(), target)
-        if clean_source is not None:
-            gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + current["step"])
-            u = 0.9 + 0.2 * float(torch.rand((), generator=gen))
-            z = torch.randn(clean_x.shape, generator=gen).to(clean_x.device)
-            with torch.no_grad():
-                noisy = synthesize_noisy(teacher_net, clean_x.float(), u, z)
-            loss = loss + F.mse_loss(student(noisy).float(), clean_x.float())
-        return loss
-
-    def config_fn(steps: int) -> dict[str, Any]:
-        return {"kind": "student", "method": "dbsn-unpaired", "arch": arch_dict(student), "patch": patch,
-                "normalization": norm.to_dict(), "steps": steps,
-                "teacher": {"path": str(teacher), "kind": "dbsn", "arch": tcfg["arch"], "steps": tcfg.get("steps"),
-                            "patch": patch},
-                "unpaired": {**dataclasses.asdict(cfg), "clean": clean_source is not None, "real_per_batch": n_real},
-                "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape]}}
-
-    spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
+    student = make_unpaired_student(cfg, source.channels, patch)
+    batches = UnpairedBatches(source, clean_source, norm, cfg.seed, cfg.batch, n_real, patch)
+    config_fn = unpaired_config_fn(student, cfg, norm, teacher, tcfg, batches)
+    spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batches,
+                    unpaired_loss(student, teacher_net, gamma, cfg.real_weight, batches),
                     cfg.checkpoint_every, out, config_fn, should_stop,
                     **preview_runner(preview, student, config_fn, device, amp=cfg.amp,
                                      channels_last=cfg.channels_last), **gpu_options(cfg, device))
-    return (yield from iter_run(spec, out, config_fn, resume=resume))
+    return (yield from iter_training_run(spec, out, config_fn, resume=resume))
 
 
 def distill_dbsn(data: Any, teacher: str | Path, axes: str | None = None, *, clean: Any = None,

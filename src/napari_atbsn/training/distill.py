@@ -26,9 +26,16 @@ from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
 from ..modelio import arch_dict, load_network
 from ..models import ATBSN, Student
 from ..normalization import Normalization
-from ..sampling import check_patch_fits, plane_source, sample_batch
+from ..sampling import PlaneSource, check_patch_fits, plane_source, sample_batch
+from .harness import (
+    TrainResult,
+    checkpoint_config,
+    iter_training_run,
+    prepare_output,
+    preview_runner,
+    removes_empty_output,
+)
 from .loop import LoopSpec, gpu_options
-from .train import TrainResult, checkpoint_config, iter_run, prepare_output, preview_runner, removes_empty_output
 
 
 def distill_loss(student_out: torch.Tensor, teachers: torch.Tensor, *, mean_teacher: bool) -> torch.Tensor:
@@ -38,6 +45,72 @@ def distill_loss(student_out: torch.Tensor, teachers: torch.Tensor, *, mean_teac
     if mean_teacher:
         return F.l1_loss(student_out, teachers.mean(dim=0))
     return sum(F.l1_loss(student_out, t) for t in teachers)  # type: ignore[return-value]
+
+
+def load_teacher(teacher: str | Path) -> tuple[ATBSN, dict[str, Any]]:
+    """The AT-BSN network in folder ``teacher`` and its config; any other kind of model is refused."""
+    net, tcfg = load_network(teacher)
+    if not isinstance(net, ATBSN):
+        raise ModelFolderError(f"{teacher} holds a {tcfg['kind']}, not an AT-BSN teacher; give the folder "
+                               f"written by 'atbsn train'.")
+    return net, tcfg
+
+
+def distill_settings(config: DistillConfig | None, saved: dict[str, Any] | None, teacher: str | Path,
+                     tcfg: dict[str, Any]) -> DistillConfig:
+    """The resolved settings (the checkpoint's when resuming, which must come from the same teacher)."""
+    if saved and Path(saved["teacher"]["path"]).resolve() != Path(teacher).resolve():
+        raise ConfigError(f"the checkpoint was distilled from {saved['teacher']['path']}, not {teacher}; resume "
+                          f"with the same --teacher.")
+    base = config or DistillConfig()
+    cfg = (resume_config(base, saved["distill"]) if saved else base).resolved(tcfg["arch"]["preset"],
+                                                                              int(tcfg["patch"]))
+    s_max = (max(cfg.ks) + 1) // 2
+    if s_max >= cfg.patch:
+        raise BlindSpotError(f"k={max(cfg.ks)} is too large for {cfg.patch}-pixel patches; use smaller Ks.")
+    return cfg
+
+
+def distill_source(data: Any, axes: str | None, net: ATBSN, patch: int) -> PlaneSource:
+    """The lazy plane source of ``data``, checked against the teacher's channels and the patch."""
+    source = plane_source(data, axes)
+    if source.channels != net.in_channels:
+        raise ImageError(f"the data has {source.channels} channel(s) but the teacher was trained on "
+                         f"{net.in_channels}; check --axes.")
+    check_patch_fits(source, patch)
+    return source
+
+
+def make_student(cfg: DistillConfig, channels: int, teacher_net: torch.nn.Module, *, resume: bool,
+                 ) -> tuple[Student, bool]:
+    """The student, seeded; student C of a new run starts from the teacher's UNet weights where it can.
+    Returns the student and whether it was initialised from the teacher."""
+    torch.manual_seed(cfg.seed)
+    student = Student(cfg.student, channels)
+    initialised = False
+    if cfg.init_from_teacher and cfg.student == "C" and not resume:
+        try:
+            student.init_from_teacher(teacher_net)
+            initialised = True
+        except ConfigError:
+            initialised = False  # a non-paper teacher: student C starts from scratch
+    return student, initialised
+
+
+def distill_config_fn(student: Student, cfg: DistillConfig, norm: Normalization, teacher: str | Path,
+                      tcfg: dict[str, Any], source: PlaneSource, initialised: bool) -> Callable[[int], dict[str, Any]]:
+    """steps done -> the student's config.json content."""
+
+    def config_fn(steps: int) -> dict[str, Any]:
+        return {"kind": "student", "arch": arch_dict(student), "patch": cfg.patch,
+                "normalization": norm.to_dict(), "ks": list(cfg.ks), "mean_teacher": cfg.mean_teacher,
+                "teacher": {"path": str(teacher), "arch": tcfg["arch"], "k_a": tcfg.get("k_a"),
+                            "steps": tcfg.get("steps"), "patch": tcfg["patch"]},
+                "steps": steps, "distill": {**dataclasses.asdict(cfg), "ks": list(cfg.ks),
+                                            "initialised_from_teacher": initialised},
+                "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape]}}
+
+    return config_fn
 
 
 @removes_empty_output
@@ -50,39 +123,16 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
     Events, stopping, resuming and the result are as in
     :func:`napari_atbsn.training.iter_train`.
     """
-    net, tcfg = load_network(teacher)
-    if not isinstance(net, ATBSN):
-        raise ModelFolderError(f"{teacher} holds a {tcfg['kind']}, not an AT-BSN teacher; give the folder "
-                               f"written by 'atbsn train'.")
+    net, tcfg = load_teacher(teacher)
     saved = checkpoint_config(out_dir) if resume else None
-    if saved and Path(saved["teacher"]["path"]).resolve() != Path(teacher).resolve():
-        raise ConfigError(f"the checkpoint was distilled from {saved['teacher']['path']}, not {teacher}; resume "
-                          f"with the same --teacher.")
-    base = config or DistillConfig()
-    cfg = (resume_config(base, saved["distill"]) if saved else base).resolved(tcfg["arch"]["preset"],
-                                                                              int(tcfg["patch"]))
-    s_max = (max(cfg.ks) + 1) // 2
-    if s_max >= cfg.patch:
-        raise BlindSpotError(f"k={max(cfg.ks)} is too large for {cfg.patch}-pixel patches; use smaller Ks.")
-    source = plane_source(data, axes)
-    if source.channels != net.in_channels:
-        raise ImageError(f"the data has {source.channels} channel(s) but the teacher was trained on "
-                         f"{net.in_channels}; check --axes.")
-    check_patch_fits(source, cfg.patch)
+    cfg = distill_settings(config, saved, teacher, tcfg)
+    source = distill_source(data, axes, net, cfg.patch)
     device = resolve_device(cfg.device)
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
     norm = Normalization.from_dict(tcfg["normalization"])
     opts = gpu_options(cfg, device)
     teacher_net = place_network(net.eval().requires_grad_(False), device, **opts)
-    torch.manual_seed(cfg.seed)
-    student = Student(cfg.student, source.channels)
-    initialised = False
-    if cfg.init_from_teacher and cfg.student == "C" and not resume:
-        try:
-            student.init_from_teacher(teacher_net)
-            initialised = True
-        except ConfigError:
-            initialised = False  # a non-paper teacher: student C starts from scratch
+    student, initialised = make_student(cfg, source.channels, teacher_net, resume=resume)
 
     def batch_fn(step: int) -> np.ndarray:
         return norm.apply(sample_batch(source, step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch))
@@ -92,20 +142,12 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
             targets = teacher_net.teachers(x, cfg.ks)
         return distill_loss(student(x), targets, mean_teacher=cfg.mean_teacher)
 
-    def config_fn(steps: int) -> dict[str, Any]:
-        return {"kind": "student", "arch": arch_dict(student), "patch": cfg.patch,
-                "normalization": norm.to_dict(), "ks": list(cfg.ks), "mean_teacher": cfg.mean_teacher,
-                "teacher": {"path": str(teacher), "arch": tcfg["arch"], "k_a": tcfg.get("k_a"),
-                            "steps": tcfg.get("steps"), "patch": tcfg["patch"]},
-                "steps": steps, "distill": {**dataclasses.asdict(cfg), "ks": list(cfg.ks),
-                                            "initialised_from_teacher": initialised},
-                "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape]}}
-
+    config_fn = distill_config_fn(student, cfg, norm, teacher, tcfg, source, initialised)
     spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop,
                     **preview_runner(preview, student, config_fn, device, amp=cfg.amp,
                                      channels_last=cfg.channels_last), **opts)
-    return (yield from iter_run(spec, out, config_fn, resume=resume))
+    return (yield from iter_training_run(spec, out, config_fn, resume=resume))
 
 
 def distill(data: Any, teacher: str | Path, axes: str | None = None, config: DistillConfig | None = None,

@@ -171,61 +171,96 @@ def _step(spec: LoopSpec, opt: Any, sched: Any, scaler: Any, x: torch.Tensor) ->
     return float(loss.detach())
 
 
-def iter_optimize(spec: LoopSpec, *, resume: bool,
-                  ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, LoopResult]:
-    model = place_network(spec.model, spec.device, channels_last=spec.channels_last, compile=spec.compile).train()
-    opt, sched = make_optimizer(model, spec.lr, spec.iters)
+def _start_step(spec: LoopSpec, opt: Any, sched: Any, *, resume: bool) -> int:
+    """The step to start from: the checkpoint's when resuming (restoring it), else 0."""
     start = load_checkpoint(spec, opt, sched) if resume else 0
     if start > spec.iters:
         raise ATBSNError(f"the checkpoint has {start} steps, more than --iters {spec.iters}; use --iters >= {start}.")
+    return start
+
+
+def _check_batch(batch: np.ndarray, step: int) -> None:
+    """Refuse NaN or Inf patches, naming the data: else the loss turns NaN and the message would blame the lr."""
+    if not np.isfinite(batch).all():
+        raise ImageError(f"the training data contains NaN or Inf pixels (in the patches of step {step + 1}); "
+                         f"replace them (e.g. with the local median) and train again (--resume continues "
+                         f"from the last checkpoint).")
+
+
+def _step_on_device(spec: LoopSpec, opt: Any, sched: Any, scaler: Any, batch: np.ndarray) -> float | None:
+    """:func:`_step` on the batch moved to the device; running out of memory becomes a DeviceError that
+    names the settings to change."""
+    x = to_device(batch, spec.device, channels_last=spec.channels_last)
+    try:
+        with compile_errors_named():
+            return _step(spec, opt, sched, scaler, x)
+    except (RuntimeError, MemoryError) as e:
+        if not is_oom(e):
+            raise
+        del x
+        if spec.device.type == "cuda":
+            torch.cuda.empty_cache()
+        # No automatic back-off: a smaller batch or patch changes what the run learns, and a checkpoint
+        # continues only with its own settings. Name the settings to change instead.
+        kept = (f" The checkpoint in {spec.out_dir} is kept (--resume needs the same settings)."
+                if spec.out_dir is not None and (spec.out_dir / CHECKPOINT_DIR / CONFIG).exists()
+                else "")
+        raise DeviceError(f"{spec.device} ran out of memory during {spec.stage} with batch {batch.shape[0]} "
+                          f"of {batch.shape[-1]}x{batch.shape[-1]} patches; start again with a smaller "
+                          f"--batch or --patch, a smaller preset, or another --device.{kept}") from None
+
+
+def _record_loss(spec: LoopSpec, losses: list[float], value: float | None, step: int) -> float:
+    """Append a step's loss (refusing a non-finite one); return the value to report for the step."""
+    if value is None:  # the caller dropped this batch (D-BSN's blow-up guard): no update at all
+        return losses[-1] if losses else 0.0
+    if not np.isfinite(value):
+        raise ATBSNError(f"the {spec.stage} loss became {value} at step {step + 1}; lower the learning "
+                         f"rate (--lr) or check the data for extreme values.")
+    losses.append(value)
+    return value
+
+
+def _preview(spec: LoopSpec, model: nn.Module, done: int) -> PreviewEvent:
+    """The preview crop denoised by the weights after ``done`` steps."""
+    assert spec.preview is not None
+    # eval mode and no_grad touch no random state, so a previewed run ends with the same weights
+    model.eval()
+    with torch.no_grad():
+        image = spec.preview(done)
+    model.train()
+    return PreviewEvent(spec.stage, done, image)
+
+
+def _checkpoint_due(spec: LoopSpec, done: int, stop: bool) -> bool:
+    """Whether to checkpoint after ``done`` steps: every ``checkpoint_every`` steps and on a stop request,
+    never after the last step (the model folder follows)."""
+    return spec.out_dir is not None and done < spec.iters and bool(
+        stop or (spec.checkpoint_every and done % spec.checkpoint_every == 0))
+
+
+def iter_optimize(spec: LoopSpec, *, resume: bool,
+                  ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, LoopResult]:
+    """Run ``spec``'s optimisation from step 0 (or the checkpoint's step when resuming) to ``spec.iters``,
+    or until ``should_stop`` asks; yields the events of every step."""
+    model = place_network(spec.model, spec.device, channels_last=spec.channels_last, compile=spec.compile).train()
+    opt, sched = make_optimizer(model, spec.lr, spec.iters)
+    start = _start_step(spec, opt, sched, resume=resume)
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(spec.device, spec.amp) else None
     losses: list[float] = []
     t0 = time.perf_counter()
     for step in range(start, spec.iters):
         batch = spec.batch_fn(step)
-        if not np.isfinite(batch).all():  # else the loss turns NaN and the message would blame the lr
-            raise ImageError(f"the training data contains NaN or Inf pixels (in the patches of step {step + 1}); "
-                             f"replace them (e.g. with the local median) and train again (--resume continues "
-                             f"from the last checkpoint).")
-        x = to_device(batch, spec.device, channels_last=spec.channels_last)
+        _check_batch(batch, step)
         lr = opt.param_groups[0]["lr"]
-        try:
-            with compile_errors_named():
-                value = _step(spec, opt, sched, scaler, x)
-        except (RuntimeError, MemoryError) as e:
-            if not is_oom(e):
-                raise
-            del x
-            if spec.device.type == "cuda":
-                torch.cuda.empty_cache()
-            # No automatic back-off: a smaller batch or patch changes what the run learns, and a checkpoint
-            # continues only with its own settings. Name the settings to change instead.
-            kept = (f" The checkpoint in {spec.out_dir} is kept (--resume needs the same settings)."
-                    if spec.out_dir is not None and (spec.out_dir / CHECKPOINT_DIR / CONFIG).exists()
-                    else "")
-            raise DeviceError(f"{spec.device} ran out of memory during {spec.stage} with batch {batch.shape[0]} "
-                              f"of {batch.shape[-1]}x{batch.shape[-1]} patches; start again with a smaller "
-                              f"--batch or --patch, a smaller preset, or another --device.{kept}") from None
-        if value is None:  # the caller dropped this batch (D-BSN's blow-up guard): no update at all
-            value = losses[-1] if losses else 0.0
-        else:
-            if not np.isfinite(value):
-                raise ATBSNError(f"the {spec.stage} loss became {value} at step {step + 1}; lower the learning "
-                                 f"rate (--lr) or check the data for extreme values.")
-            losses.append(value)
+        value = _record_loss(spec, losses, _step_on_device(spec, opt, sched, scaler, batch), step)
         done = step + 1
         yield StepEvent(spec.stage, done, spec.iters, value, lr, (done - start) / (time.perf_counter() - t0))
         # A stop request on the last step is moot: the run is complete.
         stop = done < spec.iters and spec.should_stop is not None and spec.should_stop()
         if spec.preview is not None and (stop or done == spec.iters or done % spec.preview_every == 0):
-            # eval mode and no_grad touch no random state, so a previewed run ends with the same weights
-            model.eval()
-            with torch.no_grad():
-                image = spec.preview(done)
-            model.train()
-            yield PreviewEvent(spec.stage, done, image)
-        if spec.out_dir is not None and done < spec.iters and (
-                stop or (spec.checkpoint_every and done % spec.checkpoint_every == 0)):
+            yield _preview(spec, model, done)
+        if _checkpoint_due(spec, done, stop):
             path = save_checkpoint(spec, opt, sched, done)
             yield CheckpointEvent(done, str(path))
         if stop:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import inspect
-import shutil
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,156 +12,19 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainConfig, resume_config
-from ..device import resolve_device
-from ..errors import ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
-from ..inference.denoiser import Denoiser
-from ..modelio import CONFIG, arch_dict, read_config, save_folder
+from ..modelio import arch_dict
 from ..models import ATBSN
-from ..normalization import Normalization, fit_normalization
-from ..sampling import PlaneSource, check_patch_fits, plane_source, sample_batch
-from .loop import (
-    CHECKPOINT_DIR,
-    CHECKPOINT_OLD,
-    CHECKPOINT_PARTIAL,
-    LoopSpec,
-    gpu_options,
-    iter_optimize,
-    recover_checkpoint,
+from ..sampling import sample_batch
+from .harness import (
+    TrainResult,
+    checkpoint_config,
+    iter_training_run,
+    prepare_data,
+    preview_runner,
+    removes_empty_output,
 )
-
-
-@dataclass
-class TrainResult:
-    """What a training or distillation run returns."""
-
-    model: Denoiser
-    path: Path | None
-    steps: int
-    stopped: bool
-    losses: list[float]
-
-
-def checkpoint_config(out_dir: str | Path | None) -> dict[str, Any]:
-    """The config of the resumable checkpoint in ``out_dir`` (finishing an interrupted swap first)."""
-    if out_dir is None:
-        raise ConfigError("resume needs the output folder that holds the checkpoint.")
-    p = Path(out_dir)
-    if p.is_dir():
-        recover_checkpoint(p)
-    if not (p / CHECKPOINT_DIR / CONFIG).exists():
-        raise ModelFolderError(f"nothing to resume: {p / CHECKPOINT_DIR} holds no checkpoint; start without "
-                               f"--resume.")
-    return read_config(p / CHECKPOINT_DIR)
-
-
-def removes_empty_output(fn: Callable[..., Generator[Any, None, Any]]) -> Callable[..., Generator[Any, None, Any]]:
-    """Decorate a training generator: if it fails (or is closed) while the output folder it made is still
-    empty, the folder is removed again, so a refused or crashed run leaves nothing behind. A folder that
-    existed before, or holds anything (a checkpoint), is kept."""
-    sig = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, None, Any]:
-        out = sig.bind(*args, **kwargs).arguments.get("out_dir")
-        made = out is not None and not Path(out).exists()
-        try:
-            return (yield from fn(*args, **kwargs))
-        except BaseException:
-            if made:
-                with contextlib.suppress(OSError):
-                    Path(out).rmdir()  # fails, keeping everything, unless the folder is empty
-            raise
-
-    return wrapper
-
-
-def prepare_output(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> Path | None:
-    """Check the output folder: never clobber a model unless asked.
-
-    With ``resume`` the caller has already read the checkpoint (:func:`checkpoint_config`).
-    """
-    if out_dir is None:
-        return None
-    p = Path(out_dir)
-    if p.exists() and not p.is_dir():
-        raise ModelFolderError(f"{p} is a file; the output must be a folder.")
-    # checkpoint.old alone is a checkpoint whose swap a crash interrupted: still a checkpoint to keep
-    held = any((p / n).exists() for n in (CONFIG, CHECKPOINT_DIR, CHECKPOINT_OLD))
-    if not resume and p.exists() and held and not overwrite:
-        raise ModelFolderError(f"{p} already holds a model or checkpoint; use --resume to continue it, "
-                               f"--overwrite to replace it, or another folder.")
-    if p.exists() and overwrite and not resume:
-        (p / CONFIG).unlink(missing_ok=True)
-        for name in (CHECKPOINT_DIR, CHECKPOINT_PARTIAL, CHECKPOINT_OLD):
-            shutil.rmtree(p / name, ignore_errors=True)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ModelFolderError(f"cannot create the output folder {p}: {e.strerror or e}.") from None
-    return p
-
-
-def finish(out: Path | None, model: torch.nn.Module, cfg: dict[str, Any], stopped: bool) -> Path | None:
-    """Write the final model folder and drop the checkpoint (unless stopped)."""
-    if out is None or stopped:
-        return out / CHECKPOINT_DIR if out is not None and stopped else None
-    save_folder(out, model, cfg)
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    return out
-
-
-def prepare_data(data: Any, axes: str | None, cfg: Any, out_dir: str | Path | None, saved: dict[str, Any] | None, *,
-                 resume: bool, overwrite: bool) -> tuple[PlaneSource, torch.device, Path | None, Normalization]:
-    """What every training run does first: the lazy plane source, every check before the output folder is
-    touched, then the folder and the normalisation (the checkpoint's when resuming, else fitted on a sample)."""
-    source = plane_source(data, axes)
-    check_patch_fits(source, cfg.patch)
-    device = resolve_device(cfg.device)
-    # The fit reads the data and refuses NaN or constant images: done before the folder exists, so a
-    # refused run leaves nothing behind.
-    if saved:
-        norm = Normalization.from_dict(saved["normalization"])
-    else:
-        norm = fit_normalization(source.sample_pixels(np.random.default_rng(cfg.seed)), cfg.normalization)
-    out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
-    return source, device, out, norm
-
-
-def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: Callable[[int], dict[str, Any]],
-                   device: torch.device, k: Any = None, *, amp: bool = True, channels_last: bool | None = None,
-                   ) -> dict[str, Any]:
-    """LoopSpec fields that denoise ``preview.image`` with the network in training (empty without a preview).
-
-    ``k`` is the output shown (None: the model's own; D-BSN's mu phase shows mu).
-    """
-    if preview is None:
-        return {}
-    from ..inference.pipeline import iter_denoise_array
-
-    image = np.asarray(preview.image)
-    channels = image.shape[preview.axes.index("C")] if "C" in preview.axes else 1
-    if channels != model.in_channels:
-        raise ImageError(f"the preview crop has {channels} channel(s), the data {model.in_channels}; crop it from "
-                         f"the training data.")
-
-    def run(steps: int) -> np.ndarray:
-        # the same windowed inference as a saved model, on the weights of this step
-        den = Denoiser(model, config_fn(steps), device=device, amp=amp, channels_last=channels_last)
-        return drain(iter_denoise_array(den, image, preview.axes, ks=[k], batch_size=4, dtype="float32"))[0]
-
-    return {"preview": run, "preview_every": preview.every}
-
-
-def iter_run(spec: LoopSpec, out: Path | None, config_fn: Callable[[int], dict[str, Any]], *, resume: bool,
-             ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
-    """Run the loop, then write the model folder (unless stopped) and wrap the result."""
-    res = yield from iter_optimize(spec, resume=resume)
-    cfg_final = config_fn(res.steps)
-    path = finish(out, spec.model, cfg_final, res.stopped)
-    model = Denoiser(spec.model.eval(), cfg_final, device=spec.device, path=path, amp=spec.amp,
-                     channels_last=spec.channels_last)
-    return TrainResult(model, path, res.steps, res.stopped, res.losses)
+from .loop import LoopSpec, gpu_options
 
 
 @removes_empty_output
@@ -207,7 +65,7 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
                     cfg.checkpoint_every, out, config_fn, should_stop,
                     **preview_runner(preview, model, config_fn, device, amp=cfg.amp, channels_last=cfg.channels_last),
                     **gpu_options(cfg, device))
-    return (yield from iter_run(spec, out, config_fn, resume=resume))
+    return (yield from iter_training_run(spec, out, config_fn, resume=resume))
 
 
 def train(data: Any, axes: str | None = None, config: TrainConfig | None = None,

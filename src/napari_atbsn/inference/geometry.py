@@ -1,0 +1,98 @@
+"""An image seen as planes: which axes index planes, the plane size and the output region, and the moves
+between the source's axes order and the (C, h, w) blocks the network runs on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..axes import PLANE_LETTERS
+from ..errors import ImageError
+from ..tiling import Box
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """An image seen as planes: which axes index planes, the plane size, and the output region."""
+
+    axes: str
+    shape: tuple[int, ...]
+    region: Box  # output rows/columns of each plane (the whole plane, or the ROI)
+
+    @classmethod
+    def of(cls, axes: str, shape: Sequence[int], region: Box | None = None) -> Geometry:
+        h, w = int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+        if min(shape) == 0:
+            raise ImageError(f"the image has an empty dimension (shape {tuple(shape)}, axes {axes}).")
+        return cls(axes, tuple(int(s) for s in shape), region or Box(0, h, 0, w))
+
+    @property
+    def plane_axes(self) -> str:
+        return "".join(a for a in self.axes if a in PLANE_LETTERS)
+
+    @property
+    def plane_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[self.axes.index(a)] for a in self.plane_axes)
+
+    @property
+    def n_planes(self) -> int:
+        return int(np.prod(self.plane_shape)) if self.plane_shape else 1
+
+    @property
+    def channels(self) -> int:
+        return self.shape[self.axes.index("C")] if "C" in self.axes else 1
+
+    @property
+    def height(self) -> int:
+        return self.shape[self.axes.index("Y")]
+
+    @property
+    def width(self) -> int:
+        return self.shape[self.axes.index("X")]
+
+    def plane_index(self, n: int) -> dict[str, int]:
+        idx = np.unravel_index(n, self.plane_shape) if self.plane_shape else ()
+        return {a: int(i) for a, i in zip(self.plane_axes, idx, strict=True)}
+
+    def out_shape(self) -> tuple[int, ...]:
+        """Output shape in the input's axes order (Y, X cut to the region)."""
+        sizes = {"Y": self.region.y1 - self.region.y0, "X": self.region.x1 - self.region.x0}
+        return tuple(sizes.get(a, s) for a, s in zip(self.axes, self.shape, strict=True))
+
+    def source_index(self, n: int, y0: int, y1: int, x0: int, x1: int) -> tuple[Any, ...]:
+        """Index into the source for rows/columns of plane n (all channels)."""
+        plane = self.plane_index(n)
+        spans = {"Y": slice(y0, y1), "X": slice(x0, x1)}
+        return tuple(plane[a] if a in plane else spans.get(a, slice(None)) for a in self.axes)
+
+    def to_cyx(self, block: np.ndarray) -> np.ndarray:
+        """A block indexed by :meth:`source_index` as (C, h, w)."""
+        rest = [a for a in self.axes if a in "CYX"]
+        block = np.transpose(block, [rest.index(a) for a in "CYX" if a in rest])
+        return block if "C" in rest else block[None]
+
+
+def read_block(data: Any, index: tuple[Any, ...]) -> np.ndarray:
+    """Pixels of a numpy/dask/zarr-like array; dask runs in this thread (no nested pools)."""
+    block = data[index]
+    if hasattr(block, "compute"):
+        block = block.compute(scheduler="synchronous")
+    return np.asarray(block)
+
+
+def from_cyx(res: np.ndarray, geom: Geometry) -> np.ndarray:
+    """(C, h, w) back to the order of the source's C/Y/X axes (inverse of Geometry.to_cyx)."""
+    rest = [a for a in geom.axes if a in "CYX"]
+    if "C" not in rest:
+        return res[0]
+    order = [a for a in "CYX" if a in rest]
+    return np.transpose(res, [order.index(a) for a in rest])
+
+
+def full_shape(o: np.ndarray, geom: Geometry) -> list[int]:
+    """Shape of a (C?, h, w) block with singleton plane axes inserted, in source order."""
+    it = iter(o.shape)
+    return [1 if a in geom.plane_axes else next(it) for a in geom.axes]
