@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import DBSNConfig, DistillConfig, TrainConfig, UnpairedConfig, config_fields_help
+from .config import DEFAULT_GAMMA, DBSNConfig, DistillConfig, TrainConfig, UnpairedConfig, config_fields_help
 from .errors import ATBSNError, ConfigError, WriteError
 from .progress import count_callback, progress_callback
 from .version import __version__
@@ -351,7 +351,7 @@ def _report_run(res: Any, output: str) -> int:
 def cmd_denoise(args: argparse.Namespace) -> int:
     from .events import drain
     from .inference.plan import plan_job
-    from .inference.run import default_workers, is_remote, iter_run, load_for_scheduler
+    from .inference.run import default_workers, iter_run, load_for_scheduler, worker_device_for
     from .inference.schedulers import check_scheduler
     from .io.readers import open_image
 
@@ -360,7 +360,6 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     source = open_image(args.noisy, args.axes)
     print(f"atbsn: {args.noisy}: shape {source.shape}, axes {source.axes}, {source.dtype} "
           f"({source.nbytes / 2**30:.2f} GiB, {source.format})", file=sys.stderr)
-    remote = is_remote(args.scheduler)
     model = load_for_scheduler(args.model, args.scheduler, device=args.device, amp=not args.no_amp,
                                compile=args.compile)
     k_b = args.k_b[0] if args.k_b and len(args.k_b) == 1 else args.k_b
@@ -368,7 +367,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     job = plan_job(source, model, args.output, k_b=k_b, roi=args.roi, chunk=args.chunk, window=args.window,
                    halo=args.halo, batch_size=args.batch_size, dtype=args.dtype, overwrite=args.overwrite,
                    workers=workers, noise_map=args.save_noise_map,
-                   worker_device=args.device if remote else None)
+                   worker_device=worker_device_for(args.scheduler, args.device))
     print(f"atbsn: {model.name}, window {job.window} (halo {job.halo}), chunk {job.chunk}, "
           f"{len(job.units())} chunks, scheduler {args.scheduler}", file=sys.stderr)
     cb = count_callback("denoise")
@@ -411,7 +410,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         lines.append(f"blind spots    k_a={cfg.get('k_a')} (training), k_b={cfg.get('k_b')} (default inference)")
     elif cfg["kind"] == "dbsn":
         lines.append(f"noise model    {arch['noise_model']} (one-pixel blind spot, Bayes fusion gamma="
-                     f"{cfg.get('gamma', 1.0)})")
+                     f"{cfg.get('gamma', DEFAULT_GAMMA)})")
     elif cfg.get("method") == "dbsn-unpaired":
         clean = "with clean images" if cfg.get("unpaired", {}).get("clean") else "self-distillation only"
         lines.append(f"teacher        D-BSN, unpaired distillation ({clean})")

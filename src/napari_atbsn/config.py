@@ -68,6 +68,8 @@ OutputKey = int | str | None
 NOISE_MAP = "noise"
 #: D-BSN's blind-spot estimate mu before the Bayes fusion (for comparisons).
 BLIND_ESTIMATE = "mu"
+#: D-BSN's weight of the noise term in the Bayes fusion when a model folder does not say (1: exact posterior).
+DEFAULT_GAMMA = 1.0
 
 @dataclass(frozen=True)
 class DBSNArch:
@@ -309,7 +311,7 @@ class DBSNConfig:
     phases: tuple[float, float, float] = _help("fractions of iters for mu pretraining, sigma pretraining and "
                                                "joint training", default=(0.4, 0.4, 0.2))
     gamma: float = _help("default weight of the noise term in the Bayes fusion (1: exact posterior; the "
-                         "reference uses 0.9-1)", default=1.0)
+                         "reference uses 0.9-1)", default=DEFAULT_GAMMA)
     seed: int = _help("random seed (patch sampling and weight init)", default=0)
     device: str = _help("auto, cpu, cuda, cuda:N or mps", default="auto")
     amp: bool = _help("mixed precision on CUDA for the backbone (the likelihood is always float32)", default=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, WriteError
-from ..inference.denoiser import load_model, refuse_k_b
+from ..inference.denoiser import load_model
+from ..inference.output_kinds import refuse_k_b
 from . import bioimageio
 from .graph import FORMATS, to_onnx, to_torchscript
 

@@ -27,7 +27,9 @@ import torch
 
 from ..errors import ConfigError, WriteError
 from ..inference.denoiser import Denoiser
+from ..io.fs import new_file_target, write_file_atomically
 from ..version import __version__
+from .graph import ONNX_OPSET, RawWindowModel, contract, onnx_proto, require
 
 CITATIONS = {
     "atbsn": ("Chen, Zhang, Yu, Huang. Exploring Efficient Asymmetric Blind-Spots for Self-Supervised Denoising "
@@ -113,34 +115,8 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
 
     ``authors`` and ``license`` (an SPDX id) describe the trained weights, which are the user's.
     """
-    from .graph import require
-
     require("bioimageio.spec", "onnx", "onnxscript")
     from bioimageio.spec import save_bioimageio_package
-    from bioimageio.spec.model.v0_5 import (
-        Author,
-        AxisId,
-        BatchAxis,
-        ChannelAxis,
-        CiteEntry,
-        FileDescr,
-        InputTensorDescr,
-        LicenseId,
-        ModelDescr,
-        OnnxWeightsDescr,
-        OutputTensorDescr,
-        ScaleLinearAlongAxisKwargs,
-        ScaleLinearDescr,
-        SizeReference,
-        SpaceInputAxis,
-        SpaceOutputAxisWithHalo,
-        TensorId,
-        TorchscriptWeightsDescr,
-        WeightsDescr,
-    )
-
-    from ..io.fs import new_file_target, write_file_atomically
-    from .graph import ONNX_OPSET, RawWindowModel, contract
 
     target = new_file_target(out, overwrite)
     plane = sample_plane(model, sample)
@@ -148,8 +124,6 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
     y = np.asarray(model(x, k_b), dtype=np.float32)
     crop = _centre(plane, 256)  # the cover: the model's own result on a larger crop, tiled as usual
     cover = (crop, model.denoise(crop, "CYX", k_b=k_b))
-    norm = model.normalization
-    off, sc = np.asarray(norm.offset, np.float64), np.asarray(norm.scale, np.float64)
     core = RawWindowModel(model, k_b, normalize=False).cpu()
     with tempfile.TemporaryDirectory(prefix="atbsn-bmz-") as d:
         work = Path(d)
@@ -157,60 +131,113 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
         np.save(work / "test_output.npy", y)
         _cover(*cover, work / "cover.png")
         _documentation(model, k_b, work / "README.md")
-        example = torch.from_numpy(norm.apply(x).astype(np.float32))
-        with torch.no_grad():
-            torch.jit.save(torch.jit.trace(core, torch.cat([example, example]), check_trace=False),
-                           str(work / "weights.torchscript.pt"))
-        _onnx(core, torch.cat([example, example]), work / "weights.onnx", ONNX_OPSET)
-        channels = [f"channel{i}" for i in range(model.in_channels)]
-        c_axis = AxisId("channel")
-        inp = InputTensorDescr(
-            id=TensorId("raw"), description="noisy image window, in the data's own units",
-            axes=[BatchAxis(), ChannelAxis(channel_names=channels),
-                  SpaceInputAxis(id=AxisId("y"), size=model.patch), SpaceInputAxis(id=AxisId("x"), size=model.patch)],
-            test_tensor=FileDescr(source=work / "test_input.npy"),
-            preprocessing=[ScaleLinearDescr(kwargs=ScaleLinearAlongAxisKwargs(
-                axis=c_axis, gain=[float(1 / s) for s in sc], offset=[float(-o / s) for o, s in zip(off, sc,
-                                                                                                   strict=True)]))])
-        outp = OutputTensorDescr(
-            id=TensorId("denoised"), description="denoised window, in the input's units",
-            axes=[BatchAxis(), ChannelAxis(channel_names=channels),
-                  SpaceOutputAxisWithHalo(id=AxisId("y"), halo=model.halo,
-                                          size=SizeReference(tensor_id=TensorId("raw"), axis_id=AxisId("y"))),
-                  SpaceOutputAxisWithHalo(id=AxisId("x"), halo=model.halo,
-                                          size=SizeReference(tensor_id=TensorId("raw"), axis_id=AxisId("x")))],
-            test_tensor=FileDescr(source=work / "test_output.npy"),
-            postprocessing=[ScaleLinearDescr(kwargs=ScaleLinearAlongAxisKwargs(
-                axis=c_axis, gain=[float(s) for s in sc], offset=[float(o) for o in off]))])
-        kind = {"atbsn": "AT-BSN teacher", "student": "AT-BSN distilled student", "dbsn": "D-BSN"}[model.kind]
-        cites = ["dbsn"] if model.kind == "dbsn" else ["atbsn"]
-        torch_version = torch.__version__.split("+")[0]
-        descr = ModelDescr(
-            name=name or f"napari-atbsn {kind} ({model.name})",
-            description=f"Self-supervised {kind} denoiser for microscopy, trained on noisy data only with "
-                        f"napari-atbsn {__version__}.",
-            authors=[Author(name=a) for a in (authors or ("napari-atbsn user",))],
-            cite=[CiteEntry(text=CITATIONS[k][0], url=CITATIONS[k][1]) for k in cites],
-            license=LicenseId(license),
-            documentation=FileDescr(source=work / "README.md"),
-            covers=[FileDescr(source=work / "cover.png")],
-            tags=["denoising", "self-supervised", "blind-spot", "2d", "pytorch", "napari-atbsn"],
-            inputs=[inp], outputs=[outp],
-            weights=WeightsDescr(
-                torchscript=TorchscriptWeightsDescr(source=work / "weights.torchscript.pt",
-                                                    pytorch_version=torch_version),
-                onnx=OnnxWeightsDescr(source=work / "weights.onnx", opset_version=ONNX_OPSET,
-                                      parent="torchscript")),
-            config={"napari_atbsn": contract(model, k_b)},
-        )
+        _write_weights(core, torch.from_numpy(model.normalization.apply(x).astype(np.float32)), work)
+        descr = _model_descr(model, k_b, work, name=name, authors=authors, license=license)
         write_file_atomically(target, lambda tmp: save_bioimageio_package(descr, output_path=tmp))
     return target
 
 
+def _write_weights(core: torch.nn.Module, example: torch.Tensor, work: Path) -> None:
+    """The network in the normalised space, traced to TorchScript and exported to ONNX (a batch of two
+    copies of ``example``, the normalised test input)."""
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(core, torch.cat([example, example]), check_trace=False),
+                       str(work / "weights.torchscript.pt"))
+    _onnx(core, torch.cat([example, example]), work / "weights.onnx", ONNX_OPSET)
+
+
+def _weights_descr(work: Path) -> Any:
+    """The weights in both formats, ONNX converted from TorchScript."""
+    from bioimageio.spec.model.v0_5 import OnnxWeightsDescr, TorchscriptWeightsDescr, WeightsDescr
+
+    torch_version = torch.__version__.split("+")[0]
+    return WeightsDescr(
+        torchscript=TorchscriptWeightsDescr(source=work / "weights.torchscript.pt", pytorch_version=torch_version),
+        onnx=OnnxWeightsDescr(source=work / "weights.onnx", opset_version=ONNX_OPSET, parent="torchscript"))
+
+
+def _channels(model: Denoiser) -> Any:
+    from bioimageio.spec.model.v0_5 import ChannelAxis
+
+    return ChannelAxis(channel_names=[f"channel{i}" for i in range(model.in_channels)])
+
+
+def _scale_linear(gain: list[float], offset: list[float]) -> Any:
+    """The spec's ``scale_linear`` along the channel axis: ``gain * x + offset`` per channel."""
+    from bioimageio.spec.model.v0_5 import AxisId, ScaleLinearAlongAxisKwargs, ScaleLinearDescr
+
+    return ScaleLinearDescr(kwargs=ScaleLinearAlongAxisKwargs(axis=AxisId("channel"), gain=gain, offset=offset))
+
+
+def _norm_arrays(model: Denoiser) -> tuple[np.ndarray, np.ndarray]:
+    norm = model.normalization
+    return np.asarray(norm.offset, np.float64), np.asarray(norm.scale, np.float64)
+
+
+def _input_descr(model: Denoiser, work: Path) -> Any:
+    """One raw window of the training patch size; the normalisation is the pre-processing."""
+    from bioimageio.spec.model.v0_5 import AxisId, BatchAxis, FileDescr, InputTensorDescr, SpaceInputAxis, TensorId
+
+    off, sc = _norm_arrays(model)
+    return InputTensorDescr(
+        id=TensorId("raw"), description="noisy image window, in the data's own units",
+        axes=[BatchAxis(), _channels(model),
+              SpaceInputAxis(id=AxisId("y"), size=model.patch), SpaceInputAxis(id=AxisId("x"), size=model.patch)],
+        test_tensor=FileDescr(source=work / "test_input.npy"),
+        preprocessing=[_scale_linear([float(1 / s) for s in sc],
+                                     [float(-o / s) for o, s in zip(off, sc, strict=True)])])
+
+
+def _output_descr(model: Denoiser, work: Path) -> Any:
+    """The denoised window, the input's size, with the halo a tiling consumer discards; the inverse
+    normalisation is the post-processing."""
+    from bioimageio.spec.model.v0_5 import (
+        AxisId,
+        BatchAxis,
+        FileDescr,
+        OutputTensorDescr,
+        SizeReference,
+        SpaceOutputAxisWithHalo,
+        TensorId,
+    )
+
+    off, sc = _norm_arrays(model)
+    space = [SpaceOutputAxisWithHalo(id=AxisId(a), halo=model.halo,
+                                     size=SizeReference(tensor_id=TensorId("raw"), axis_id=AxisId(a)))
+             for a in ("y", "x")]
+    return OutputTensorDescr(
+        id=TensorId("denoised"), description="denoised window, in the input's units",
+        axes=[BatchAxis(), _channels(model), *space],
+        test_tensor=FileDescr(source=work / "test_output.npy"),
+        postprocessing=[_scale_linear([float(s) for s in sc], [float(o) for o in off])])
+
+
+def _model_descr(model: Denoiser, k_b: int | None, work: Path, *, name: str | None, authors: tuple[str, ...],
+                 license: str) -> Any:
+    """The package's description (rdf.yaml), from the files written in ``work``."""
+    from bioimageio.spec.model.v0_5 import Author, CiteEntry, FileDescr, LicenseId, ModelDescr
+
+    inp, outp = _input_descr(model, work), _output_descr(model, work)
+    kind = {"atbsn": "AT-BSN teacher", "student": "AT-BSN distilled student", "dbsn": "D-BSN"}[model.kind]
+    cites = ["dbsn"] if model.kind == "dbsn" else ["atbsn"]
+    return ModelDescr(
+        name=name or f"napari-atbsn {kind} ({model.name})",
+        description=f"Self-supervised {kind} denoiser for microscopy, trained on noisy data only with "
+                    f"napari-atbsn {__version__}.",
+        authors=[Author(name=a) for a in (authors or ("napari-atbsn user",))],
+        cite=[CiteEntry(text=CITATIONS[k][0], url=CITATIONS[k][1]) for k in cites],
+        license=LicenseId(license),
+        documentation=FileDescr(source=work / "README.md"),
+        covers=[FileDescr(source=work / "cover.png")],
+        tags=["denoising", "self-supervised", "blind-spot", "2d", "pytorch", "napari-atbsn"],
+        inputs=[inp], outputs=[outp],
+        weights=_weights_descr(work),
+        config={"napari_atbsn": contract(model, k_b)},
+    )
+
+
 def _onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     import onnx
-
-    from .graph import onnx_proto
 
     onnx.save_model(onnx_proto(module, example, opset), str(path))
 

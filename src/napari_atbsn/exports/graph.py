@@ -26,9 +26,10 @@ from torch import nn
 
 from ..config import check_k
 from ..errors import ConfigError
-from ..inference.denoiser import Denoiser, refuse_k_b
+from ..inference.denoiser import Denoiser
+from ..inference.output_kinds import refuse_k_b
 from ..io.fs import new_file_target, write_file_atomically
-from ..models.outputs import network_outputs
+from ..models.outputs import network_output
 from ..version import __version__
 
 FORMATS = ("torchscript", "onnx", "bioimageio")
@@ -60,7 +61,7 @@ class RawWindowModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:
             x = (x - self.offset) / self.scale
-        y = network_outputs(self.net, self.kind, x, [self.key], gamma=self.gamma, exportable=True)[0]
+        y = network_output(self.net, self.kind, x, self.key, gamma=self.gamma, exportable=True)
         return y * self.scale + self.offset if self.normalize else y
 
 

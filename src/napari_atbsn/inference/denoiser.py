@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import BLIND_ESTIMATE, NOISE_MAP, check_k
+from ..config import DEFAULT_GAMMA, NOISE_MAP
 from ..modelio import load_network
+from ..models.outputs import network_outputs
 from ..normalization import Normalization
+from ..tiling import default_halo
 
 
 class Denoiser:
@@ -41,7 +43,7 @@ class Denoiser:
         self.path = path
         self.kind: str = config["kind"]
         self.patch: int = int(config["patch"])
-        self.halo: int = int(config.get("halo", self.patch // 4))
+        self.halo: int = int(config.get("halo", default_halo(self.patch)))
         self.k_b: int = int(config.get("k_b", 3))
         self.normalization = Normalization.from_dict(config["normalization"])
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
@@ -68,7 +70,7 @@ class Denoiser:
     @property
     def gamma(self) -> float:
         """D-BSN: weight of the noise term in the Bayes fusion (stored with the model; 1 = exact posterior)."""
-        return float(self.config.get("gamma", 1.0))
+        return float(self.config.get("gamma", DEFAULT_GAMMA))
 
     @torch.no_grad()
     def run_normalized(self, x: np.ndarray, k_b: int | None = None) -> np.ndarray:
@@ -91,30 +93,8 @@ class Denoiser:
         if single:
             t = torch.cat([t, t])
         with compile_errors_named(), autocast(self.device, self.amp):
-            if self.kind == "atbsn":
-                y = self.network.teachers(t, [self.k_b if k is None else check_k(k, name="k_b") for k in ks])
-            elif self.kind == "dbsn":
-                y = self._dbsn_outputs(t, ks)
-            else:
-                y = self.network(t)[None]
+            y = network_outputs(self.network, self.kind, t, ks, k_b=self.k_b, gamma=self.gamma)
         return y[:, :1].float().cpu().numpy() if single else y.float().cpu().numpy()
-
-    def _dbsn_outputs(self, t: torch.Tensor, ks: Sequence[int | str | None]) -> torch.Tensor:
-        """D-BSN: None -> the Bayes-fused image; NOISE_MAP -> the noise standard deviation (normalised units);
-        BLIND_ESTIMATE -> mu, the one-pixel blind-spot estimate before fusion."""
-        from ..models.dbsn import bayes_fusion
-
-        mu, var_mu, var_n = self.network(t)
-        outs = []
-        for k in ks:
-            if k == BLIND_ESTIMATE:
-                outs.append(mu)
-            elif k == NOISE_MAP:
-                var = var_n if var_n.ndim == 4 else var_n.diagonal(dim1=1, dim2=2).permute(0, 3, 1, 2)
-                outs.append(var.clamp_min(0).sqrt())
-            else:
-                outs.append(bayes_fusion(t, mu, var_mu, var_n, self.gamma))
-        return torch.stack(outs)
 
     def undo_output(self, out: np.ndarray, k: int | str | None) -> np.ndarray:
         """A normalised network output back in the data's units (a noise std scales, an image also shifts)."""

@@ -130,7 +130,8 @@ def unit_spec(job: Plan, scheduler: str, workers: int) -> UnitSpec:
     ref = ModelRef(model_path, job.worker_device or str(job.model.device),
                    job.model.fingerprint() if scheduler != "sync" else "", job.model.amp, job.model.compiled)
     return UnitSpec(uuid.uuid4().hex, ref, tuple(job.ks), job.geom, job.window, job.halo, job.batch_size,
-                    str(job.out_dtype), tuple(str(s.final.resolve()) for s in job.stores), job.record["axes"],
+                    str(job.out_dtype), tuple(str(s.final.parent.resolve() / s.final.name) for s in job.stores),
+                    job.record["axes"],
                     torch_threads(scheduler, workers))
 
 
@@ -216,6 +217,12 @@ def is_remote(scheduler: str) -> bool:
     return isinstance(scheduler, str) and scheduler.startswith("tcp://")
 
 
+def worker_device_for(scheduler: str, device: str) -> str | None:
+    """The device worker processes load the model on: ``device`` on a cluster (the planning machine may have
+    no GPU), else None (the planned model's own)."""
+    return device if is_remote(scheduler) else None
+
+
 def default_workers(scheduler: str, workers: int | None) -> int:
     """Workers when none are given: two for local thread or process pools, else one."""
     return workers or (2 if scheduler in ("threads", "processes") else 1)
@@ -247,7 +254,6 @@ def denoise(source: Any, model: Denoiser | str | os.PathLike, out: str | os.Path
     estimated noise standard deviation as a second output (``OUT_noise``; the second array). ``amp``
     (mixed precision on CUDA) and ``compile`` (torch.compile) apply when ``model`` is a folder.
     """
-    remote = is_remote(scheduler)
     if not hasattr(model, "run_windows"):
         model = load_for_scheduler(model, scheduler, device=device, amp=amp, compile=compile)
     workers = default_workers(scheduler, workers)
@@ -256,6 +262,6 @@ def denoise(source: Any, model: Denoiser | str | os.PathLike, out: str | os.Path
                             batch_size=batch_size, dtype=dtype, noise_map=noise_map)
     job = plan_job(source, model, out, axes=axes, k_b=k_b, roi=roi, chunk=chunk, window=window, halo=halo,
                    batch_size=batch_size, dtype=dtype, overwrite=overwrite, workers=workers, noise_map=noise_map,
-                   worker_device=device if remote else None)
+                   worker_device=worker_device_for(scheduler, device))
     cb = (lambda ev: progress(*ev)) if progress else None
     return drain(iter_run(job, scheduler=scheduler, workers=workers, should_stop=should_stop, log=log), cb)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import BLIND_ESTIMATE, STUDENT_MULTIPLE, DBSNConfig, UnpairedConfig, resume_config
+from ..config import BLIND_ESTIMATE, DEFAULT_GAMMA, STUDENT_MULTIPLE, DBSNConfig, UnpairedConfig, resume_config
 from ..device import resolve_device
 from ..errors import ATBSNError, ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
@@ -320,7 +320,7 @@ def iter_distill_dbsn(data: Any, teacher: str | Path, axes: str | None = None, *
     device = resolve_device(cfg.device)
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
     norm = Normalization.from_dict(tcfg["normalization"])
-    gamma = float(tcfg.get("gamma", 1.0))
+    gamma = float(tcfg.get("gamma", DEFAULT_GAMMA))
     teacher_net = net.to(device).eval().requires_grad_(False)
     student = make_unpaired_student(cfg, source.channels, patch)
     batches = UnpairedBatches(source, clean_source, norm, cfg.seed, cfg.batch, n_real, patch)
