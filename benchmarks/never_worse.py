@@ -82,10 +82,7 @@ def load(name: str) -> dict:
 def planes(a: np.ndarray, axes: str) -> np.ndarray:
     """(P, C, H, W) float64 view of an SYX/ZYX/SYXC array."""
     a = np.asarray(a, dtype=np.float64)
-    if axes.endswith("C"):
-        a = np.moveaxis(a, -1, -3)
-    else:
-        a = a[..., None, :, :]
+    a = np.moveaxis(a, -1, -3) if axes.endswith("C") else a[..., None, :, :]
     return a.reshape(-1, *a.shape[-3:])
 
 
@@ -136,8 +133,10 @@ def psnr(a: np.ndarray, ref: np.ndarray, drange: float) -> float:
 
 
 def rescaled_reference(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The reference mapped to each noisy plane's scale by least squares (W2S's 8-bit copies were
-    normalised apart: noisy ≈ 0.55-0.94 x reference + offset), so the "true" noise is noise."""
+    """The reference mapped to each noisy plane's scale by least squares, so that the "true" noise is
+    noise: W2S's 8-bit copies were normalised apart (noisy ≈ 0.55-0.94 x reference + offset); FMD's
+    average of 50 frames is not the first frames' expectation (bleaching); PolyU's mean image differs
+    by up to 2 % in gain and 4 levels in offset."""
     out = x.copy()
     for p in range(y.shape[0]):
         for c in range(y.shape[1]):
@@ -177,7 +176,7 @@ def evaluate(name: str, window: int) -> dict:
     groups = groups_of(d, y.shape[0])
     nls = noise_levels(d, groups)
     refs = {"reference": x}
-    if name == "w2s":
+    if name in ("w2s", "fmd", "polyu"):
         refs["rescaled reference"] = rescaled_reference(y, x)
     valid = rk.valid_blind_spots(KS, max(nl.correlation_length for nl in nls))
     # estimated risks summed over groups (each group's pixels weigh by their count)
@@ -186,7 +185,7 @@ def evaluate(name: str, window: int) -> dict:
     for g, nl in zip(groups, nls, strict=True):
         yy = y[g]
         w = yy.size / y.size
-        noise_sum += w * rk.noise_mse(fk[valid[-1]][g], nl)
+        noise_sum += w * rk.noise_mse(fk[valid[0]][g], yy, nl)
         for k in valid:
             f = fk[k][g]
             est[k]["f"] += w * rk.risk(f, yy, nl)
@@ -194,7 +193,7 @@ def evaluate(name: str, window: int) -> dict:
                 a = rk.blend_weights(f, yy, nl, window=win, safety=rk.BLEND_SAFETY)
                 est[k][mode] += w * rk.risk(f, yy, nl, a)
                 blends[k][mode][g] = rk.blend(yy, f, a)
-    auto = min(valid, key=lambda k: est[k]["local"])
+    auto = min(valid, key=lambda k: est[k]["global"])  # the default blend's estimated risk
     res = {"name": name, "valid": valid, "auto": auto, "est": est, "noise_est": noise_sum,
            "k_a": K_A[name], "shape": list(d["noisy"].shape), "axes": d["axes"], "scores": {}}
     for rname, ref in refs.items():
@@ -210,20 +209,21 @@ def evaluate(name: str, window: int) -> dict:
 def table(results: list[dict]) -> str:
     lines = []
     head = "| data set | ref. | noisy | " + " | ".join(f"f k_b={k}" for k in KS) + \
-        " | best f (k_b) | auto k_b | blend global | blend local | best local (k_b) | est. gain | true gain |" \
-        " σ̂²/σ² |"
+        " | best f (k_b) | auto k_b | blend global | best global (k_b) | blend local | est. gain global | true gain" \
+        " global | est. gain local | true gain local | σ̂²/σ² |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         for rname, s in r["scores"].items():
             a = r["auto"]
             bf = max(s["f"], key=s["f"].get)
-            bl = max(s["local"], key=s["local"].get)
+            bg = max(s["global"], key=s["global"].get)
             fcells = [f"{s['f'][k]:.2f}" + ("" if k in r["valid"] else "*") for k in KS]
-            est_gain = 10 * np.log10(r["noise_est"] / r["est"][a]["local"])
-            true_gain = s["local"][a] - s["noisy"]
+            est_g = 10 * np.log10(r["noise_est"] / r["est"][a]["global"])
+            est_l = 10 * np.log10(r["noise_est"] / r["est"][a]["local"])
             lines.append(f"| {r['name']} (k_a {r['k_a']}) | {rname} | {s['noisy']:.2f} | " + " | ".join(fcells) +
-                         f" | {s['f'][bf]:.2f} ({bf}) | {a} | {s['global'][a]:.2f} | {s['local'][a]:.2f} | "
-                         f"{s['local'][bl]:.2f} ({bl}) | {est_gain:+.2f} | {true_gain:+.2f} | "
+                         f" | {s['f'][bf]:.2f} ({bf}) | {a} | {s['global'][a]:.2f} | {s['global'][bg]:.2f} ({bg}) | "
+                         f"{s['local'][a]:.2f} | {est_g:+.2f} | {s['global'][a] - s['noisy']:+.2f} | "
+                         f"{est_l:+.2f} | {s['local'][a] - s['noisy']:+.2f} | "
                          f"{r['noise_est'] / s['noise_true']:.2f} |")
     return "\n".join(lines)
 
@@ -231,7 +231,7 @@ def table(results: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=[*DATASETS, "all"], default="all")
-    ap.add_argument("--window", type=int, default=None, help="local blend window (default: risk.BLEND_WINDOW)")
+    ap.add_argument("--window", type=int, default=None, help="local blend window (default: risk.LOCAL_WINDOW)")
     ap.add_argument("--safety", type=float, default=None, help="override risk.BLEND_SAFETY")
     args = ap.parse_args()
     from napari_atbsn import risk as rk
@@ -240,9 +240,9 @@ def main() -> None:
     if args.safety is not None:
         rk.BLEND_SAFETY = args.safety
     t0 = time.perf_counter()
-    results = [evaluate(n, args.window or rk.BLEND_WINDOW) for n in names]
+    results = [evaluate(n, args.window or rk.LOCAL_WINDOW) for n in names]
     print(f"\nAT-BSN small, {ITERS} it, patch {PATCH}, batch {BATCH}, CPU ({platform.machine()}); "
-          f"blend safety {rk.BLEND_SAFETY}, window {args.window or rk.BLEND_WINDOW}; analysis "
+          f"blend safety {rk.BLEND_SAFETY}, window {args.window or rk.LOCAL_WINDOW}; analysis "
           f"{time.perf_counter() - t0:.0f} s. * = blind spot shorter than the noise correlation (not ranked)\n")
     print(table(results))
 
