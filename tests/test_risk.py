@@ -146,6 +146,9 @@ def test_choose_k_b_ranks_only_valid_blind_spots(clean) -> None:
                5: x + RNG.normal(0, 5.0, x.shape)}
     k, risks = rk.choose_k_b(outputs, y, nl)
     assert sorted(risks) == [3, 5] and k == 3
+    k, g, gain = rk.best_blend(outputs, y, nl)
+    true_gain = 10 * np.log10(np.mean((y - x) ** 2) / np.mean((g - x) ** 2))
+    assert k == 3 and abs(gain - true_gain) < 0.6   # sampling spread of E (f − y)² on 2 x 128²: ±0.25 dB
     with pytest.raises(ImageError):
         rk.choose_k_b({0: y, 1: y}, y, nl)
 

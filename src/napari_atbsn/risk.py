@@ -13,13 +13,17 @@ estimated. The blend g = (1 − α) y + α f has the risk
     E (g − x)² = E[α² (f − y)² − 2 α σ² + σ²]            (α independent of n_i),
 
 which is smallest at α* = σ² / E (f − y)², where it is σ² R / (σ² + R) ≤ min(σ², R).
-Per pixel, α_i = σ_i² / (local mean of (f − y)²) clipped to [0, 1] is a local
-Wiener filter around f (D-BSN's fusion with σ_μ² = local (f − y)² − σ²): it
-keeps the noisy pixel in textured areas, where f blurs, and takes f in flat
-ones. α̂ = clip(σ̂² / S) is never worse than y in expectation for any σ̂² in
-[0, 2σ²], so the blend uses a noise level scaled by :data:`BLEND_SAFETY` < 1
-(underestimating is safe, overestimating by 2x is not), while the reported
-risk and gain use the unscaled estimate (the best guess).
+That global α (per plane and channel) is the default. Per pixel, α_i = σ_i² /
+(local mean of (f − y)²) clipped to [0, 1] is a local Wiener filter around f
+(D-BSN's fusion with σ_μ² = local (f − y)² − σ²): it keeps the noisy pixel in
+textured areas and takes f in flat ones (``window=LOCAL_WINDOW``).
+α̂ = clip(σ̂² / S) is never worse than y in expectation for any σ̂² in
+[0, 2σ²]: underestimating σ² is safe, overestimating it by 2x is not
+(:data:`BLEND_SAFETY` says why no further factor is applied).
+
+σ̂² comes from the noisy data alone (:func:`estimate_noise_level`): per signal
+level, the eigenvalues of whitened patches that hold no texture, or the
+variance of plane differences for a repeated scene.
 
 The identity only holds where f_i does not see the noise at i: for spatially
 correlated noise the blind spot k_b must cover the correlation length
@@ -39,8 +43,10 @@ import numpy as np
 
 from .errors import ImageError
 
-#: Factor on σ̂² used for the blend weights (not for the reported risk). Measured: see
-#: docs/never-worse-research.md; the estimator's σ̂²/σ² stayed within [..] on the four data sets.
+#: Factor on σ̂² in the blend weights (not in the reported risk). The blend is safe while factor ·
+#: σ̂²/σ² < 2; the largest σ̂²/σ² measured is 1.30 (light noise over fine texture; 0.27-1.01 on PolyU,
+#: FMD, W2S, the sample), so 1.0 keeps a 1.5x margin. A factor costs (1 − s)²·σ²/R of the optimal risk
+#: where R ≪ σ²: s = 0.8 lost 2.45 dB on W2S and 0.73 dB on FMD (docs/never-worse-research.md).
 BLEND_SAFETY = 1.0
 #: Default blend: None = one α per plane and channel. The local window (9 px) gains 0.2-0.4 dB more on
 #: light, correlated noise but its risk estimate is twice as sensitive to errors in σ̂² (2 dB optimistic
@@ -421,3 +427,11 @@ def choose_k_b(outputs: dict[int, np.ndarray], y: np.ndarray, noise_level: Noise
     risks = {k: risk(outputs[k], y, noise_level, blend_weights(outputs[k], y, noise_level, window=window))
              for k in ks}
     return min(risks, key=risks.__getitem__), risks
+
+
+def best_blend(outputs: dict[int, np.ndarray], y: np.ndarray, noise_level: NoiseLevel, valid_ks: Any = None, *,
+               window: int | None = BLEND_WINDOW) -> tuple[int, np.ndarray, float]:
+    """The default output: (auto k_b, its blend with ``y``, the blend's estimated gain in dB)."""
+    k, _ = choose_k_b(outputs, y, noise_level, valid_ks, window=window)
+    alpha = blend_weights(outputs[k], y, noise_level, window=window)
+    return k, blend(y, outputs[k], alpha), estimated_gain_db(outputs[k], y, noise_level, alpha)
