@@ -378,7 +378,10 @@ def blend_weights(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel, *, wind
     if window < 1 or window % 2 == 0 or window <= hole:
         raise ImageError(f"window={window} must be an odd number of pixels larger than {hole} (the noise "
                          f"correlation's extent).")
-    return np.clip(var / np.maximum(_local_mean_without_centre(d2, window, hole), VAR_FLOOR), 0.0, 1.0)
+    # the local risk of f, R̂ = ring mean of (f − y)² − σ̂², against this pixel's own σ̂²: with
+    # signal-dependent noise the ring's noise is not the pixel's
+    r_local = _local_mean_without_centre(d2 - var, window, hole)
+    return np.clip(var / np.maximum(var + r_local, VAR_FLOOR), 0.0, 1.0)
 
 
 def blend(y: np.ndarray, f: np.ndarray, alpha: np.ndarray | float) -> np.ndarray:
