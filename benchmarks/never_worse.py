@@ -1,0 +1,251 @@
+"""Never worse than the input: self-supervised risk estimates and the blend with the noisy image.
+
+For each dataset a small AT-BSN teacher is trained on the noisy data alone, all k_b outputs
+come from one backbone pass, and :mod:`napari_atbsn.risk` estimates, without the clean
+image, the noise level, each output's MSE, the risk-optimal blend with the noisy input and
+the k_b to use ("auto"). The clean references score all of it: noisy PSNR, each f_k, the
+best k_b, the auto k_b, the blends (global and local alpha) and the estimated gain against
+the true gain.
+
+Datasets (read from ``../shared/data``, never copied; conventions as ``real_data.py``:
+float, no clipping, data range 255 for the 8-bit sets, clean max - min for the sample):
+
+* ``sample``: the generated correlated-noise stack (8 x 256 x 256), and ``sample-light``:
+  the same clean volume with its noise scaled down 4x (the light-noise case of the issue);
+* ``polyu``: 4 PolyU sRGB images (SYXC), correlated camera noise, light;
+* ``fmd``: FMD confocal field 1, the 50 frames as a ZYX stack (training), 4 frames scored;
+* ``w2s``: W2S widefield, fields 001-002, channels 0-2: 6 single 512x512 images (SYX),
+  heavy independent noise; each image gets its own noise estimate.
+
+Trained teachers and their outputs are cached under ``.bench-cache/`` (git-ignored); the
+risk analysis reruns in seconds from the cache.
+
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/never_worse.py --dataset all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CACHE = ROOT / ".bench-cache"
+KS = (0, 1, 3, 5, 7, 9, 11)
+DATASETS = ("sample", "sample-light", "polyu", "fmd", "w2s")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+def load(name: str) -> dict:
+    """Training data, axes, the evaluation noisy/clean pair, data range, how to pool the noise estimate."""
+    from PIL import Image
+
+    if name in ("sample", "sample-light"):
+        from napari_atbsn.sample_data import make_sample
+
+        noisy, clean = make_sample(planes=8, size=256)
+        if name == "sample-light":  # same clean volume, noise / 4 (float: no rounding to the 16-bit grid)
+            noisy = (clean + (noisy.astype(np.float32) - clean) / 4).astype(np.float32)
+        return dict(train=noisy, axes="ZYX", noisy=noisy, clean=clean, drange=float(clean.max() - clean.min()),
+                    pool=True)
+    if name == "polyu":
+        files = sorted((DATA / "polyu_dev").glob("*_real.JPG"))[:4]
+        noisy = np.stack([np.asarray(Image.open(f)) for f in files])
+        clean = np.stack([np.asarray(Image.open(str(f).replace("_real", "_mean"))) for f in files])
+        return dict(train=noisy, axes="SYXC", noisy=noisy, clean=clean.astype(np.float32), drange=255.0, pool=False)
+    if name == "fmd":
+        frames = sorted((DATA / "fmd_confocal_dev" / "raw" / "1").glob("*.png"))
+        noisy = np.stack([np.asarray(Image.open(f)) for f in frames])
+        gt = np.asarray(Image.open(DATA / "fmd_confocal_dev" / "gt" / "1" / "avg50.png")).astype(np.float32)
+        return dict(train=noisy, axes="ZYX", noisy=noisy[:4], clean=np.broadcast_to(gt, noisy[:4].shape).copy(),
+                    drange=255.0, pool=True)
+    if name == "w2s":
+        import tifffile
+
+        ids = [(f, c) for f in ("001", "002") for c in range(3)]
+        noisy = np.stack([tifffile.imread(DATA / "w2s_dev" / "avg1" / f"input_avg1_{f}_{c}.tif") for f, c in ids])
+        clean = np.stack([tifffile.imread(DATA / "w2s_dev" / "avg400" / f"target_avg400_{f}_{c}.tif")
+                          for f, c in ids])
+        return dict(train=noisy, axes="SYX", noisy=noisy, clean=clean.astype(np.float32), drange=255.0, pool=False)
+    raise SystemExit(f"unknown dataset {name}")
+
+
+def planes(a: np.ndarray, axes: str) -> np.ndarray:
+    """(P, C, H, W) float64 view of an SYX/ZYX/SYXC array."""
+    a = np.asarray(a, dtype=np.float64)
+    a = np.moveaxis(a, -1, -3) if axes.endswith("C") else a[..., None, :, :]
+    return a.reshape(-1, *a.shape[-3:])
+
+
+# --------------------------------------------------------------------------------------------- teacher
+
+def teacher_outputs(name: str, d: dict, k_a: int, iters: int, patch: int, batch: int) -> dict[int, np.ndarray]:
+    """Train (or reuse) the teacher and return its k_b outputs on the evaluation data (cached)."""
+    import torch
+
+    from napari_atbsn.config import TrainConfig
+    from napari_atbsn.events import drain
+    from napari_atbsn.inference.denoiser import load_model
+    from napari_atbsn.inference.inmemory import iter_denoise_outputs
+    from napari_atbsn.training import train
+
+    torch.set_num_threads(1)
+    tag = CACHE / f"{name}_ka{k_a}_i{iters}_p{patch}_b{batch}"
+    out_file = tag / "outputs.npz"
+    if out_file.exists():
+        z = np.load(out_file)
+        return {k: z[f"k{k}"] for k in KS}
+    teacher = tag / "teacher"
+    t0 = time.perf_counter()
+    if (teacher / "config.json").exists() or (teacher / "model.safetensors").exists():
+        model = load_model(teacher)
+    else:
+        model = train(d["train"], d["axes"], TrainConfig(preset="small", k_a=k_a, iters=iters, patch=patch,
+                                                         batch=batch, device="cpu", checkpoint_every=0),
+                      teacher, overwrite=True).model
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outs = drain(iter_denoise_outputs(model, d["noisy"], d["axes"], ks=list(KS), batch_size=8, dtype="float32"))
+    t_inf = time.perf_counter() - t0
+    np.savez(out_file, **{f"k{k}": o for k, o in zip(KS, outs, strict=True)})
+    (tag / "timing.json").write_text(json.dumps({"train_s": t_train, "infer_s": t_inf}))
+    return dict(zip(KS, outs, strict=True))
+
+
+K_A = {"sample": 7, "sample-light": 7, "polyu": 9, "fmd": 1, "w2s": 1}  # analysis.recommendation (dbsn -> 1)
+ITERS, PATCH, BATCH = 400, 64, 8
+
+
+# -------------------------------------------------------------------------------------------- analysis
+
+def psnr(a: np.ndarray, ref: np.ndarray, drange: float) -> float:
+    """float, no clipping, over all pixels and channels (real_data.py's convention)."""
+    return float(10 * np.log10(drange**2 / np.mean((np.asarray(a, np.float64) - ref) ** 2)))
+
+
+def rescaled_reference(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The reference mapped to each noisy plane's scale by least squares, so that the "true" noise is
+    noise: W2S's 8-bit copies were normalised apart (noisy ≈ 0.55-0.94 x reference + offset); FMD's
+    average of 50 frames is not the first frames' expectation (bleaching); PolyU's mean image differs
+    by up to 2 % in gain and 4 levels in offset."""
+    out = x.copy()
+    for p in range(y.shape[0]):
+        for c in range(y.shape[1]):
+            design = np.stack([x[p, c].ravel(), np.ones(x[p, c].size)], 1)
+            s, o = np.linalg.lstsq(design, y[p, c].ravel(), rcond=None)[0]
+            out[p, c] = s * x[p, c] + o
+    return out
+
+
+def groups_of(d: dict, n_planes: int) -> list[slice]:
+    """Planes that share one noise estimate: the whole stack, or each image on its own."""
+    return [slice(None)] if d["pool"] else [slice(i, i + 1) for i in range(n_planes)]
+
+
+def noise_levels(d: dict, groups: list[slice]) -> list:
+    """One NoiseLevel per group, from the noisy data alone (analysis for the correlation)."""
+    from napari_atbsn.analysis import analyze_noise
+    from napari_atbsn.risk import estimate_noise_level
+
+    out = []
+    for g in groups:
+        data = d["train"] if d["pool"] else d["noisy"][g]
+        a = analyze_noise(data, d["axes"])
+        diff = a.method == "plane differences"
+        acf = None if diff else a.autocorrelation_2d
+        out.append(estimate_noise_level(planes(data, d["axes"]), acf, differences=diff))
+    return out
+
+
+def evaluate(name: str, window: int) -> dict:
+    from napari_atbsn import risk as rk
+
+    d = load(name)
+    outs = teacher_outputs(name, d, K_A[name], ITERS, PATCH, BATCH)
+    y, x = planes(d["noisy"], d["axes"]), planes(d["clean"], d["axes"])
+    fk = {k: planes(v, d["axes"]) for k, v in outs.items()}
+    groups = groups_of(d, y.shape[0])
+    nls = noise_levels(d, groups)
+    refs = {"reference": x}
+    if name in ("w2s", "fmd", "polyu"):
+        refs["rescaled reference"] = rescaled_reference(y, x)
+    valid = rk.valid_blind_spots(KS, max(nl.correlation_length for nl in nls))
+    # estimated risks summed over groups (each group's pixels weigh by their count)
+    est = {k: {"f": 0.0, "global": 0.0, "local": 0.0} for k in valid}
+    noise_sum, blends = 0.0, {k: {"global": np.empty_like(y), "local": np.empty_like(y)} for k in valid}
+    for g, nl in zip(groups, nls, strict=True):
+        yy = y[g]
+        w = yy.size / y.size
+        noise_sum += w * rk.noise_mse(fk[valid[0]][g], yy, nl)
+        for k in valid:
+            f = fk[k][g]
+            est[k]["f"] += w * rk.risk(f, yy, nl)
+            for mode, win in (("global", None), ("local", window)):
+                a = rk.blend_weights(f, yy, nl, window=win, safety=rk.BLEND_SAFETY)
+                est[k][mode] += w * rk.risk(f, yy, nl, a)
+                blends[k][mode][g] = rk.blend(yy, f, a)
+    auto = min(valid, key=lambda k: est[k]["global"])  # the default blend's estimated risk
+    res = {"name": name, "valid": valid, "auto": auto, "est": est, "noise_est": noise_sum,
+           "k_a": K_A[name], "shape": list(d["noisy"].shape), "axes": d["axes"], "scores": {}}
+    for rname, ref in refs.items():
+        true_noise = float(np.mean((y - ref) ** 2))
+        s = {"noisy": psnr(y, ref, d["drange"]), "noise_true": true_noise,
+             "f": {k: psnr(fk[k], ref, d["drange"]) for k in KS},
+             "global": {k: psnr(blends[k]["global"], ref, d["drange"]) for k in valid},
+             "local": {k: psnr(blends[k]["local"], ref, d["drange"]) for k in valid}}
+        res["scores"][rname] = s
+    return res
+
+
+def table(results: list[dict]) -> str:
+    lines = []
+    head = "| data set | ref. | noisy | " + " | ".join(f"f k_b={k}" for k in KS) + \
+        " | best f (k_b) | auto k_b | blend global | best global (k_b) | blend local | est. gain global | true gain" \
+        " global | est. gain local | true gain local | σ̂²/σ² |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        for rname, s in r["scores"].items():
+            a = r["auto"]
+            bf = max(s["f"], key=s["f"].get)
+            bg = max(s["global"], key=s["global"].get)
+            fcells = [f"{s['f'][k]:.2f}" + ("" if k in r["valid"] else "*") for k in KS]
+            est_g = 10 * np.log10(r["noise_est"] / r["est"][a]["global"])
+            est_l = 10 * np.log10(r["noise_est"] / r["est"][a]["local"])
+            lines.append(f"| {r['name']} (k_a {r['k_a']}) | {rname} | {s['noisy']:.2f} | " + " | ".join(fcells) +
+                         f" | {s['f'][bf]:.2f} ({bf}) | {a} | {s['global'][a]:.2f} | {s['global'][bg]:.2f} ({bg}) | "
+                         f"{s['local'][a]:.2f} | {est_g:+.2f} | {s['global'][a] - s['noisy']:+.2f} | "
+                         f"{est_l:+.2f} | {s['local'][a] - s['noisy']:+.2f} | "
+                         f"{r['noise_est'] / s['noise_true']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=[*DATASETS, "all"], default="all")
+    ap.add_argument("--window", type=int, default=None, help="local blend window (default: risk.LOCAL_WINDOW)")
+    ap.add_argument("--safety", type=float, default=None, help="override risk.BLEND_SAFETY")
+    args = ap.parse_args()
+    from napari_atbsn import risk as rk
+
+    names = DATASETS if args.dataset == "all" else (args.dataset,)
+    if args.safety is not None:
+        rk.BLEND_SAFETY = args.safety
+    t0 = time.perf_counter()
+    results = [evaluate(n, args.window or rk.LOCAL_WINDOW) for n in names]
+    print(f"\nAT-BSN small, {ITERS} it, patch {PATCH}, batch {BATCH}, CPU ({platform.machine()}); "
+          f"blend safety {rk.BLEND_SAFETY}, window {args.window or rk.LOCAL_WINDOW}; analysis "
+          f"{time.perf_counter() - t0:.0f} s. * = blind spot shorter than the noise correlation (not ranked)\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""The self-supervised risk estimate and the blend with the noisy input (napari_atbsn.risk)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_atbsn import risk as rk
+from napari_atbsn.errors import ImageError
+from napari_atbsn.sample_data import make_clean
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def clean() -> np.ndarray:
+    """A microscopy-like clean stack (P=2, C=1, 128, 128), 20..200 counts."""
+    x = make_clean(planes=2, size=128, seed=4, brightness=1.0).astype(np.float64)
+    return 20 + 180 * (x - x.min()) / np.ptp(x)
+
+
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    return rk._separable(x, rk._gaussian_kernel(sigma))
+
+
+def test_noise_level_model_round_trips_and_holds_its_ends() -> None:
+    nl = rk.NoiseLevel.affine([0.5, 0.0], [4.0, 9.0], 0.0, 100.0, correlation_length=3)
+    assert rk.NoiseLevel.from_dict(nl.to_dict()) == nl
+    assert nl.variance(np.array([[[10.0]], [[10.0]]])).ravel().tolist() == [9.0, 9.0]
+    assert nl.scaled(0.5).variance(np.zeros((2, 1, 1))).ravel().tolist() == [2.0, 4.5]
+    assert nl.variance(np.full((2, 1, 1), 1e4)).ravel().tolist() == [54.0, 9.0]   # held beyond the range
+    assert rk.NoiseLevel.constant(0.0).variance(np.zeros((1, 1, 1))).item() > 0  # never zero
+    with pytest.raises(ImageError):
+        nl.variance(np.zeros((3, 4, 4)))
+    with pytest.raises(ImageError):
+        rk.NoiseLevel(((0.0, 1.0),), ((1.0,),))
+
+
+def test_valid_blind_spots_follow_the_correlation_length() -> None:
+    assert rk.valid_blind_spots([0, 1, 3, 5, 7], 1) == [1, 3, 5, 7]   # pixel-independent: k_b >= 1
+    assert rk.valid_blind_spots([0, 1, 3, 5, 7], 3) == [5, 7]         # correlated up to 2 px: k_b >= 5
+    acf = np.array([1.0, 0.67, 0.21, 0.03])
+    assert rk.correlation_length(acf) == 3
+
+
+@pytest.mark.parametrize("sigma", [5.0, 10.0])
+def test_gaussian_noise_level_within_10_percent(clean, sigma) -> None:
+    y = clean[:, None] + RNG.normal(0, sigma, (2, 1, *clean.shape[1:]))
+    nl = rk.estimate_noise_level(y, model="constant")
+    est = nl.variance(clean[:, None]).mean()
+    assert 0.9 * sigma**2 < est < 1.1 * sigma**2
+
+
+def test_light_noise_on_texture_is_not_taken_for_noise(clean) -> None:
+    """σ = 2 on a 180-count texture: a residual in the flattest blocks reads 1.6x the truth
+    (measured); the eigenvalue test keeps texture out."""
+    y = clean[:, None] + RNG.normal(0, 2.0, (2, 1, *clean.shape[1:]))
+    est = rk.estimate_noise_level(y).variance(clean[:, None]).mean()
+    assert 0.85 * 4.0 < est < 1.15 * 4.0
+
+
+def test_poisson_gaussian_noise_level_within_10_percent_and_never_above_2x(clean) -> None:
+    x = clean[:, None]
+    y = RNG.poisson(x).astype(np.float64) + RNG.normal(0, 2.0, x.shape)   # var = x + 4
+    nl = rk.estimate_noise_level(y, model="affine")
+    true = x + 4.0
+    est = nl.variance(x)
+    assert 0.9 < est.mean() / true.mean() < 1.1
+    assert np.all(est < 2 * true)                 # the unsafe direction, everywhere
+    lv, vv = np.array(nl.levels[0]), np.array(nl.variances[0])
+    assert 0.8 < np.polyfit(lv, vv, 1)[0] < 1.2   # the Poisson slope is found
+
+
+def test_correlated_noise_level_with_the_measured_correlation(clean) -> None:
+    """Noise blurred to a 0.67 neighbour correlation: the residual loses part of it, the acf restores it."""
+    k = rk._gaussian_kernel(0.8)
+    k = k / np.sqrt((k**2).sum())               # keeps the variance
+    white = RNG.normal(0, 6.0, (2, 1, *clean.shape[1:]))
+    noise = rk._separable(white, k)
+    # its autocorrelation, as analysis.py would measure it (exactly: the kernel's autocorrelation)
+    kk = np.outer(k, k)
+    acf = np.zeros((7, 7))
+    for a in range(-3, 4):
+        for b in range(-3, 4):
+            sh = np.roll(np.roll(np.pad(kk, 3), a, 0), b, 1)
+            acf[a + 3, b + 3] = (np.pad(kk, 3) * sh).sum()
+    acf /= acf[3, 3]
+    nl = rk.estimate_noise_level(clean[:, None] + noise, acf, model="constant")
+    assert nl.correlation_length == 3
+    assert 0.85 * 36 < nl.variances[0][0] < 1.15 * 36
+    naive = rk.estimate_noise_level(clean[:, None] + noise, None, model="constant")
+    assert naive.variances[0][0] < 0.6 * 36     # unwhitened, correlated noise hides in few directions
+
+
+def test_risk_estimate_matches_the_true_mse_of_an_independent_output(clean) -> None:
+    x = clean[:, None]
+    y = x + RNG.normal(0, 10.0, x.shape)
+    f = x + RNG.normal(0, 4.0, x.shape)        # independent of the noise: true risk 16
+    nl = rk.NoiseLevel.constant(100.0)
+    assert abs(rk.risk(f, y, nl) - 16.0) < 1.5
+    for window in (5, 9):                      # local α sees no n_i: its risk estimate stays unbiased
+        a = rk.blend_weights(f, y, nl, window=window)
+        assert abs(rk.risk(f, y, nl, a) - np.mean((rk.blend(y, f, a) - x) ** 2)) < 1.0
+    assert abs(rk.estimated_gain_db(f, y, nl) - 10 * np.log10(100 / 16)) < 0.4
+    a = rk.blend_weights(f, y, nl, window=None, safety=1.0)
+    g = rk.blend(y, f, a)
+    assert abs(rk.risk(f, y, nl, a) - np.mean((g - x) ** 2)) < 1.5
+    assert np.mean((g - x) ** 2) < 16.0 * 100 / 116 * 1.1   # σ²R/(σ²+R)
+
+
+def test_blend_keeps_the_input_when_the_output_is_garbage(clean) -> None:
+    x = clean[:, None]
+    y = x + RNG.normal(0, 5.0, x.shape)
+    nl = rk.NoiseLevel.constant(25.0)
+    garbage = {"noisier": y + RNG.normal(0, 50.0, x.shape), "unrelated": RNG.uniform(0, 255, x.shape)}
+    for f in garbage.values():
+        for window in (None, 9):
+            a = rk.blend_weights(f, y, nl, window=window)
+            assert a.min() >= 0 and a.max() <= 1
+            g = rk.blend(y, f, a)
+            assert np.mean((g - x) ** 2) < 1.05 * np.mean((y - x) ** 2)
+        assert rk.estimated_gain_db(f, y, nl, rk.blend_weights(f, y, nl)) < 0.3
+
+
+def test_blend_takes_the_output_when_the_noise_dominates(clean) -> None:
+    x = clean[:, None]
+    y = x + RNG.normal(0, 30.0, x.shape)
+    f = _blur(x, 0.7)                           # nearly clean, independent of the noise
+    nl = rk.NoiseLevel.constant(900.0)
+    a = rk.blend_weights(f, y, nl, window=None)
+    assert a.mean() > 0.99
+    assert np.mean((rk.blend(y, f, a) - x) ** 2) < 1.2 * np.mean((f - x) ** 2)
+    # locally the noise of a 9x9 mean pulls α below 1 (measured 0.94): still within 2 % of σ² of f
+    a = rk.blend_weights(f, y, nl, window=9)
+    assert a.mean() > 0.9
+    assert np.mean((rk.blend(y, f, a) - x) ** 2) < np.mean((f - x) ** 2) + 0.02 * 900
+
+
+def test_choose_k_b_ranks_only_valid_blind_spots(clean) -> None:
+    x = clean[:, None]
+    y = x + RNG.normal(0, 8.0, x.shape)
+    nl = rk.NoiseLevel.constant(64.0, correlation_length=2)
+    outputs = {0: y.copy(),                     # no blind spot: the identity, risk estimate 0 - never ranked
+               1: x + RNG.normal(0, 1.0, x.shape),
+               3: x + RNG.normal(0, 3.0, x.shape),
+               5: x + RNG.normal(0, 5.0, x.shape)}
+    k, risks = rk.choose_k_b(outputs, y, nl)
+    assert sorted(risks) == [3, 5] and k == 3
+    k, g, gain = rk.best_blend(outputs, y, nl)
+    true_gain = 10 * np.log10(np.mean((y - x) ** 2) / np.mean((g - x) ** 2))
+    assert k == 3 and abs(gain - true_gain) < 0.6   # sampling spread of E (f − y)² on 2 x 128²: ±0.25 dB
+    with pytest.raises(ImageError):
+        rk.choose_k_b({0: y, 1: y}, y, nl)
+
+
+def _light_sample() -> tuple[np.ndarray, ...]:
+    """The generated sample's noise scaled down 4x, an oracle-imperfect smooth f, the noise's acf."""
+    from napari_atbsn.sample_data import OFFSET, add_correlated_noise
+
+    rng = np.random.default_rng(1)
+    x = make_clean(planes=2, size=128, seed=2)[:, None].astype(np.float64) + OFFSET
+    noisy = add_correlated_noise(x[:, 0] - OFFSET, seed=5).astype(np.float64)[:, None]
+    y = x + (noisy - x) / 4
+    f = _blur(x, 1.5) + rng.normal(0, 0.3, x.shape)   # oracle-imperfect: blurs the texture
+    acf = np.exp(-0.5 * (np.hypot(*np.mgrid[-3:4, -3:4]) / 1.13) ** 2)  # the sample's correlation
+    return x, y, f, acf
+
+
+def test_light_noise_sample_blend_is_never_worse() -> None:
+    """A smooth estimate alone loses to the noisy input; the estimated noise level (1.3x the truth
+    here, measured: fine texture as weak as the noise) and both blends beat it."""
+    x, y, f, acf = _light_sample()
+    nl = rk.estimate_noise_level(y, acf)
+    mse = lambda a: float(np.mean((a - x) ** 2))  # noqa: E731
+    assert mse(f) > mse(y)                      # the light-noise problem
+    assert 0.7 < rk.noise_mse(f, y, nl) / mse(y) < 1.5   # and far from the unsafe 2x
+    for window in (None, 9):
+        a = rk.blend_weights(f, y, nl, window=window)
+        g = rk.blend(y, f, a)
+        assert mse(g) < mse(y)
+        true_gain = 10 * np.log10(mse(y) / mse(g))
+        assert abs(rk.estimated_gain_db(f, y, nl, a) - true_gain) < 2.5
+
+
+@pytest.mark.xfail(strict=True, reason="open problem: σ̂² reads 1.3x on light noise over fine texture, so the "
+                   "global estimate is 1.5 dB optimistic (docs/never-worse-research.md)")
+def test_light_noise_estimated_gain_within_1_db() -> None:
+    x, y, f, acf = _light_sample()
+    nl = rk.estimate_noise_level(y, acf)
+    g = rk.blend(y, f, rk.blend_weights(f, y, nl))
+    true_gain = 10 * np.log10(np.mean((y - x) ** 2) / np.mean((g - x) ** 2))
+    assert abs(rk.estimated_gain_db(f, y, nl, rk.blend_weights(f, y, nl)) - true_gain) < 1.0
+
+
+def test_bad_inputs_are_named() -> None:
+    with pytest.raises(ImageError):
+        rk.estimate_noise_level(np.zeros((64, 64)))
+    with pytest.raises(ImageError):
+        rk.estimate_noise_level(np.full((1, 1, 64, 64), np.nan))
+    with pytest.raises(ImageError):
+        rk.blend_weights(np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 8, 9)), rk.NoiseLevel.constant(1.0))
+    with pytest.raises(ImageError):
+        rk.blend_weights(np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 8, 8)), rk.NoiseLevel.constant(1.0), window=4)
