@@ -166,7 +166,7 @@ def test_compile_failure_is_a_clear_message() -> None:
 
 
 def test_cli_exposes_the_gpu_flags() -> None:
-    from napari_atbsn.cli import build_parser
+    from napari_atbsn.arguments import build_parser
 
     p = build_parser()
     for cmd in (["train", "x", "-o", "y"], ["distill", "x", "--teacher", "t", "-o", "y"],

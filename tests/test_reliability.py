@@ -185,6 +185,51 @@ CLI_CASES = [
     Case("R49", ["train", "{ok}", "-o", "{tmp}/m", "--method", "dbsn", "--phases", "0.5,0.6"],
          r"phases=\(0\.5, 0\.6\) must be three non-negative fractions summing to 1 .* e\.g\. 0\.4,0\.4,0\.2"),
     Case("R50", ["train", "{ok}", "-o", "{tmp}/m", *TINY, "--lr", "-1"], r"lr=-1\.0 must be a positive number"),
+    # issue 20: outputs that would destroy an input, damaged models and inputs that used to pass silently
+    Case("R51", ["demo", "-o", "{tmp}/d", "--preset", "tiny", "--device", "cpu"],
+         r"the demo folder .*d is not empty; pass --overwrite to replace the demo's files in it, or choose",
+         setup="demo_folder", leaves={"d"}),
+    Case("R52", ["demo", "-o", "{tmp}/f.txt", "--preset", "tiny"], r"f\.txt is a file, not a folder; give a folder",
+         setup="demo_file", leaves={"f.txt"}),
+    Case("R53", ["demo", "-o", "{tmp}/ro", "--preset", "tiny"],
+         r"output folder .*ro is not writable \(Permission denied\); choose another output path",
+         setup="unwritable", leaves={"ro"}),
+    Case("R54", ["distill", "{ok}", "--teacher", "{tmp}/model", "-o", "{tmp}/model", "--overwrite", "--iters", "1"],
+         r"the output .*model is the teacher; writing it would damage the teacher\. Choose an output path outside",
+         setup="teacher_copy", leaves={"model"}),
+    Case("R55", ["denoise", "{tmp}/res.ome.zarr/0", "-m", "{teacher}", "-o", "{tmp}/res.ome.zarr", "--overwrite"],
+         r"the output .*res\.ome\.zarr contains the input .*res\.ome\.zarr/0; writing it would damage the input",
+         setup="zarr_group", leaves={"res.ome.zarr"}),
+    Case("R56", ["denoise", "{tmp}/in.zarr", "-m", "{teacher}", "-o", "{tmp}/o.tif"],
+         r"1 of 8 chunks of .*in\.zarr are missing .* --allow-missing-chunks", setup="zarr_missing",
+         leaves={"in.zarr"}),
+    Case("R57", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
+         r"model\.safetensors holds non-finite weights \(NaN or Inf, in .*\); the model is damaged",
+         setup="nan_weights", leaves={"model"}),
+    Case("R58", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
+         r"model\.safetensors holds .* weights of dtype int32 .*; weights must be floating point",
+         setup="int_weights", leaves={"model"}),
+    Case("R59", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
+         r"the model produced NaN or Inf values in plane 0, rows \d+\.\.\d+, columns \d+\.\.\d+", setup="huge_weights",
+         leaves={"model"}),
+    Case("R60", ["train", "{tmp}/fifo.tif", "-o", "{tmp}/m"], r"fifo\.tif is not a regular file \(a FIFO",
+         setup="fifo_input", leaves={"fifo.tif"}),
+    Case("R61", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
+         r"config\.json is not a regular file \(a FIFO", setup="fifo_config", leaves={"model"}),
+    Case("R62", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
+         r"config\.json is not a regular file \(a device", setup="devzero_config", leaves={"model"}),
+    Case("R63", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
+         r"config\.json is larger than 1 MiB", setup="huge_config", leaves={"model"}),
+    Case("R65", ["denoise", "{tmp}/lzw.tif", "-m", "{teacher}", "-o", "{tmp}/o.tif"],
+         r"lzw\.tif is compressed with LZW, which needs the imagecodecs package .*pip install imagecodecs",
+         setup="lzw_without_codecs", leaves={"lzw.tif"}),
+    Case("R66", ["denoise", "{ok}", "-m", "{teacher}", "-o", "{tmp}/o.tif", "--scheduler", "processes",
+                 "--workers", "-1"], r"workers=-1 must be a positive integer"),
+    Case("R67", ["denoise", "{ok}", "-m", "{teacher}", "-o", "{tmp}/o.tif", "--scheduler", "tcp://127.0.0.1:1"],
+         r"scheduler=tcp://\.\.\. needs dask\.distributed; pip install", setup="no_distributed"),
+    Case("R68", ["train", "{ok}", "-o", "{tmp}/m", *TINY, "--seed", "-5"], r"seed=-5 must be a whole number from 0"),
+    Case("R64", ["denoise", "{tmp}/two.tif", "-m", "{teacher}", "-o", "{tmp}/o.tif", "--series", "2"],
+         r"two\.tif has 2 image series; use series 0 to 1", setup="two_series", leaves={"two.tif"}),
 ]
 
 MARKER = "unpickled-and-ran.txt"
@@ -205,6 +250,99 @@ def _copy_model(src: Path, dst: Path) -> Path:
     for name in (WEIGHTS, CONFIG):
         (dst / name).write_bytes((src / name).read_bytes())
     return dst
+
+
+def _edit_weights(tmp: Path, files: dict[str, Path], edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    model = _copy_model(files["teacher"], tmp / "model")
+    state = load_file(str(model / WEIGHTS))
+    save_file(edit(state), str(model / WEIGHTS))
+
+
+def _with_nan(state: dict) -> dict:
+    first = next(iter(state))
+    state[first] = state[first].clone()
+    state[first].view(-1)[0] = float("nan")
+    return state
+
+
+def _zarr(path: Path, data: np.ndarray, chunks: tuple[int, ...]) -> None:
+    import zarr
+
+    z = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype)
+    z[:] = data
+
+
+def _round2_setups() -> dict:
+    def demo_folder(tmp: Path, files, *_) -> None:
+        (tmp / "d").mkdir()
+        (tmp / "d" / "precious.txt").write_text("precious")
+
+    def demo_file(tmp: Path, files, *_) -> None:
+        (tmp / "f.txt").write_text("precious")
+
+    def zarr_group(tmp: Path, files, *_) -> None:
+        import zarr
+
+        g = zarr.open_group(str(tmp / "res.ome.zarr"), mode="w")
+        g.create_array("0", data=np.load(files["rgb"])[None, ..., 0].repeat(2, 0))
+
+    def zarr_missing(tmp: Path, files, *_) -> None:
+        _zarr(tmp / "in.zarr", np.load(files["rgb"])[None, ..., 0].repeat(2, 0), (1, 32, 32))
+        chunk = sorted(p for p in (tmp / "in.zarr").rglob("*") if p.is_file() and "zarr.json" not in p.name)[0]
+        chunk.unlink()
+
+    def fifo_config(tmp: Path, files, *_) -> None:
+        _copy_model(files["teacher"], tmp / "model")
+        (tmp / "model" / CONFIG).unlink()
+        os.mkfifo(tmp / "model" / CONFIG)
+
+    def devzero_config(tmp: Path, files, *_) -> None:
+        _copy_model(files["teacher"], tmp / "model")
+        (tmp / "model" / CONFIG).unlink()
+        (tmp / "model" / CONFIG).symlink_to("/dev/zero")
+
+    def huge_config(tmp: Path, files, *_) -> None:
+        _copy_model(files["teacher"], tmp / "model")
+        cfg = json.loads((tmp / "model" / CONFIG).read_text())
+        (tmp / "model" / CONFIG).write_text(json.dumps(cfg) + " " * (2 << 20))
+
+    def two_series(tmp: Path, files, *_) -> None:
+        noisy = tifffile.imread(files["ok"])
+        with tifffile.TiffWriter(tmp / "two.tif") as w:
+            w.write(noisy, metadata={"axes": "ZYX"})
+            w.write(noisy[:, ::-1].copy(), metadata={"axes": "ZYX"})
+
+    def lzw_without_codecs(tmp: Path, files, mp) -> None:
+        tifffile.imwrite(tmp / "lzw.tif", tifffile.imread(files["ok"]), compression="lzw")
+        codecs = type(tifffile.TIFF.DECOMPRESSORS)
+        real = codecs.__getitem__
+
+        def getitem(self, key):
+            if key == 5:  # what tifffile says without imagecodecs
+                raise KeyError(f"{key!r} requires the 'imagecodecs' package")
+            return real(self, key)
+
+        mp.setattr(codecs, "__getitem__", getitem)
+
+    def no_distributed(tmp: Path, files, mp) -> None:
+        mp.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+
+    return {"lzw_without_codecs": lzw_without_codecs, "no_distributed": no_distributed,
+            "demo_folder": demo_folder, "demo_file": demo_file, "zarr_group": zarr_group,
+            "zarr_missing": zarr_missing, "fifo_config": fifo_config, "devzero_config": devzero_config,
+            "huge_config": huge_config, "two_series": two_series,
+            "teacher_copy": lambda tmp, files, *_: _copy_model(files["teacher"], tmp / "model"),
+            "nan_weights": lambda tmp, files, *_: _edit_weights(tmp, files, _with_nan),
+            "int_weights": lambda tmp, files, *_: _edit_weights(tmp, files, lambda st: {k: v.to(torch.int32)
+                                                                                for k, v in st.items()}),
+            "huge_weights": lambda tmp, files, *_: _edit_weights(tmp, files, lambda st: {k: v * 1e30
+                                                                                 for k, v in st.items()}),
+            "fifo_input": lambda tmp, files, *_: os.mkfifo(tmp / "fifo.tif")}
+
+
+ROUND2_SETUPS = _round2_setups()
 
 
 def _setup(name: str, tmp: Path, files: dict[str, Path], monkeypatch) -> None:
@@ -288,7 +426,9 @@ def _setup(name: str, tmp: Path, files: dict[str, Path], monkeypatch) -> None:
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
 def test_cli(case: Case, files, tmp_path: Path, capsys, monkeypatch) -> None:
-    if case.setup:
+    if case.setup in ROUND2_SETUPS:
+        ROUND2_SETUPS[case.setup](tmp_path, files, monkeypatch)
+    elif case.setup:
         _setup(case.setup, tmp_path, files, monkeypatch)
     before = _listing(tmp_path)
     args = [a.format(tmp=tmp_path, **files) for a in case.args]
@@ -307,6 +447,10 @@ def test_cli(case: Case, files, tmp_path: Path, capsys, monkeypatch) -> None:
         assert not (tmp_path / name / CONFIG).exists() or case.setup == "existing_model"
     if case.setup == "existing_output":
         assert (tmp_path / "exists.tif").read_bytes() == b"precious"
+    for p in tmp_path.rglob("precious.txt"):  # what a refused run found must be untouched
+        assert p.read_text() == "precious"
+    if case.setup in ("teacher_copy", "zarr_group"):
+        assert (tmp_path / "model" / CONFIG).exists() or (tmp_path / "res.ome.zarr" / "0").is_dir()
 
 
 def test_documented_cases_match_the_tests() -> None:
@@ -318,7 +462,8 @@ def test_documented_cases_match_the_tests() -> None:
 
 
 # -- the Python API -------------------------------------------------------------------------------
-API_IDS = ["A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A09", "A10"]
+API_IDS = ["A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A09", "A10", "A11", "A12", "A13", "A14",
+           "A15", "A16", "A17", "A18"]
 
 
 def test_api_errors_are_specific_exception_types(files, tmp_path: Path) -> None:
@@ -442,6 +587,194 @@ def test_api_safetensors_are_never_mistaken_for_pickles(tmp_path: Path) -> None:
     (tmp_path / "p.pkl").write_bytes(pickle.dumps({"a": 1}))
     torch.save({"a": 1}, tmp_path / "p.pt")
     assert is_pickle(tmp_path / "p.pkl") and is_pickle(tmp_path / "p.pt")
+
+
+# -- issue 20: data loss and silently wrong output ---------------------------------------------------
+def _lazy_zarr(path: Path, data: np.ndarray, chunks=(1, 32, 32), **kw):
+    import napari_atbsn as nb
+
+    _zarr(path, data, chunks)
+    return nb.open_image(path, **kw)
+
+
+def test_api_training_outputs_that_overlap_an_input_are_refused(files, tmp_path: Path) -> None:
+    """A11: a training or distillation output that is, holds or lies inside an input (the teacher folder, the
+    data, the clean images) is refused before anything is touched, also with overwrite."""
+    teacher = _copy_model(files["teacher"], tmp_path / "teacher")
+    before = _listing(teacher), (teacher / WEIGHTS).read_bytes()
+    noisy = np.load(files["rgb"])[..., 0]
+    cfg = DistillConfig(student="tiny", iters=1, batch=2, device="cpu")
+    for out, how in ((teacher, "is the teacher"), (teacher / "s", "is inside the teacher"),
+                     (tmp_path, "contains the teacher")):
+        with pytest.raises(WriteError, match=how):
+            distill(noisy, teacher, "YX", cfg, out, overwrite=True)
+    assert (_listing(teacher), (teacher / WEIGHTS).read_bytes()) == before
+    lazy = _lazy_zarr(tmp_path / "in.zarr", noisy[None].repeat(2, 0))
+    with pytest.raises(WriteError, match=r"in\.zarr is the training data"):
+        train(lazy, None, TrainConfig(preset="tiny", iters=1, patch=32, batch=2, device="cpu"), tmp_path / "in.zarr",
+              overwrite=True)
+    assert not (tmp_path / "in.zarr" / CONFIG).exists()
+
+
+def test_api_denoise_outputs_that_hold_or_lie_in_the_input_are_refused(files, tmp_path: Path) -> None:
+    """A12: plan_job refuses an output that contains the input, lies inside it or reaches it through a
+    symlink, also with overwrite; the input is untouched."""
+    from napari_atbsn.inference.plan import plan_job
+
+    model = load_model(files["teacher"])
+    data = np.load(files["rgb"])[None, ..., 0].repeat(2, 0)
+    ROUND2_SETUPS["zarr_group"](tmp_path, files)
+    src = tmp_path / "res.ome.zarr" / "0"
+    (tmp_path / "alias.ome.zarr").symlink_to(tmp_path / "res.ome.zarr")
+    _zarr(tmp_path / "plain.zarr", data, (1, 32, 32))
+    for source, out, how in ((src, tmp_path / "res.ome.zarr", "contains the input"),
+                             (src, tmp_path / "alias.ome.zarr", "contains the input"),
+                             (tmp_path / "plain.zarr", tmp_path / "plain.zarr" / "o.tif", "is inside the input")):
+        with pytest.raises(WriteError, match=how):
+            plan_job(source, model, out, overwrite=True)
+    import zarr
+
+    np.testing.assert_array_equal(zarr.open_array(str(src), mode="r")[:], data)
+
+
+def _stop_after(units: int, then=None):
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        if calls["n"] == units + 1 and then is not None:
+            then()
+            return False
+        return then is None and calls["n"] > units
+
+    return stop
+
+
+def test_api_a_zarr_input_changed_between_runs_is_not_resumed(files, tmp_path: Path) -> None:
+    """A13: a Zarr input that changed after an interrupted run refuses the resume (its chunks' sizes and
+    times are part of the job), instead of mixing chunks of the old and the new data."""
+    import zarr
+
+    from napari_atbsn.inference.run import denoise
+
+    data = np.load(files["rgb"])[None, ..., 0].repeat(2, 0)
+    _zarr(tmp_path / "in.zarr", data, (1, 32, 32))
+    out = tmp_path / "o.ome.zarr"
+    res = denoise(tmp_path / "in.zarr", files["teacher"], out, chunk=32, should_stop=_stop_after(2), device="cpu")
+    assert not res.complete
+    time.sleep(0.01)
+    zarr.open_array(str(tmp_path / "in.zarr"), mode="r+")[0, :32, :32] = data[0, :32, :32] + 500
+    with pytest.raises(WriteError, match=r"partial output of a different job \(its input differ"):
+        denoise(tmp_path / "in.zarr", files["teacher"], out, chunk=32, device="cpu")
+    assert not out.exists()
+
+
+def test_api_a_tiff_rewritten_during_a_run_stops_it(files, tmp_path: Path) -> None:
+    """A14: a TIFF rewritten in place while it is denoised stops the run (never a mix of old and new planes),
+    and the partial output then resumes only for the input it was started with."""
+    from napari_atbsn.inference.run import denoise
+
+    data = np.load(files["rgb"])[None, ..., 0].repeat(4, 0)
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, data, photometric="minisblack")
+
+    def rewrite() -> None:
+        time.sleep(0.01)
+        tifffile.imwrite(src, data[::-1] + 100, photometric="minisblack")
+
+    out = tmp_path / "o.tif"
+    with pytest.raises(ReadError, match=r"in\.tif changed while it was being read .* run again"):
+        denoise(src, files["teacher"], out, axes="ZYX", chunk=32, should_stop=_stop_after(2, rewrite), device="cpu")
+    assert not out.exists()
+    assert (tmp_path / ".o.tif.partial").exists()  # the chunks done before the change are kept
+    with pytest.raises(WriteError, match=r"its input differ"):
+        denoise(src, files["teacher"], out, axes="ZYX", chunk=32, device="cpu")
+
+
+def test_api_missing_zarr_chunks_are_refused_unless_allowed(files, tmp_path: Path, capsys) -> None:
+    """A15: Zarr chunks missing from the input (read as the fill value) stop training and denoising with
+    the count; ``allow_missing_chunks=True`` (``--allow-missing-chunks``) accepts them; merely opening (a
+    viewer) is not refused."""
+    import napari_atbsn as nb
+
+    ROUND2_SETUPS["zarr_missing"](tmp_path, files)
+    lazy = nb.open_image(tmp_path / "in.zarr")  # opening for viewing still works
+    cfg = TrainConfig(preset="tiny", iters=1, patch=32, batch=2, device="cpu")
+    with pytest.raises(ReadError, match=r"1 of 8 chunks of .*in\.zarr are missing"):
+        train(lazy, None, cfg, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(ReadError, match=r"1 of 8 chunks"):
+        nb.denoise(tmp_path / "in.zarr", files["teacher"], tmp_path / "o.tif", device="cpu")
+    allowed = nb.open_image(tmp_path / "in.zarr", allow_missing_chunks=True)
+    assert train(allowed, None, cfg, tmp_path / "m").path is not None
+    code = main(["denoise", str(tmp_path / "in.zarr"), "-m", str(files["teacher"]), "-o", str(tmp_path / "o.tif"),
+                 "--allow-missing-chunks"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "o.tif").exists()
+
+
+def test_api_multi_series_tiff_says_which_series_is_used(files, tmp_path: Path, capsys) -> None:
+    """A16: a TIFF with several series: the CLI says which one it uses and --series picks another."""
+    ROUND2_SETUPS["two_series"](tmp_path, files)
+    two = tmp_path / "two.tif"
+    for extra, used in (([], 0), (["--series", "1"], 1)):
+        out = tmp_path / f"o{used}.tif"
+        assert main(["denoise", str(two), "-m", str(files["teacher"]), "-o", str(out), *extra]) == 0
+        err = capsys.readouterr().err
+        assert f"series {used} of 2" in err, err
+        assert "--series" in err or used == 1
+    tifffile.imwrite(tmp_path / "one.tif", tifffile.imread(two, series=1))
+    assert main(["denoise", str(tmp_path / "one.tif"), "-m", str(files["teacher"]), "-o", str(tmp_path / "r.tif")]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o1.tif"), tifffile.imread(tmp_path / "r.tif"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
+def test_api_sigterm_during_training_saves_a_checkpoint(files, tmp_path: Path) -> None:
+    """A17: SIGTERM (timeout, SLURM) during training saves a checkpoint like Ctrl-C: exit 130, and --resume
+    finishes it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = tmp_path / "m"
+    cmd = _train_cmd(files["ok"], out)
+    cmd[cmd.index("150")] = "100000"
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not out.exists() and time.monotonic() - t0 < 120 and p.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert (out / "checkpoint" / CONFIG).exists(), err
+    assert "--resume" in err
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ('"patch": NaN', r"patch=nan must be a whole number of pixels"),
+    ('"patch": "32"', r"patch='32' must be a whole number"),
+    ('"patch": 32.5', r"patch=32\.5 must be a whole number"),
+    ('"patch": 36', r"patch=36 must be a multiple of 8 for preset tiny"),
+    ('"patch": 1' + "0" * 5000, r"is not valid JSON .*digits"),
+    ('"k_a": -1', r"k_a=-1 must be 0 or a positive odd whole number"),
+    ('"k_b": 4', r"k_b=4 must be 0 or a positive odd"),
+    ('"steps": -3', r"steps=-3 must be a whole number >= 0"),
+    ("deep", r"is not valid JSON .*recursion"),
+], ids=["nan", "string", "float", "not-multiple", "5000-digits", "k_a", "k_b", "steps", "deep"])
+def test_api_hand_edited_config_values_are_refused(files, tmp_path: Path, edit: str, message: str) -> None:
+    """A18: config.json values of the wrong type or range, a 5000-digit number and 100k-deep nesting give a
+    ModelFolderError naming the value, not a traceback or a wrong image."""
+    model = _copy_model(files["teacher"], tmp_path / "model")
+    text = (model / CONFIG).read_text()
+    if edit == "deep":
+        text = text.rstrip().rstrip("}") + ', "train": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    else:
+        key = edit.split(":")[0]
+        assert key in text
+        text = re.sub(key + r": [^,\n]+", edit, text, count=1)
+    (model / CONFIG).write_text(text)
+    with pytest.raises(ModelFolderError, match=message):
+        load_model(model)
+    code = main(["info", str(model)])
+    assert code == 2
 
 
 # -- crash safety: SIGKILL at random moments --------------------------------------------------------

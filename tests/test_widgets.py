@@ -238,6 +238,26 @@ def test_denoise_widget_adds_named_layers_with_metadata(viewer, qtbot, tiny_teac
     np.testing.assert_array_equal(viewer.layers["cells_atbsn_kb1"].data, ref)
 
 
+def test_denoise_widget_auto_reports_the_estimated_gain(viewer, qtbot, tiny_teacher, errors) -> None:
+    from napari_atbsn._widgets import DenoiseWidget
+
+    w = dock(viewer, DenoiseWidget(viewer))
+    w.model_dir.value = str(tiny_teacher)
+    w.k_b.value = "auto"
+    w.device.value = "cpu"
+    w.run_button.click()
+    wait_done(qtbot, w)
+    assert errors == []
+    (layer,) = w.layers
+    quality = layer.metadata["napari_atbsn"]["quality"]
+    assert layer.name == f"cells_atbsn_auto_kb{quality['k_b']}"
+    assert layer.metadata["napari_atbsn"]["k_b"] == quality["k_b"]
+    assert "estimated gain:" in w.status.text() and f"{quality['estimated_gain_db']:+.2f} dB" in w.status.text()
+    model = load_model(tiny_teacher)
+    ref = drain(iter_denoise_outputs(model, np.asarray(viewer.layers["cells"].data), "ZYX", ks=["auto"]))[0]
+    np.testing.assert_array_equal(layer.data, ref)
+
+
 def test_denoise_widget_lazy_layer_computes_only_what_is_viewed(viewer, qtbot, tiny_teacher) -> None:
     import dask.array as da
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageError
+from .risk import NoiseLevel, estimate_noise_level
 
 MAX_LAG = 6
 INDEPENDENT_BELOW = 0.25  # neighbour correlation under which a one-pixel blind spot is enough
@@ -54,6 +55,7 @@ class NoiseAnalysis:
     planes_used: int
     channels: int
     notes: list[str] = field(default_factory=list)
+    noise_level: NoiseLevel | None = None  # variance against signal per channel (risk.estimate_noise_level)
 
     @property
     def neighbour(self) -> float:
@@ -90,6 +92,7 @@ class NoiseAnalysis:
                f"(k_b={rec['k_b']})")
         lines = [f"noise isolated by   {self.method} ({self.planes_used} plane(s), {self.channels} channel(s))",
                  f"noise level         {self.noise_std:.4g} (standard deviation, data units)",
+                 *self._level_lines(),
                  f"autocorrelation     {lags}",
                  f"neighbour corr.     {self.neighbour:.3f}",
                  f"correlation length  {self.correlation_length} px (first lag below {LENGTH_THRESHOLD})",
@@ -97,6 +100,22 @@ class NoiseAnalysis:
                  f"why                 {why}",
                  self.recommended_line()]
         return "\n".join(lines)
+
+
+    def _level_lines(self) -> list[str]:
+        """The noise variance against the signal, per channel: a line (Poisson-Gaussian) or a table's range."""
+        if self.noise_level is None:
+            return []
+        lines = []
+        for c, (lv, vv) in enumerate(zip(self.noise_level.levels, self.noise_level.variances, strict=True)):
+            name = f"channel {c}" if self.noise_level.channels > 1 else "noise variance"
+            if len(lv) == 1:
+                text = f"{vv[0]:.4g} at every signal level (Gaussian)"
+            else:
+                text = (f"{vv[0]:.4g} at signal {lv[0]:.4g} to {vv[-1]:.4g} at {lv[-1]:.4g} "
+                        f"({len(lv)} levels, interpolated)")
+            lines.append(f"{name:<20}{text}")
+        return lines
 
 
 def _acf2d(x: np.ndarray, lag: int) -> np.ndarray:
@@ -220,8 +239,9 @@ def analyze_noise(data: Any, axes: str | None = None, *, max_planes: int = 16, m
         if long_range < SAME_SCENE_BELOW:
             acf = _acf2d(diffs, MAX_LAG)
             std = float(np.sqrt(_autocovariance(diffs, 0)[0, 0]))  # each pair's mean removed (bleaching, drift)
+            seq = np.stack([p for pair in pairs for p in pair]).astype(np.float64)  # (2P, C, h, w), one scene
             return NoiseAnalysis("plane differences", _radial(acf, MAX_LAG), acf, std, 2 * len(pairs),
-                                 source.channels, notes)
+                                 source.channels, notes, _level(seq, acf, differences=True))
         notes.append(f"neighbouring planes differ in content (long-range correlation {long_range:.2f} of their "
                      f"difference), so residuals of single planes were used")
     rng = np.random.default_rng(seed)
@@ -233,4 +253,13 @@ def analyze_noise(data: Any, axes: str | None = None, *, max_planes: int = 16, m
     flat = _flat_blocks(planes - smooth, smooth)
     acf, var = _deconvolve_residual_acf(_autocovariance(flat, RESIDUAL_MEASURED), RESIDUAL_SIGMA, RESIDUAL_SUPPORT)
     return NoiseAnalysis("residuals", _radial(acf, RESIDUAL_SUPPORT), acf, float(np.sqrt(var)), len(idx),
-                         source.channels, notes)
+                         source.channels, notes, _level(planes, acf, differences=False))
+
+
+def _level(planes: np.ndarray, acf: np.ndarray, *, differences: bool) -> NoiseLevel | None:
+    """The noise variance against signal; None where the planes are too small or saturated to say."""
+    corr = acf if abs(_radial(acf, 1)[1]) >= LENGTH_THRESHOLD else None
+    try:
+        return estimate_noise_level(planes, corr, differences=differences)
+    except ImageError:
+        return None

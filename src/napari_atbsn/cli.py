@@ -14,226 +14,37 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_GAMMA, DBSNConfig, DistillConfig, TrainConfig, UnpairedConfig, config_fields_help
+from .arguments import build_parser, gpu_settings
+from .config import DEFAULT_GAMMA, DBSNConfig, DistillConfig, TrainConfig, UnpairedConfig
 from .errors import ATBSNError, ConfigError, WriteError
 from .progress import count_callback, progress_callback
-from .version import __version__
 
-TRAIN_HELP = config_fields_help(TrainConfig)
-DISTILL_HELP = config_fields_help(DistillConfig)
-DBSN_HELP = config_fields_help(DBSNConfig)
-UNPAIRED_HELP = config_fields_help(UnpairedConfig)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _phases(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--phases {text!r}: give three fractions, e.g. 0.4,0.4,0.2") from None
-
-
-def _ks(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip() != "")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--ks {text!r}: give comma-separated integers, e.g. 0,1,3,5,7,9,11") from None
-
-
-def _typed(p: argparse.ArgumentParser, helps: dict[str, str], specs: Sequence[tuple[str, type]]) -> None:
-    """Options whose help text comes from the config field of the same name."""
-    for name, typ in specs:
-        p.add_argument(f"--{name}", type=typ, help=helps[name.replace("-", "_")])
-
-
-def _gpu_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (run in float32)")
-    p.add_argument("--compile", action="store_true", help=TRAIN_HELP["compile"])
-
-
-def _gpu(args: argparse.Namespace) -> dict[str, bool]:
-    return {"amp": not args.no_amp, "compile": args.compile}
-
-
-def _run_control(p: argparse.ArgumentParser) -> None:
-    _gpu_flags(p)
-    p.add_argument("--resume", action="store_true", help="continue the checkpoint in the output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing model in the output folder")
-
-
-def _debug(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-
-
-def _axes(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--axes", help="axes of NOISY, letters from TZSCYX (default: from metadata, else guessed)")
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    _axes(p)
-    p.add_argument("--device", default="auto", help=TRAIN_HELP["device"])
-    _debug(p)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atbsn", description="Self-supervised denoising with asymmetric "
-                                     "blind spots (AT-BSN) and multi-teacher distillation.")
-    parser.add_argument("--version", action="version", version=f"napari-atbsn {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_distill, _add_denoise, _add_analyze, _add_info, _add_export, _add_demo):
-        add(sub)
-    return parser
-
-
-def _add_train(sub: Any) -> None:
-    t = sub.add_parser("train", help="train an AT-BSN teacher (or a D-BSN) on noisy data",
-                       description="Train on noisy data only. --method atbsn (default) suits spatially "
-                       "correlated noise; --method dbsn suits pixel-independent noise. 'atbsn analyze' tells "
-                       "which.")
-    t.add_argument("noisy", help="noisy image or volume: TIFF/OME-TIFF, .zarr/.ome.zarr, .nii(.gz), .npy, PNG/JPEG "
-                   "(read lazily, patch by patch)")
-    t.add_argument("-o", "--output", required=True, help="model folder to write")
-    t.add_argument("--method", default="atbsn", choices=["atbsn", "dbsn"],
-                   help="atbsn: asymmetric blind spots, for correlated noise; dbsn: one-pixel blind spot with a "
-                   "noise model and Bayes fusion, for pixel-independent noise")
-    t.add_argument("--preset", default="small", choices=["paper", "small", "tiny"], help=TRAIN_HELP["preset"])
-    t.add_argument("--noise-model", choices=["gaussian", "poisson-gaussian", "multivariate-gaussian"],
-                   help="dbsn only: " + DBSN_HELP["noise_model"] + " (default poisson-gaussian)")
-    t.add_argument("--gamma", type=float, help="dbsn only: " + DBSN_HELP["gamma"])
-    t.add_argument("--phases", type=_phases, help="dbsn only: " + DBSN_HELP["phases"])
-    _typed(t, TRAIN_HELP, [("k-a", int), ("k-b", int), ("iters", int), ("patch", int), ("batch", int),
-                           ("lr", float), ("seed", int), ("checkpoint-every", int)])
-    t.add_argument("--normalization", choices=["range255", "zscore", "range1"],
-                   help=TRAIN_HELP["normalization"] + "; dbsn default range1")
-    _run_control(t)
-    _common(t)
-
-
-def _add_distill(sub: Any) -> None:
-    d = sub.add_parser("distill", help="distil a trained teacher into a fast non-blind student",
-                       description="An AT-BSN teacher: multi-teacher distillation over blind-spot sizes --ks. "
-                       "A D-BSN teacher: unpaired distillation, with --clean images of similar samples if you have "
-                       "them (noise synthesised by the D-BSN's noise model), else self-distillation.")
-    d.add_argument("noisy")
-    d.add_argument("--teacher", required=True, help="teacher model folder (from 'atbsn train')")
-    d.add_argument("--clean", help="D-BSN teacher only: clean images of similar samples (not of the same scene)")
-    d.add_argument("--clean-axes", help="axes of --clean (default: from metadata, else guessed)")
-    d.add_argument("--real-weight", type=float, help="D-BSN teacher only: " + UNPAIRED_HELP["real_weight"])
-    d.add_argument("-o", "--output", required=True, help="student model folder to write")
-    d.add_argument("--ks", type=_ks, help=DISTILL_HELP["ks"] + " (default 0,1,3,5,7,9,11)")
-    d.add_argument("--student", choices=["A", "B", "C", "tiny"], help=DISTILL_HELP["student"])
-    _typed(d, DISTILL_HELP, [("iters", int), ("patch", int), ("batch", int), ("lr", float), ("seed", int),
-                             ("checkpoint-every", int)])
-    d.add_argument("--mean-teacher", action="store_true", help=DISTILL_HELP["mean_teacher"])
-    d.add_argument("--no-init-from-teacher", action="store_true", help="student C: start from random weights")
-    _run_control(d)
-    _common(d)
-
-
-def _add_denoise(sub: Any) -> None:
-    n = sub.add_parser("denoise", help="denoise an image or volume of any size, chunk by chunk (resumable)",
-                       description="Denoise IN with a teacher or student model. The network runs on windows of "
-                       "the model's training patch size; the output is written chunk by chunk, so memory does "
-                       "not grow with the volume. A killed or stopped run resumes when the same command is run "
-                       "again.")
-    n.add_argument("noisy", metavar="IN", help="TIFF/BigTIFF/OME-TIFF/ImageJ, .zarr/.ome.zarr, .nii(.gz), .npy, "
-                   "PNG/JPEG")
-    n.add_argument("-m", "--model", required=True, help="model folder")
-    n.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output .ome.zarr/.zarr (OME-NGFF, with a pyramid), .tif (BigTIFF, tiled) or .npy")
-    n.add_argument("--k-b", type=int, nargs="+", metavar="K",
-                   help="inference blind-spot size(s) (teachers only; default: the model's). Several values give "
-                   "several outputs, OUT_kbK, from one network pass per window")
-    n.add_argument("--chunk", type=int, help="output chunk side in pixels (default: from free memory)")
-    n.add_argument("--window", type=int, help="expert: network window side (default: the training patch; "
-                   "the networks are not size-invariant)")
-    n.add_argument("--halo", type=int, help="expert: context kept around each window's centre (default window/4)")
-    n.add_argument("--roi", help="sub-volume to denoise, e.g. Z=10:20,Y=0:512,X=100:600 (context outside it "
-                   "is still read, so the result equals the same pixels of a full run)")
-    n.add_argument("--dtype", choices=["float32", "input"], default="float32",
-                   help="output type: float32, or the input's type (rounded and clipped)")
-    n.add_argument("--batch-size", type=int, help="windows per network call (default: 4 on CPU, from free "
-                   "memory on GPU; halved automatically when the device runs out of memory)")
-    n.add_argument("--scheduler", default="sync", help="sync (default), threads, processes, or tcp://HOST:PORT "
-                   "of a running dask.distributed scheduler")
-    n.add_argument("--workers", type=int, help="dask workers for threads/processes (default 2)")
-    n.add_argument("--save-noise-map", action="store_true", help="D-BSN models: also write the estimated noise "
-                   "standard deviation per pixel, OUT_noise")
-    n.add_argument("--overwrite", action="store_true", help="replace an existing output (kept until the new one "
-                   "is complete) or restart a different partial job")
-    _gpu_flags(n)
-    _common(n)
-
-
-def _add_analyze(sub: Any) -> None:
-    a = sub.add_parser("analyze", help="measure the noise's spatial correlation and recommend a method",
-                       description="Estimates the noise's autocorrelation (from differences of neighbouring planes "
-                       "when a stack repeats the same scene, else from residuals of single planes) and prints a "
-                       "recommendation; its last line is 'recommended: atbsn k_a=K k_b=K' or 'recommended: dbsn'.")
-    a.add_argument("noisy", metavar="NOISY")
-    _axes(a)
-    _debug(a)
-
-
-def _add_info(sub: Any) -> None:
-    i = sub.add_parser("info", help="describe a model folder")
-    i.add_argument("model")
-    _debug(i)
-
-
-def _add_export(sub: Any) -> None:
-    x = sub.add_parser("export", help="export a model folder to TorchScript, ONNX or a BioImage Model Zoo package",
-                       description="Export a teacher (its k_b fixed), a student or a D-BSN. TorchScript and ONNX "
-                       "take one raw float32 (N, C, P, P) window, P the training patch, and return it denoised in "
-                       "the same units (normalisation inside the graph); the window and halo to tile with are "
-                       "stored in the file. --format bioimageio writes a validated BioImage Model Zoo zip.")
-    x.add_argument("model", metavar="MODEL_DIR")
-    x.add_argument("--format", required=True, choices=["torchscript", "onnx", "bioimageio"])
-    x.add_argument("-o", "--output", required=True,
-                   help="file to write (.pt, .onnx, or .zip for bioimageio); not inside the model folder")
-    x.add_argument("--k-b", type=int, help="teachers: the blind spot fixed in the export (default: the model's)")
-    x.add_argument("--sample", help="bioimageio: an image whose centre gives the test tensors and the cover "
-                                    "(default: the generated sample in the model's data range)")
-    x.add_argument("--sample-axes", help="axes of --sample (default: from metadata, else guessed)")
-    x.add_argument("--author", action="append", help="bioimageio: an author of the weights (repeatable)")
-    x.add_argument("--license", default="CC-BY-4.0", help="bioimageio: SPDX licence of the weights")
-    x.add_argument("--name", help="bioimageio: the model's name")
-    x.add_argument("--no-validate", action="store_true",
-                   help="bioimageio: skip bioimageio.core's validation and test (on by default)")
-    x.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    _debug(x)
-
-
-def _add_demo(sub: Any) -> None:
-    m = sub.add_parser("demo", help="the whole job on the built-in generated sample, with PSNR/SSIM")
-    m.add_argument("-o", "--output", default="atbsn-demo", help="folder for models and results")
-    m.add_argument("--iters", type=int, default=None, help="teacher training iterations")
-    m.add_argument("--distill-iters", type=int, default=None, help="distillation iterations")
-    m.add_argument("--preset", default="small", choices=["paper", "small", "tiny"], help=TRAIN_HELP["preset"])
-    m.add_argument("--device", default="auto", help=TRAIN_HELP["device"])
-    _debug(m)
-
-
-# -- commands ------------------------------------------------------------------
 class StopFlag:
-    """SIGINT handler that asks the training loop to checkpoint and stop."""
+    """SIGINT/SIGTERM handler that asks the training loop to checkpoint and stop (a denoise: to stop after the
+    chunks in progress)."""
 
     def __init__(self, message: str = "stopping after this step and saving a checkpoint") -> None:
         self.requested = False
         self.message = message
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
     def __enter__(self) -> StopFlag:
-        self._old = signal.signal(signal.SIGINT, self._handle)
+        self._old = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
-    def _handle(self, *_: Any) -> None:
-        if self.requested:  # a second Ctrl-C aborts at once
+    def _handle(self, signum: int, *_: Any) -> None:
+        if self.requested:  # a second Ctrl-C (or SIGTERM) aborts at once
             raise KeyboardInterrupt
         self.requested = True
-        print(f"\natbsn: {self.message} (Ctrl-C again to abort)...", file=sys.stderr)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\natbsn: {name}: {self.message} (Ctrl-C again to abort)...", file=sys.stderr)
 
     def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
     def __call__(self) -> bool:
         return self.requested
@@ -243,19 +54,33 @@ def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def _open_image(path: str, axes: str | None) -> Any:
-    """Open ``path`` lazily and say what was found (shape, axes, dtype) on stderr."""
-    from .io.readers import open_image
+def _open_image(path: str, axes: str | None, series: int = 0, allow_missing_chunks: bool = False) -> Any:
+    """Open ``path`` lazily, refuse missing Zarr chunks (unless allowed) and say what was found (series, shape,
+    axes, dtype) on stderr."""
+    from .io.readers import check_chunks, open_image
 
-    img = open_image(path, axes)
-    print(f"atbsn: {path}: shape {img.shape}, axes {img.axes}, dtype {img.dtype}", file=sys.stderr)
+    img = open_image(path, axes, series=series, allow_missing_chunks=allow_missing_chunks)
+    check_chunks(img)
+    print(f"atbsn: {path}:{_series_note(path, series)} shape {img.shape}, axes {img.axes}, dtype {img.dtype}",
+          file=sys.stderr)
     return img
 
 
-def _open_training_data(path: str, axes: str | None) -> tuple[Any, str]:
-    """Training data stays on disk: patches are read from the lazy array as they are drawn."""
-    img = _open_image(path, axes)
-    return img.data, img.axes
+def _series_note(path: str, series: int) -> str:
+    """' series 0 of 2 (...),' when the file holds several image series, else ''."""
+    from .io.readers import series_count
+
+    n = series_count(path)
+    if n <= 1:
+        return ""
+    return f" series {series} of {n}{'' if series else ' (choose another with --series N)'},"
+
+
+def _open_training_data(path: str, axes: str | None, series: int = 0, allow_missing_chunks: bool = False,
+                        ) -> tuple[Any, str]:
+    """Training data stays on disk: patches are read from the lazy image as they are drawn."""
+    img = _open_image(path, axes, series, allow_missing_chunks)
+    return img, img.axes
 
 
 def _run_training(start: Callable[[StopFlag], Any], label: str, output: str) -> int:
@@ -271,15 +96,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import iter_train, iter_train_dbsn
 
     _check_method_flags(args)
-    data, axes = _open_training_data(args.noisy, args.axes)
+    data, axes = _open_training_data(args.noisy, args.axes, args.series, args.allow_missing_chunks)
     common = ["iters", "patch", "batch", "lr", "seed", "normalization", "checkpoint_every"]
     if args.method == "dbsn":
-        dcfg = DBSNConfig(preset=args.preset, device=args.device, **_gpu(args),
+        dcfg = DBSNConfig(preset=args.preset, device=args.device, **gpu_settings(args),
                           **_overrides(args, [*common, "noise_model", "gamma", "phases"]))
         return _run_training(lambda stop: iter_train_dbsn(data, axes, dcfg, args.output, resume=args.resume,
                                                           overwrite=args.overwrite, should_stop=stop),
                              "train", args.output)
-    cfg = TrainConfig(preset=args.preset, device=args.device, **_gpu(args), **_overrides(args, ["k_a", "k_b", *common]))
+    cfg = TrainConfig(preset=args.preset, device=args.device, **gpu_settings(args),
+                      **_overrides(args, ["k_a", "k_b", *common]))
     return _run_training(lambda stop: iter_train(data, axes, cfg, args.output, resume=args.resume,
                                                  overwrite=args.overwrite, should_stop=stop), "train", args.output)
 
@@ -302,8 +128,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.clean or args.real_weight is not None:
         raise ConfigError("--clean and --real-weight are for D-BSN teachers (unpaired distillation); an AT-BSN "
                           "teacher distils from the noisy data alone.")
-    data, axes = _open_training_data(args.noisy, args.axes)
-    cfg = DistillConfig(device=args.device, **_gpu(args), mean_teacher=args.mean_teacher,
+    data, axes = _open_training_data(args.noisy, args.axes, args.series, args.allow_missing_chunks)
+    cfg = DistillConfig(device=args.device, **gpu_settings(args), mean_teacher=args.mean_teacher,
                         init_from_teacher=not args.no_init_from_teacher,
                         **_overrides(args, ["ks", "student", "iters", "patch", "batch", "lr", "seed",
                                             "checkpoint_every"]))
@@ -320,9 +146,10 @@ def _distill_dbsn(args: argparse.Namespace) -> int:
     if wrong:
         raise ConfigError(f"{', '.join(wrong)} apply to AT-BSN teachers; a D-BSN teacher's student uses the "
                           f"teacher's patch and its Bayes output. Drop them.")
-    data, axes = _open_training_data(args.noisy, args.axes)
-    clean, clean_axes = _open_training_data(args.clean, args.clean_axes) if args.clean else (None, None)
-    cfg = UnpairedConfig(device=args.device, **_gpu(args),
+    data, axes = _open_training_data(args.noisy, args.axes, args.series, args.allow_missing_chunks)
+    clean, clean_axes = (_open_training_data(args.clean, args.clean_axes, 0, args.allow_missing_chunks)
+                         if args.clean else (None, None))
+    cfg = UnpairedConfig(device=args.device, **gpu_settings(args),
                          **_overrides(args, ["student", "iters", "batch", "lr", "seed", "checkpoint_every",
                                              "real_weight"]))
     return _run_training(lambda stop: iter_distill_dbsn(data, args.teacher, axes, clean=clean, clean_axes=clean_axes,
@@ -334,7 +161,7 @@ def _distill_dbsn(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze_noise
 
-    print(analyze_noise(_open_image(args.noisy, args.axes)).report())
+    print(analyze_noise(_open_image(args.noisy, args.axes, args.series, args.allow_missing_chunks)).report())
     return 0
 
 
@@ -357,8 +184,9 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 
     check_scheduler(args.scheduler)
     _check_output_first(args.noisy, args.output)
-    source = open_image(args.noisy, args.axes)
-    print(f"atbsn: {args.noisy}: shape {source.shape}, axes {source.axes}, {source.dtype} "
+    source = open_image(args.noisy, args.axes, series=args.series, allow_missing_chunks=args.allow_missing_chunks)
+    print(f"atbsn: {args.noisy}:{_series_note(args.noisy, args.series)} shape {source.shape}, axes {source.axes}, "
+          f"{source.dtype} "
           f"({source.nbytes / 2**30:.2f} GiB, {source.format})", file=sys.stderr)
     model = load_for_scheduler(args.model, args.scheduler, device=args.device, amp=not args.no_amp,
                                compile=args.compile)
@@ -379,16 +207,30 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     for p in res.paths:
         print(f"atbsn: wrote {p} ({res.units_computed} chunks computed, {res.units_resumed} resumed, "
               f"{res.seconds:.1f} s)", file=sys.stderr)
+    if job.calibration is not None:
+        _report_quality(job.calibration)
     return 0
+
+
+def _report_quality(cal: Any) -> None:
+    """The estimated gain, on stdout (the one number a script wants); a negative estimate is a warning."""
+    print(f"atbsn: {cal.line()} [estimated on {cal.sample}]", file=sys.stderr)
+    print(cal.line())
+    if cal.gain_db < 0:
+        print("atbsn: warning: the output is estimated to be WORSE than the input; keep the input, or train "
+              "longer / with a larger k_a (see 'atbsn analyze').", file=sys.stderr)
 
 
 def _check_output_first(src: str, dst: str) -> None:
     """Output mistakes are reported before the (slower) input and model loading."""
+    from .io.fs import refuse_overlap
     from .io.outputs import output_kind
 
     output_kind(dst)
     if Path(dst).exists() and Path(src).exists() and Path(dst).resolve() == Path(src).resolve():
         raise WriteError(f"the output {dst} is the input file; choose another output path.")
+    if Path(src).exists():  # an output holding the input, or inside it, would replace or pollute it
+        refuse_overlap(dst, {"input": src})
     if not Path(dst).resolve().parent.is_dir():
         raise WriteError(f"output folder {Path(dst).parent} does not exist; create it first.")
 
@@ -453,7 +295,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.output, preset=args.preset, iters=args.iters, distill_iters=args.distill_iters, device=args.device)
+    run_demo(args.output, preset=args.preset, iters=args.iters, distill_iters=args.distill_iters, device=args.device,
+             overwrite=args.overwrite)
     return 0
 
 

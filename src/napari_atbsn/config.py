@@ -68,6 +68,9 @@ OutputKey = int | str | None
 NOISE_MAP = "noise"
 #: D-BSN's blind-spot estimate mu before the Bayes fusion (for comparisons).
 BLIND_ESTIMATE = "mu"
+#: k_b chosen from the data (teachers): the valid blind spot whose blend with the input has the lowest
+#: estimated risk, blended (napari_atbsn.inference.quality).
+AUTO_K_B = "auto"
 #: D-BSN's weight of the noise term in the Bayes fusion when a model folder does not say (1: exact posterior).
 DEFAULT_GAMMA = 1.0
 
@@ -214,6 +217,7 @@ class TrainConfig:
         check_k(self.k_b, name="k_b")
         _positive("iters", self.iters)
         _positive("batch", self.batch)
+        _check_seed(self.seed)
         _check_patch(self.patch, ATBSN_PRESETS[self.preset], self.k_a)
         if not (self.lr and self.lr > 0):
             raise ConfigError(f"lr={self.lr} must be a positive number such as 3e-4.")
@@ -255,6 +259,7 @@ class DistillConfig:
         _positive("iters", cfg.iters)
         _positive("batch", cfg.batch)
         _positive("patch", cfg.patch)
+        _check_seed(cfg.seed)
         m = STUDENT_MULTIPLE[cfg.student]
         if cfg.patch % m:
             raise ConfigError(f"patch={cfg.patch} must be a multiple of {m} for student {cfg.student}; try "
@@ -264,6 +269,11 @@ class DistillConfig:
         if not (cfg.lr and cfg.lr > 0):
             raise ConfigError(f"lr={cfg.lr} must be a positive number such as 3e-4.")
         return cfg
+
+
+def _check_seed(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ConfigError(f"seed={value!r} must be a whole number from 0 to 2**63 - 1, e.g. 0.")
 
 
 def _positive(name: str, value: Any) -> None:
@@ -330,6 +340,7 @@ class DBSNConfig:
         _positive("iters", cfg.iters)
         _positive("batch", cfg.batch)
         _positive("patch", cfg.patch)
+        _check_seed(cfg.seed)
         if cfg.patch < 16:
             raise ConfigError(f"patch={cfg.patch} is too small for D-BSN; use at least 32.")
         if not (cfg.lr and cfg.lr > 0):
@@ -381,6 +392,7 @@ class UnpairedConfig:
         _positive("batch", cfg.batch)
         if not (cfg.lr and cfg.lr > 0):
             raise ConfigError(f"lr={cfg.lr} must be a positive number such as 3e-4.")
+        _check_seed(cfg.seed)
         if cfg.real_weight < 0:
             raise ConfigError(f"real_weight={cfg.real_weight} must be >= 0.")
         return cfg

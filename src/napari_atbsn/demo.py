@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import DistillConfig, TrainConfig
+from .errors import WriteError
 from .io.files import write_image
+from .io.fs import check_writable
 from .metrics import psnr, ssim
 from .progress import progress_callback
 from .sample_data import make_sample
@@ -32,15 +34,19 @@ DEMO_SETTINGS: dict[str, tuple[int, int, int, int, str]] = {
 
 def run_demo(output: str | Path = "atbsn-demo", *, preset: str = "small", iters: int | None = None,
              distill_iters: int | None = None, device: str = "auto", planes: int = 8, size: int = 256,
-             stream: Any = None) -> dict[str, Any]:
-    """Run the demo, write its outputs to ``output`` and return the metrics table."""
+             stream: Any = None, overwrite: bool = False) -> dict[str, Any]:
+    """Run the demo, write its outputs to ``output`` and return the metrics table.
+
+    ``output`` must be a new or empty folder; ``overwrite=True`` lets the demo replace its files in a folder
+    that holds something (an earlier demo).
+    """
     from .events import drain
     from .training import iter_distill, iter_train
 
     out = Path(output)
     stream = stream or sys.stdout
     t_iters, patch, batch, d_iters, student = DEMO_SETTINGS[preset]
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_demo_folder(out, overwrite)
     noisy, clean = make_sample(planes=planes, size=size)
     write_image(out / "noisy.tif", noisy, "ZYX", overwrite=True)
     write_image(out / "clean.tif", clean, "ZYX", overwrite=True)
@@ -79,6 +85,22 @@ def run_demo(output: str | Path = "atbsn-demo", *, preset: str = "small", iters:
     print(f"gain over noisy: teacher {table[1]['psnr'] - table[0]['psnr']:+.2f} dB, "
           f"student {table[2]['psnr'] - table[0]['psnr']:+.2f} dB", file=stream)
     return result
+
+
+def prepare_demo_folder(out: Path, overwrite: bool) -> None:
+    """The demo's folder: made if new; an existing one must be empty (or ``overwrite``) and writable. Checked
+    before anything is written, so a refused demo changes nothing."""
+    if out.exists() and not out.is_dir():
+        raise WriteError(f"{out} is a file, not a folder; give a folder for the demo's outputs (-o).")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise WriteError(f"the demo folder {out} is not empty; pass --overwrite to replace the demo's files in it, "
+                         f"or choose another folder with -o.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot create the demo folder {out}: {e.strerror or e}; choose another output path.") \
+            from None
+    check_writable(out)
 
 
 def main() -> None:  # pragma: no cover - thin wrapper for `python -m napari_atbsn.demo`

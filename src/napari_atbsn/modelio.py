@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import ATBSN_PRESETS, STUDENT_PRESETS, UNetArch
 from .errors import ConfigError, ModelFolderError
-from .io.fs import atomic_write_bytes
+from .io.fs import atomic_write_bytes, special_file
 from .version import __version__
 
 FORMAT = "napari-atbsn"
@@ -31,6 +31,8 @@ _REQUIRED = {"format", "format_version", "kind", "arch", "patch", "normalization
 _OPTIONAL = {"package_version", "created", "k_a", "k_b", "ks", "mean_teacher", "teacher", "steps",
              "train", "distill", "data", "state", "halo", "method", "gamma", "phase", "unpaired"}
 KINDS = ("atbsn", "student", "dbsn")
+#: A config.json is a few kB: more than this is not ours (and a link to /dev/zero would never end).
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -115,11 +117,21 @@ def _read_json(folder: Path, cfg_path: Path) -> Any:
     if not cfg_path.exists():
         raise ModelFolderError(f"{folder} has no {CONFIG}: it is not a model folder, or its writing was "
                                f"interrupted.")
+    special = special_file(cfg_path)
+    if special:
+        raise ModelFolderError(f"{cfg_path} is not a regular file ({special}); reading it could block or never "
+                               f"end. Replace it with the folder's real {CONFIG}.")
     try:
-        return json.loads(cfg_path.read_text())
+        with open(cfg_path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ModelFolderError(f"cannot read {cfg_path}: {e.strerror or e}; check its permissions.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ModelFolderError(f"{cfg_path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a model's {CONFIG} is a "
+                               f"few kB, so this one was not written by napari-atbsn. Replace it.")
+    try:
+        return json.loads(raw.decode())
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, a 5000-digit number, 100k-deep nesting
         raise ModelFolderError(f"{cfg_path} is not valid JSON ({e}); the folder is corrupted.") from None
 
 
@@ -140,6 +152,36 @@ def _check_entries(p: Path, cfg_path: Path, cfg: Any) -> None:
                                f"({__version__}) reads ({FORMAT_VERSION}); upgrade napari-atbsn.")
     if cfg["kind"] not in KINDS:
         raise ModelFolderError(f"{cfg_path}: unknown model kind {cfg['kind']!r}.")
+    _check_values(cfg_path, cfg)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_values(cfg_path: Path, cfg: dict[str, Any]) -> None:
+    """The types and ranges of the numbers a model runs with: a hand-edited ``"patch": "32"``, ``32.5``, NaN
+    or ``k_a: -1`` is refused here, not met as a traceback or a wrong image later."""
+    patch = cfg["patch"]
+    problems = []
+    if not (_is_int(patch) and 1 <= patch <= 1 << 16):
+        problems.append(f"patch={patch!r} must be a whole number of pixels from 1 to 65536")
+    else:
+        preset = cfg["arch"].get("preset") if isinstance(cfg["arch"], dict) else None
+        multiple = ATBSN_PRESETS[preset].multiple if cfg["kind"] == "atbsn" and preset in ATBSN_PRESETS else 1
+        if patch % multiple:
+            problems.append(f"patch={patch} must be a multiple of {multiple} for preset {preset}")
+    for key in ("k_a", "k_b"):
+        k = cfg.get(key)
+        if k is not None and not (_is_int(k) and k >= 0 and (k == 0 or k % 2 == 1)):
+            problems.append(f"{key}={k!r} must be 0 or a positive odd whole number")
+    for key in ("halo", "steps"):
+        v = cfg.get(key)
+        if v is not None and not (_is_int(v) and v >= 0):
+            problems.append(f"{key}={v!r} must be a whole number >= 0")
+    if problems:
+        raise ModelFolderError(f"{cfg_path}: {problems[0]}; the file was edited by hand or damaged. Restore the "
+                               f"original or re-train.")
 
 
 def build_model(cfg: dict[str, Any]) -> nn.Module:
@@ -186,6 +228,10 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
     if not path.exists():
         raise ModelFolderError(f"{path} is missing; the model folder is incomplete.")
+    special = special_file(path)
+    if special:
+        raise ModelFolderError(f"{path} is not a regular file ({special}); reading it could block or never end. "
+                               f"Replace it with the model's real weights.")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -207,6 +253,23 @@ def load_network(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
                   else f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}")
         raise ModelFolderError(f"the weights in {p / WEIGHTS} do not match the architecture in {CONFIG} "
                                f"({detail}); the folder is mismatched or corrupted.")
+    check_weight_values(p / WEIGHTS, state, own)
     model.load_state_dict(state)
     model.eval()
     return model, cfg
+
+
+def check_weight_values(path: Path, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    """Refuse weights that load but cannot be right: an integer type where the network has floating-point
+    parameters (cast weights give a constant image), or NaN/Inf (an all-NaN image)."""
+    cast = [k for k, v in own.items() if v.is_floating_point() and not state[k].is_floating_point()]
+    if cast:
+        dtype = str(state[cast[0]].dtype).removeprefix("torch.")
+        raise ModelFolderError(f"{path} holds {len(cast)} weights of dtype {dtype} (e.g. {cast[0]}); weights must be "
+                               f"floating point. The file was converted by another program; use the original "
+                               f"folder or re-train.")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelFolderError(f"{path} holds non-finite weights (NaN or Inf, in {', '.join(bad[:3])}); the model "
+                               f"is damaged (a diverged training or a corrupted copy). Use an earlier copy or "
+                               f"re-train.")

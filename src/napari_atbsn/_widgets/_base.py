@@ -69,8 +69,10 @@ def display_limits(data: Any) -> tuple[float, float]:
     return (float(lo), float(hi if hi > lo else lo + 1))
 
 
-def result_name(source: str, model: Any, k: Any = None) -> str:
-    """``cells_atbsn_kb3``, ``cells_student_C``, ``cells_dbsn``, ``cells_dbsn_noise``."""
+def result_name(source: str, model: Any, k: Any = None, calibration: Any = None) -> str:
+    """``cells_atbsn_kb3``, ``cells_atbsn_auto_kb5``, ``cells_student_C``, ``cells_dbsn``, ``cells_dbsn_noise``."""
+    if model.kind == "atbsn" and calibration is not None:
+        return f"{source}_atbsn_auto_kb{calibration.k_b}"
     if model.kind == "atbsn":
         return f"{source}_atbsn_kb{model.k_b if k is None else k}"
     if k == "noise":

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox
 
-from ..config import NOISE_MAP
+from ..config import AUTO_K_B, NOISE_MAP
 from ..errors import ConfigError, ImageError
 from ..inference.denoiser import load_model
 from ..inference.inmemory import iter_denoise_outputs
 from ..inference.lazy import lazy_denoise
 from ..inference.output_kinds import resolve_ks
 from ..inference.plan import available_memory, plan_job
+from ..inference.quality import calibrate
 from ..inference.run import iter_run
 from ..io.readers import open_image
 from ._base import (
@@ -40,7 +41,8 @@ from ._base import (
 from ._job import info
 from ._source import Source, SourcePicker
 
-K_CHOICES = [("the model's own", None), *[(str(k), k) for k in (0, 1, 3, 5, 7, 9, 11)]]
+K_CHOICES = [("the model's own", None), ("auto: from the data, blended, never worse", AUTO_K_B),
+             *[(str(k), k) for k in (0, 1, 3, 5, 7, 9, 11)]]
 MODES = [("new layer, computed now", "now"), ("new layer, lazy (planes computed as you view them)", "lazy"),
          ("file (OME-Zarr, Zarr, TIFF, .npy)", "file")]
 
@@ -112,8 +114,8 @@ class DenoiseWidget(JobWidget):
                 self.status.setText("stopped; nothing was added.")
                 return
             for k, out in zip(ks, outs, strict=True):
-                self._add(src, model, out, k)
-            self.status.setText(f"added {', '.join(layer.name for layer in self.layers)}")
+                self._add(src, model, out, k, calibration=outs.calibration)
+            self._say(f"added {', '.join(layer.name for layer in self.layers)}", outs.calibration)
 
         self.run_job(f"denoising {src.name}", make, on_event=lambda ev: self.show_progress(*ev, unit="windows"),
                      on_done=done)
@@ -122,14 +124,15 @@ class DenoiseWidget(JobWidget):
     def _add_lazy(self, src: Source, model: Any, chunk: int | None) -> None:
         k = self.k_b.value
         ks_arg = [k] if k is not None else None
+        # auto decides from a sample of the data now, so the lazy layer's planes all share one choice
+        cal = calibrate(model, src.data, src.axes) if k == AUTO_K_B else None
         outs = lazy_denoise(src.data, model, axes=src.axes, k_b=ks_arg, chunk=chunk, dtype=self.dtype.value,
-                            noise_map=bool(self.noise_map.value))
+                            noise_map=bool(self.noise_map.value), calibration=cal)
         outs = outs if isinstance(outs, list) else [outs]
         for kk, out in zip(resolve_ks(model, k, bool(self.noise_map.value)), outs, strict=True):
-            self._add(src, model, out, kk, chunk=chunk, lazy=True)
-        msg = f"added {', '.join(layer.name for layer in self.layers)} (lazy: each plane is denoised when shown)"
-        self.status.setText(msg)
-        info(msg)
+            self._add(src, model, out, kk, chunk=chunk, lazy=True, calibration=cal)
+        self._say(f"added {', '.join(layer.name for layer in self.layers)} (lazy: each plane is denoised when "
+                  f"shown)", cal)
 
     # -- file ----------------------------------------------------------------------------------------
     def _run_file(self, src: Source, model: Any, chunk: int | None) -> None:
@@ -150,15 +153,23 @@ class DenoiseWidget(JobWidget):
                 return
             for kk, path in zip(result.k_bs, result.paths, strict=True):
                 self._add(src, model, _in_source_order(open_image(path), src.axes), kk, chunk=result.chunk,
-                          output=str(path))
-            msg = f"wrote {', '.join(str(p) for p in result.paths)} in {result.seconds:.0f} s"
-            self.status.setText(msg)
-            info(msg)
+                          output=str(path), calibration=result.calibration)
+            self._say(f"wrote {', '.join(str(p) for p in result.paths)} in {result.seconds:.0f} s",
+                      result.calibration)
 
         self.run_job(f"denoising {src.name} to {out.name}", make,
                      on_event=lambda ev: self.show_progress(*ev, unit="windows"), on_done=done)
 
     # -- layers --------------------------------------------------------------------------------------
+    def _say(self, msg: str, calibration: Any) -> None:
+        """The status line and a notification; with k_b=auto, the estimated gain too (a loss is a warning)."""
+        if calibration is not None:
+            msg += f"; {calibration.line()}"
+            if calibration.gain_db < 0:
+                msg += " (WORSE than the input: keep the input or train longer)"
+        self.status.setText(msg)
+        info(msg)
+
     def _add(self, src: Source, model: Any, data: Any, k: Any, **record: Any) -> None:
         noise = k == NOISE_MAP
         kw = display_kwargs(src.layer) if src.layer is not None else {}
@@ -168,11 +179,14 @@ class DenoiseWidget(JobWidget):
         if "contrast_limits" not in kw and not kw.get("rgb"):
             # a lazy result's range comes from the input (same units) so adding it computes nothing
             kw["contrast_limits"] = display_limits(src.array if record.get("lazy") and not noise else data)
-        meta = result_metadata(model, k=k, source=src.name, chunk=record.get("chunk"), output=record.get("output"),
-                               lazy=bool(record.get("lazy")))
+        cal = record.get("calibration")
+        meta = result_metadata(model, k=cal.k_b if cal is not None else k, source=src.name, chunk=record.get("chunk"),
+                               output=record.get("output"), lazy=bool(record.get("lazy")))
+        if cal is not None:
+            meta["napari_atbsn"]["quality"] = cal.to_record()
         if src.path is not None:
             meta["napari_atbsn"]["input_file"] = str(src.path)
-        layer = self.viewer.add_image(data, name=result_name(src.name, model, "noise" if noise else k),
+        layer = self.viewer.add_image(data, name=result_name(src.name, model, "noise" if noise else k, cal),
                                       metadata=meta, **kw)
         self.layers.append(layer)
 

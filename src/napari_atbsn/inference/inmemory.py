@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..axes import check_image, guess_axes, validate_axes
-from ..config import OutputKey
+from ..config import AUTO_K_B, OutputKey
 from ..errors import ConfigError, ImageError
-from ..io.outputs import to_dtype
-from .geometry import Geometry, from_cyx, read_block
-from .output_kinds import OUTPUT_DTYPES, output_dtype, resolve_ks
-from .runtime import Runtime, counted
+from .output_kinds import OUTPUT_DTYPES, resolve_ks
+from .quality import calibrate
+from .runtime import iter_array
 
 if TYPE_CHECKING:
     from .denoiser import Denoiser
@@ -51,7 +50,8 @@ def iter_denoise_outputs(model: Denoiser, image: Any, axes: str | None = None, *
     if channels != model.in_channels:
         raise ImageError(f"the image has {channels} channel(s) (axes {axes}, shape {arr.shape}) but the model "
                          f"expects {model.in_channels}; check --axes or use a model trained on such data.")
-    gen = _iter_planes(model, arr, axes, ks=list(ks), batch_size=batch_size, dtype=dtype)
+    calibration = calibrate(model, arr, axes, batch_size=batch_size) if AUTO_K_B in ks else None
+    gen = iter_array(model, arr, axes, ks=list(ks), batch_size=batch_size, dtype=dtype, calibration=calibration)
     while True:
         try:
             event = next(gen)
@@ -60,24 +60,3 @@ def iter_denoise_outputs(model: Denoiser, image: Any, axes: str | None = None, *
         yield event
         if should_stop is not None and should_stop():
             return None
-
-
-def _iter_planes(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Sequence[OutputKey],
-                       batch_size: int, dtype: str) -> Generator[tuple[int, int], None, list[np.ndarray]]:
-    """Denoise an in-memory array plane by plane (each plane one chunk); returns one array per k."""
-    geom = Geometry.of(axes, arr.shape)
-    rt = Runtime(model, ks, geom, model.patch, model.halo, batch_size)
-    grid = rt.grid
-    out_dtype = arr.dtype if dtype == "input" else np.dtype(np.float32)
-    outs = [np.empty(arr.shape, dtype=output_dtype(k, out_dtype)) for k in ks]
-    total = geom.n_planes * grid.count(geom.region)
-    done = 0
-    for n in range(geom.n_planes):
-        box = geom.region
-        index = geom.source_index(n, 0, geom.height, 0, geom.width)
-        raw = geom.to_cyx(read_block(arr, index))
-        result = yield from counted(rt.iter_unit(raw, (0, 0), box), done, total)
-        done += grid.count(box)
-        for o, res in zip(outs, result, strict=True):
-            o[index] = from_cyx(to_dtype(res, o.dtype), geom)
-    return outs

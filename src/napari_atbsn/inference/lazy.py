@@ -8,25 +8,29 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import AUTO_K_B
 from ..events import drain
 from ..io.outputs import to_dtype
 from ..tiling import Box
 from .geometry import from_cyx, full_shape, read_block
 from .output_kinds import output_dtype
 from .plan import auto_chunk, resolve_target
+from .quality import calibrate
 from .runtime import Runtime
 
 if TYPE_CHECKING:
     from .denoiser import Denoiser
+    from .quality import Calibration
 
 
 def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: int | Sequence[int] | None = None,
                  roi: dict[str, slice] | str | None = None, chunk: int | None = None, window: int | None = None,
                  halo: int | None = None, batch_size: int | None = None, dtype: str = "float32",
-                 noise_map: bool = False) -> Any:
+                 noise_map: bool = False, calibration: Calibration | None = None) -> Any:
     """The denoised image as a dask array in the source's axes order; nothing runs until it is computed.
 
-    With several k_b, all outputs share one computation per chunk (one backbone pass for all k).
+    With several k_b, all outputs share one computation per chunk (one backbone pass for all k). ``k_b="auto"``
+    calibrates on a sample of the source first, unless ``calibration`` (:func:`~.quality.calibrate`) is given.
     """
     import dask.array as da
 
@@ -34,7 +38,9 @@ def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: 
                        noise_map=noise_map)
     geom, ks = t.geom, t.ks
     chunk = chunk or auto_chunk(t.window, t.halo, geom.channels, len(ks), 1, geom.region)
-    rt = Runtime(model, ks, geom, t.window, t.halo, batch_size or 4)
+    if AUTO_K_B in ks and calibration is None:
+        calibration = calibrate(model, t.cropped, geom.axes, window=t.window)
+    rt = Runtime(model, ks, geom, t.window, t.halo, batch_size or 4, calibration=calibration)
     image_dtype = np.dtype(np.float32) if dtype == "float32" else np.dtype(t.source.dtype)
     # one dask array holds every output, so they must share a type: float32 when a noise map rides along
     out_dtype = np.result_type(*[output_dtype(k, image_dtype) for k in ks])

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import NOISE_MAP, OutputKey, check_k
+from ..config import AUTO_K_B, NOISE_MAP, OutputKey, check_k
 from ..errors import BlindSpotError, ConfigError
 
 if TYPE_CHECKING:
@@ -29,8 +29,9 @@ def refuse_k_b(model: Denoiser, k_b: object) -> None:
     raise BlindSpotError("k_b applies to AT-BSN teachers; a distilled student has no blind spot. Leave k_b unset.")
 
 
-def resolve_ks(model: Denoiser, k_b: int | Sequence[int] | None, noise_map: bool = False) -> list[OutputKey]:
-    """The outputs to compute: one per k_b (teachers), the image (students, D-BSN), plus D-BSN's noise map."""
+def resolve_ks(model: Denoiser, k_b: int | str | Sequence[int] | None, noise_map: bool = False) -> list[OutputKey]:
+    """The outputs to compute: one per k_b (teachers; ``"auto"``: chosen from the data and blended with the
+    input), the image (students, D-BSN), plus D-BSN's noise map."""
     if noise_map and model.kind != "dbsn":
         raise ConfigError(f"a noise map comes from a D-BSN model's noise estimator; {model.name} has none. "
                           f"Train one with 'atbsn train --method dbsn', or leave out --save-noise-map.")
@@ -38,6 +39,11 @@ def resolve_ks(model: Denoiser, k_b: int | Sequence[int] | None, noise_map: bool
     if k_b is None:
         return [model.k_b if model.kind == "atbsn" else None, *extra]
     refuse_k_b(model, k_b)
+    if isinstance(k_b, str) or (not isinstance(k_b, int | np.integer) and AUTO_K_B in list(k_b)):
+        if k_b != AUTO_K_B and list(k_b) != [AUTO_K_B]:
+            raise BlindSpotError(f"k_b={k_b!r}; give 'auto' alone (the blind spot chosen from the data, blended "
+                                 f"with the input) or blind-spot sizes such as 3.")
+        return [AUTO_K_B]
     ks = [k_b] if isinstance(k_b, int | np.integer) else list(k_b)
     if not ks:
         raise BlindSpotError("k_b is empty; give at least one blind-spot size, e.g. 3.")

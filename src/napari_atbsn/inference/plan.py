@@ -18,14 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import OutputKey
+from ..config import AUTO_K_B, OutputKey
 from ..errors import BlindSpotError, ConfigError, ImageError, WriteError
+from ..io.fs import refuse_overlap
 from ..io.outputs import OutputStore, outputs_for, store_axes
-from ..io.readers import open_image, parse_roi
+from ..io.readers import check_chunks, open_image, parse_roi
 from ..tiling import Box, PlaneGrid, check_window, chunk_boxes, default_halo
 from ..version import __version__
 from .geometry import Geometry
 from .output_kinds import OUTPUT_DTYPES, output_dtype, resolve_ks
+from .quality import Calibration, calibrate
 from .runtime import auto_batch_size
 
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ MAX_CHUNK = 2048  # storage chunks beyond 2048^2 float32 (16 MB per channel) onl
 MEMORY_FRACTION = 0.25  # of the available RAM, shared by the workers, for chunk buffers
 JOB_FORMAT = 1
 #: What makes two runs the same job: a partial output is continued only by a run that agrees on all of them.
-IDENTITY_KEYS = ("input", "roi", "model", "k_b", "window", "halo", "dtype")
+IDENTITY_KEYS = ("input", "roi", "model", "k_b", "window", "halo", "dtype", "quality")
 
 
 # -- what a written and a lazy denoise both decide first ------------------------------------------------------
@@ -58,6 +60,7 @@ def resolve_target(source: Any, model: Denoiser, *, axes: str | None, k_b: int |
                    noise_map: bool) -> Target:
     """Open the source and check it against the model and the settings."""
     lazy = open_image(source, axes)
+    check_chunks(lazy)  # Zarr chunks missing from the store would be denoised as the fill value
     if isinstance(roi, str):
         roi = parse_roi(roi, lazy.axes)
     ks = resolve_ks(model, k_b, noise_map)
@@ -109,6 +112,8 @@ def input_record(source: LazyImage) -> dict[str, Any]:
         if p.is_file():  # a changed file must not be resumed into an old partial output
             st = p.stat()
             rec["stat"] = [st.st_size, st.st_mtime_ns]
+        elif p.is_dir():  # nor a changed Zarr store: any chunk rewritten, added or removed changes this
+            rec["files_sha256"] = folder_fingerprint(p)
     elif source.source == "<numpy>":
         # an in-memory array has no file to stat: a strided sample of about a million values tells two
         # same-shaped arrays (two napari layers) apart, so one is never resumed into the other's output
@@ -117,6 +122,20 @@ def input_record(source: LazyImage) -> dict[str, Any]:
         sample = np.ascontiguousarray(np.asarray(source.data[index]))
         rec["sample_sha256"] = hashlib.sha256(sample.tobytes()).hexdigest()
     return rec
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A hash of every file's relative path, size and modification time under ``folder`` (one walk, no file
+    is read): it changes when a chunk of a Zarr store is rewritten, added or removed."""
+    h = hashlib.sha256()
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                h.update(f"{os.path.relpath(path, folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 # -- the plan ----------------------------------------------------------------------------------------------
@@ -145,6 +164,7 @@ class Plan:
     worker_device: str | None = None
     resumed: tuple[bool, ...] = field(default=())
     seen: tuple[dict[str, Any] | None, ...] = field(default=())  # the work stores' records when planned
+    calibration: Calibration | None = None  # what k_b='auto' decided, with the estimated gain
 
     @property
     def grid(self) -> PlaneGrid:
@@ -191,6 +211,9 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
     for s in stores:
         if src_path is not None and s.final.resolve() == src_path:
             raise WriteError(f"the output {s.final} is the input; choose another output path.")
+        if src_path is not None:  # an output holding the input (or inside it) would replace or pollute it
+            refuse_overlap(s.final, {"input": t.source.source})
+            refuse_overlap(s.work, {"input": t.source.source})
         s.check(overwrite=overwrite)
     check_free_space(stores, t.ks, t.geom, out_dtype)
     record = {"format": JOB_FORMAT, "input": input_record(t.source), "roi": t.roi_record,
@@ -200,6 +223,10 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
               "napari_atbsn": __version__}
     if mixed_precision(model, worker_device):
         record["model"]["mixed_precision"] = True
+    calibration = None
+    if AUTO_K_B in t.ks:  # decided once, from a sample of the data, and part of the job's identity
+        calibration = calibrate(model, t.cropped, t.geom.axes, window=t.window)
+        record["quality"] = calibration.to_record()
     chunk_now = chunk or auto_chunk(t.window, t.halo, t.geom.channels, len(t.ks), workers, t.geom.region)
     batch_now = batch_size or auto_batch_size(model)
     seen = tuple(s.job() for s in stores)
@@ -207,7 +234,7 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
                                                    chunk_given=chunk is not None, batch_given=batch_size is not None,
                                                    overwrite=overwrite)
     return Plan(t.cropped, model, t.geom, t.ks, t.window, t.halo, chunk_now, batch_now, out_dtype, paths, stores,
-                record, overwrite, worker_device, resumed, seen)
+                record, overwrite, worker_device, resumed, seen, calibration)
 
 
 def mixed_precision(model: Denoiser, worker_device: str | None) -> bool:

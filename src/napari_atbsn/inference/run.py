@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ..io.readers import LazyImage
     from .denoiser import Denoiser
     from .geometry import Geometry
+    from .quality import Calibration
 
 Progress = Callable[[int, int], None]
 
@@ -57,6 +58,7 @@ class DenoiseResult:
     chunk: int
     batch_size: int
     messages: list[str] = field(default_factory=list)
+    calibration: Calibration | None = None  # k_b='auto': the choice, the blend and the estimated gain
 
     def open(self, i: int = 0) -> LazyImage:
         """The i-th output, opened lazily."""
@@ -96,7 +98,8 @@ def iter_run(job: Plan, *, scheduler: str = "sync", workers: int = 1, should_sto
         else:
             say(f"stopped with {remaining} of {len(units)} chunks to go; run the same command to resume")
     return DenoiseResult(job.paths, job.ks, remaining == 0, len(units), len(todo) - remaining,
-                         len(units) - len(todo), time.perf_counter() - t0, job.chunk, job.batch_size, messages)
+                         len(units) - len(todo), time.perf_counter() - t0, job.chunk, job.batch_size, messages,
+                         job.calibration)
 
 
 def _compute(job: Plan, units: list, todo: list, scheduler: str, workers: int, should_stop: Callable[[], bool],
@@ -132,7 +135,7 @@ def unit_spec(job: Plan, scheduler: str, workers: int) -> UnitSpec:
     return UnitSpec(uuid.uuid4().hex, ref, tuple(job.ks), job.geom, job.window, job.halo, job.batch_size,
                     str(job.out_dtype), tuple(str(s.final.parent.resolve() / s.final.name) for s in job.stores),
                     job.record["axes"],
-                    torch_threads(scheduler, workers))
+                    torch_threads(scheduler, workers), job.calibration)
 
 
 def start_stores(job: Plan) -> None:
@@ -225,6 +228,9 @@ def worker_device_for(scheduler: str, device: str) -> str | None:
 
 def default_workers(scheduler: str, workers: int | None) -> int:
     """Workers when none are given: two for local thread or process pools, else one."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers={workers!r} must be a positive integer (dask workers for threads or "
+                          f"processes), e.g. 2.")
     return workers or (2 if scheduler in ("threads", "processes") else 1)
 
 

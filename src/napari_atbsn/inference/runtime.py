@@ -9,22 +9,31 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import OutputKey
+from ..config import AUTO_K_B, OutputKey
 from ..device import is_oom
-from ..errors import DeviceError, ImageError
+from ..errors import ConfigError, DeviceError, ImageError
+from ..io.outputs import to_dtype
 from ..tiling import Box, PlaneGrid, iter_box
-from .geometry import Geometry
+from .geometry import Geometry, from_cyx, read_block
+from .output_kinds import output_dtype
 
 if TYPE_CHECKING:
     from .denoiser import Denoiser
+    from .quality import Calibration
 
 
 class Runtime:
     """A model ready to compute units, with a batch size that backs off when the device runs out of memory."""
 
     def __init__(self, model: Denoiser, ks: Sequence[OutputKey], geom: Geometry, window: int, halo: int,
-                 batch_size: int, on_backoff: Callable[[str], None] | None = None) -> None:
+                 batch_size: int, on_backoff: Callable[[str], None] | None = None, *,
+                 calibration: Calibration | None = None) -> None:
         self.model, self.ks = model, list(ks)
+        if AUTO_K_B in self.ks and calibration is None:
+            raise ConfigError("k_b='auto' needs the calibration of the data (inference.quality.calibrate).")
+        self.calibration = calibration
+        # what the network computes: ``auto`` is the calibrated k_b, blended with the input afterwards
+        self.net_ks = [calibration.k_b if k == AUTO_K_B and calibration else k for k in self.ks]
         self.grid = PlaneGrid.of(geom.height, geom.width, window, halo)
         self.batch_size = batch_size
         self.on_backoff = on_backoff
@@ -36,7 +45,7 @@ class Runtime:
         while i < len(tiles):
             b = self.batch_size
             try:
-                parts.append(self.model.run_windows(tiles[i:i + b], self.ks))
+                parts.append(self.model.run_windows(tiles[i:i + b], self.net_ks))
                 i += b
             except (RuntimeError, MemoryError) as e:
                 if not is_oom(e):
@@ -77,7 +86,11 @@ class Runtime:
             return normed[:, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
 
         result = yield from iter_box(self.windows, read, self.grid, box, batch_size=self.batch_size)
-        return np.stack([self.model.undo_output(r, k) for r, k in zip(result, self.ks, strict=True)])
+        outs = [self.model.undo_output(r, k) for r, k in zip(result, self.net_ks, strict=True)]
+        if self.calibration is not None:
+            y = raw[:, box.y0 - oy:box.y1 - oy, box.x0 - ox:box.x1 - ox].astype(np.float32, copy=False)
+            outs = [self.calibration.apply(y, o) if k == AUTO_K_B else o for o, k in zip(outs, self.ks, strict=True)]
+        return np.stack(outs)
 
 
 def counted(gen: Generator[int, None, np.ndarray], done: int, total: int,
@@ -106,3 +119,33 @@ def auto_batch_size(model: Denoiser) -> int:
     model.run_windows(probe, [None])
     per_window = max(1, torch.cuda.max_memory_allocated(model.device) - base)
     return int(max(1, min(64, free * 0.5 // per_window)))
+
+
+class Denoised(list):
+    """The outputs of an in-memory denoise, one array per requested key, and what ``auto`` decided (its
+    :class:`~napari_atbsn.inference.quality.Calibration`, with the estimated gain), or None."""
+
+    calibration: Calibration | None = None
+
+
+def iter_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Sequence[OutputKey], batch_size: int,
+               dtype: str, calibration: Calibration | None = None) -> Generator[tuple[int, int], None, Denoised]:
+    """Denoise an in-memory array plane by plane (each plane one chunk; unvalidated: callers check the
+    input); returns one array per k, with the calibration of ``auto``."""
+    geom = Geometry.of(axes, arr.shape)
+    rt = Runtime(model, ks, geom, model.patch, model.halo, batch_size, calibration=calibration)
+    grid = rt.grid
+    out_dtype = arr.dtype if dtype == "input" else np.dtype(np.float32)
+    outs = Denoised(np.empty(arr.shape, dtype=output_dtype(k, out_dtype)) for k in ks)
+    outs.calibration = calibration
+    total = geom.n_planes * grid.count(geom.region)
+    done = 0
+    for n in range(geom.n_planes):
+        box = geom.region
+        index = geom.source_index(n, 0, geom.height, 0, geom.width)
+        raw = geom.to_cyx(read_block(arr, index))
+        result = yield from counted(rt.iter_unit(raw, (0, 0), box), done, total)
+        done += grid.count(box)
+        for o, res in zip(outs, result, strict=True):
+            o[index] = from_cyx(to_dtype(res, o.dtype), geom)
+    return outs

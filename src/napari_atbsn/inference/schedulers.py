@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import OutputKey
-from ..errors import ConfigError, WriteError
+from ..errors import ConfigError, ImageError, WriteError
 from ..events import drain
 from ..io.outputs import OutputStore, to_dtype
 from ..tiling import Box, PlaneGrid
@@ -25,13 +25,21 @@ from .runtime import Runtime
 if TYPE_CHECKING:
     from .denoiser import Denoiser
     from .plan import Plan
+    from .quality import Calibration
 
 
 SCHEDULERS = ("sync", "threads", "processes")
 
 
 def check_scheduler(scheduler: str) -> str:
-    if scheduler in SCHEDULERS or (isinstance(scheduler, str) and scheduler.startswith("tcp://")):
+    if scheduler in SCHEDULERS:
+        return scheduler
+    if isinstance(scheduler, str) and scheduler.startswith("tcp://"):
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise ConfigError('scheduler=tcp://... needs dask.distributed; pip install "napari-atbsn[cluster]" (or '
+                              'use --scheduler threads or processes on this machine).') from None
         return scheduler
     raise ConfigError(f"scheduler={scheduler!r}; use sync, threads, processes or tcp://HOST:PORT "
                       f"(a running dask.distributed scheduler).")
@@ -70,6 +78,7 @@ class UnitSpec:
     outputs: tuple[str, ...]  # the final output paths, one per k (their work stores hold the chunks)
     store_axes: str
     torch_threads: int
+    calibration: Calibration | None = None  # what k_b='auto' decided (the same in every worker)
 
 
 # Per-process runtimes, keyed by job token: threads share the caller's, worker processes build their own.
@@ -91,7 +100,8 @@ def runtime_for(spec: UnitSpec) -> tuple[Runtime, list[tuple[OutputStore, Any]]]
 
             if spec.torch_threads:
                 torch.set_num_threads(spec.torch_threads)
-            rt = Runtime(spec.model.load(), spec.ks, spec.geom, spec.window, spec.halo, spec.batch_size)
+            rt = Runtime(spec.model.load(), spec.ks, spec.geom, spec.window, spec.halo, spec.batch_size,
+                         calibration=spec.calibration)
             _RUNTIMES[spec.token] = (rt, open_stores(spec))
         return _RUNTIMES[spec.token]
 
@@ -123,6 +133,10 @@ def write_unit(spec: UnitSpec, stores: list[tuple[OutputStore, Any]], n: int, bo
     """Store a unit's result in each output's work store, then mark it done there."""
     idx = store_index(spec, n, box)
     key = unit_key(n, box)
+    if not np.isfinite(result).all():  # before anything of this unit is stored: a marker never lies
+        raise ImageError(f"the model produced NaN or Inf values in plane {n}, rows {box.y0}..{box.y1}, columns "
+                         f"{box.x0}..{box.x1} (the input there is finite): its weights are damaged or overflow; with "
+                         f"mixed precision on a GPU try --no-amp, else re-train or use another model folder.")
     for (store, arr), res, k in zip(stores, result, spec.ks, strict=True):
         data = to_dtype(res, output_dtype(k, np.dtype(spec.out_dtype)))
         try:
@@ -153,7 +167,8 @@ def torch_threads(scheduler: str, workers: int) -> int:
 def run_sync(job: Plan, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: str, workers: int,
               should_stop: Callable[[], bool], say: Callable[[str], None]) -> Iterator[int]:
     """In process, unit after unit, with progress after every batch of windows."""
-    rt = Runtime(job.model, job.ks, job.geom, job.window, job.halo, job.batch_size, on_backoff=say)
+    rt = Runtime(job.model, job.ks, job.geom, job.window, job.halo, job.batch_size, on_backoff=say,
+                 calibration=job.calibration)
     stores = open_stores(spec)
     data = job.source.data
     for n, box in todo:
@@ -188,7 +203,7 @@ def run_dask(job: Plan, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: 
     if scheduler == "threads":  # threads share this process's runtime and torch's thread pool
         torch.set_num_threads(spec.torch_threads)
         share_runtime(spec, Runtime(job.model, job.ks, job.geom, job.window, job.halo, job.batch_size,
-                                    on_backoff=say))
+                                    on_backoff=say, calibration=job.calibration))
     else:  # one pool for the whole job: each worker loads torch and the model once, not once per wave
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor

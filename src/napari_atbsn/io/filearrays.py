@@ -22,7 +22,7 @@ from ..errors import ImageError, ReadError
 from .chunking import SCALE_LETTERS, Opened, contiguous_dims, grow_chunks, lazy_array
 from .files import map_tiff_axes
 
-__all__ = ["open_nifti", "open_npy", "open_tiff"]
+__all__ = ["open_nifti", "open_npy", "open_tiff", "tiff_series_count"]
 
 
 # --------------------------------------------------------------------------- picklable file arrays
@@ -58,6 +58,7 @@ class _FileArray:
                     self._handle = self._open_checked()
                 handle = self._handle
         out = np.asarray(handle[key], dtype=self.dtype)
+        self._check_unchanged()
         # A read-only slice would fail any in-place step downstream: copy it.
         if not out.flags.writeable:
             out = out.copy()
@@ -72,6 +73,19 @@ class _FileArray:
         if stamp != self._stamp:
             raise ReadError(f"{self.path} changed after it was opened; open it again.")
         return self._open()
+
+    def _check_unchanged(self) -> None:
+        """After each read: a file rewritten in place (or replaced) since it was opened would give a mix of
+        old and new pixels, so the job stops instead. One stat per read."""
+        try:
+            same = _stamp(self.path) == self._stamp
+        except OSError:
+            same = False
+        if not same:
+            raise ReadError(f"{self.path} changed while it was being read (its size or time differs from when it "
+                            f"was opened), so old and new pixels would be mixed; nothing read after the "
+                            f"change was kept. Put the original file back and run again to resume, or run again "
+                            f"with --overwrite to start over on the new file.")
 
     def _open(self) -> Any:  # pragma: no cover - subclasses say how
         raise NotImplementedError
@@ -95,6 +109,8 @@ class _FileArray:
 
 
 def _stamp(path: str) -> tuple[int, int]:
+    # Size and time, not the inode: workers on other machines see the same file through network file systems
+    # that may number inodes per client.
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
 
@@ -174,6 +190,7 @@ def open_tiff(p: Path, series: int, level: int) -> Opened:
                 raise ReadError(f"{p} series {series} has {len(s.levels)} level(s); use level 0 to "
                                 f"{len(s.levels) - 1}.")
             lv = s.levels[level]
+            _check_codec(lv.keyframe, p)
             shape, dtype, raw_axes = tuple(lv.shape), np.dtype(lv.dtype), lv.axes
             # dataoffset is set only for contiguous, uncompressed data, which a memory map reads fastest
             # (and in any row band, so the base unit is one row, not one strip).
@@ -194,6 +211,31 @@ def open_tiff(p: Path, series: int, level: int) -> Opened:
     chunks = grow_chunks(shape, base, dtype.itemsize, range(len(shape) - 1, -1, -1))
     arr = _TiffArray(p, shape, dtype, series=series, level=level, offset=offset, file_dtype=file_dtype)
     return lazy_array(arr, chunks), map_tiff_axes(raw_axes), fmt, scale
+
+
+def _check_codec(page: Any, p: Path) -> None:
+    """Refuse, when opened, a TIFF whose compression this installation cannot decode (LZW, JPEG, WebP ... need
+    the imagecodecs package), instead of failing deep inside a job."""
+    from tifffile import TIFF
+
+    compression = page.compression
+    try:
+        TIFF.DECOMPRESSORS[compression]
+    except KeyError:
+        name = getattr(compression, "name", str(compression))
+        raise ReadError(f"{p} is compressed with {name}, which needs the imagecodecs package to decode; install it "
+                        f"(pip install imagecodecs) or save the file uncompressed or with zlib/deflate.") from None
+
+
+def tiff_series_count(p: Path) -> int:
+    """How many image series a TIFF holds (metadata only); 0 if it cannot be read (opening says why)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tf:
+            return len(tf.series)
+    except Exception:  # tifffile raises many types; open_tiff reports them properly
+        return 0
 
 
 def _check_tiff_complete(lv: Any, p: Path, offset: int | None, warnings: list[str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -90,3 +91,44 @@ def new_file_target(out: str | os.PathLike, overwrite: bool) -> Path:
         raise WriteError(f"output folder {p.parent} does not exist; create it first.")
     check_writable(p.parent)
     return p
+
+
+def overlap(a: str | os.PathLike, b: str | os.PathLike) -> str | None:
+    """How two paths overlap once resolved (symlinks followed): ``"is"`` (the same), ``"contains"`` (``a``
+    holds ``b``), ``"is inside"`` (``b`` holds ``a``), or None when they are apart."""
+    pa, pb = Path(a).resolve(), Path(b).resolve()
+    if pa == pb:
+        return "is"
+    if pa in pb.parents:
+        return "contains"
+    if pb in pa.parents:
+        return "is inside"
+    return None
+
+
+def refuse_overlap(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse an output that is, contains or lies inside one of ``inputs`` ({what: path}): writing it, or
+    replacing it with ``overwrite``, would destroy the input."""
+    for what, path in inputs.items():
+        how = overlap(out, path) if path is not None else None
+        if how is not None:
+            where = "" if how == "is" else f" {path}"
+            raise WriteError(f"the output {out} {how} the {what}{where}; writing it would damage the {what}. "
+                             f"Choose an output path outside it.")
+
+
+def special_file(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it is neither a regular file nor a folder (symlinks followed): ``"a FIFO"``,
+    ``"a device"`` or ``"a socket"``; None otherwise (or when it does not exist). Reading a FIFO blocks until
+    someone writes to it and a device such as /dev/zero never ends, so such paths are refused, not read."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None

@@ -23,11 +23,13 @@ import numpy as np
 from ..axes import check_image, guess_axes, reorder_for, validate_axes
 from ..errors import AxesError, ConfigError, ImageError, ReadError
 from .chunking import Opened, check_single_image, contiguous_dims, grow_chunks, lazy_array
-from .filearrays import open_nifti, open_npy, open_tiff
+from .filearrays import open_nifti, open_npy, open_tiff, tiff_series_count
 from .files import PIL_SUFFIXES, TIFF_SUFFIXES, read_pil
-from .zarrs import ZARR_MARKERS, open_zarr_node, open_zarr_path
+from .fs import special_file
+from .zarrs import ZARR_MARKERS, missing_chunks, open_zarr_node, open_zarr_path, zarr_arrays_in
 
-__all__ = ["LAZY_TIFF_SUFFIXES", "NIFTI_SUFFIXES", "LazyImage", "open_image", "parse_roi"]
+__all__ = ["LAZY_TIFF_SUFFIXES", "NIFTI_SUFFIXES", "LazyImage", "check_chunks", "open_image", "parse_roi",
+           "series_count"]
 
 LAZY_TIFF_SUFFIXES = (*TIFF_SUFFIXES, ".btf", ".tf8", ".tf2")  # BigTIFF files often use the last three
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -43,6 +45,8 @@ class LazyImage:
     source: str
     format: str
     scale: dict[str, float] = field(default_factory=dict)
+    #: Zarr chunks missing from the store are accepted (read as the fill value); see :func:`check_chunks`.
+    allow_missing_chunks: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "axes", validate_axes(self.axes, self.data.ndim))
@@ -137,7 +141,8 @@ def parse_roi(text: str, axes: str) -> dict[str, slice]:
     return roi
 
 
-def open_image(source: Any, axes: str | None = None, *, series: int = 0, level: int = 0) -> LazyImage:
+def open_image(source: Any, axes: str | None = None, *, series: int = 0, level: int = 0,
+               allow_missing_chunks: bool = False) -> LazyImage:
     """Open a file or array lazily; no pixel is read here.
 
     ``source``: a path (TIFF, Zarr/OME-Zarr folder, NIfTI, .npy, PNG/JPEG),
@@ -145,9 +150,14 @@ def open_image(source: Any, axes: str | None = None, *, series: int = 0, level: 
     ``axes`` if given, else the file's metadata, else
     :func:`napari_atbsn.axes.guess_axes`. ``series`` picks a TIFF series (or
     OME-Zarr image), ``level`` a pyramid level (0 = full resolution).
+    ``allow_missing_chunks``: training and denoising refuse a Zarr input whose store lacks chunks (they
+    would be read as the fill value) unless the image was opened with this set (:func:`check_chunks`);
+    opening itself never refuses them.
     """
     if isinstance(source, LazyImage):
         check_single_image(source.source, series, level)
+        if allow_missing_chunks:
+            source = replace(source, allow_missing_chunks=True)
         return source if axes is None else source.with_axes(axes)
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
@@ -155,7 +165,41 @@ def open_image(source: Any, axes: str | None = None, *, series: int = 0, level: 
     else:
         name, opened = _open_object(source, series, level)
     data, file_axes, fmt, scale = opened
-    return _make(data, axes, file_axes, name, fmt, scale)
+    image = _make(data, axes, file_axes, name, fmt, scale)
+    return replace(image, allow_missing_chunks=True) if allow_missing_chunks else image
+
+
+def series_count(source: Any) -> int:
+    """How many image series the file ``source`` holds (TIFF; 1 for other inputs)."""
+    if isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(LAZY_TIFF_SUFFIXES):
+        return max(1, tiff_series_count(Path(source)))
+    return 1
+
+
+def check_chunks(image: Any) -> None:
+    """Refuse an image read from a Zarr store that lacks chunks: zarr reads each missing chunk as the fill
+    value, so a half-copied store would be denoised or learned from as if those regions were empty.
+
+    ``image`` is a :class:`LazyImage` (skipped if opened with ``allow_missing_chunks=True``) or a zarr array;
+    anything else passes.
+    """
+    import zarr
+
+    if isinstance(image, LazyImage):
+        if image.allow_missing_chunks:
+            return
+        name, arrays = image.source, zarr_arrays_in(image.data)
+    elif isinstance(image, zarr.Array):
+        name, arrays = "<zarr>", [image]
+    else:
+        return
+    for z in arrays:
+        missing, total = missing_chunks(z)
+        if missing:
+            raise ReadError(f"{missing} of {total} chunks of {name} are missing from its store (zarr would read "
+                            f"them as the fill value {z.fill_value}, i.e. no data); if the copy is incomplete, "
+                            f"copy it again; if the store leaves empty chunks out on purpose, pass "
+                            f"--allow-missing-chunks (allow_missing_chunks=True in open_image).")
 
 
 def _make(data: da.Array, axes: str | None, file_axes: str | AxesError | None, name: str, fmt: str,
@@ -199,6 +243,10 @@ def _open_object(obj: Any, series: int, level: int) -> tuple[str, Opened]:
 def _open_path(p: Path, series: int, level: int) -> Opened:
     if not p.exists():
         raise ReadError(f"{p}: no such file or folder; check the path.")
+    special = special_file(p)
+    if special:
+        raise ReadError(f"{p} is not a regular file ({special}): reading it could block or never end; give an "
+                        f"image file or a .zarr folder.")
     name = p.name.lower()
     if p.is_dir():
         if name.endswith(".zarr") or any((p / m).exists() for m in ZARR_MARKERS):

@@ -16,7 +16,7 @@ import dask.array as da
 from ..errors import AxesError, ReadError
 from .chunking import SCALE_LETTERS, Opened, check_single_image, grow_chunks, lazy_array
 
-__all__ = ["ZARR_MARKERS", "open_zarr_node", "open_zarr_path"]
+__all__ = ["ZARR_MARKERS", "missing_chunks", "open_zarr_node", "open_zarr_path", "zarr_arrays_in"]
 
 # Files that make a folder a Zarr store (v3, then v2 array and group), whatever its name.
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
@@ -134,3 +134,30 @@ def _ngff_scale(ds: dict[str, Any], ms: dict[str, Any], axes: str) -> dict[str, 
     if whole is not None and len(whole) == len(axes):
         level = [a * b for a, b in zip(level, whole)]
     return {a: v for a, v in zip(axes, level) if a in SCALE_LETTERS and v > 0}
+
+
+# -- chunks that are not there -------------------------------------------------------------------------------
+def zarr_arrays_in(data: da.Array) -> list[Any]:
+    """The zarr arrays a lazy array reads from (``da.from_array`` keeps each in a one-key graph layer)."""
+    import zarr
+
+    found = []
+    for name, layer in data.dask.layers.items():
+        if str(name).startswith("original-") and len(layer) == 1:
+            value = next(iter(layer.values()))
+            if isinstance(value, zarr.Array):
+                found.append(value)
+    return found
+
+
+def missing_chunks(z: Any) -> tuple[int, int]:
+    """(missing, total) chunks of a zarr array: chunks never written read as the fill value, without a word.
+
+    One listing of the store; inside a zarr v3 shard that exists, absent inner chunks are not seen.
+    """
+    total = int(z.nchunks)
+    try:
+        stored = int(z.nchunks_initialized)
+    except Exception:  # a store that cannot be listed (some remote stores): nothing to say
+        return 0, total
+    return max(0, total - stored), total

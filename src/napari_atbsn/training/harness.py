@@ -24,6 +24,8 @@ from ..errors import ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, StepEvent, drain
 from ..inference.denoiser import Denoiser
 from ..inference.inmemory import iter_denoise_outputs
+from ..io.fs import overlap, refuse_overlap
+from ..io.readers import check_chunks
 from ..modelio import CONFIG, read_config, save_folder
 from ..normalization import Normalization, fit_normalization
 from ..sampling import PlaneSource, check_patch_fits, plane_source
@@ -54,6 +56,36 @@ def checkpoint_config(out_dir: str | Path | None) -> dict[str, Any]:
     return read_config(p / CHECKPOINT_DIR)
 
 
+#: The arguments of the trainers that are inputs, and what messages call them.
+INPUT_ARGUMENTS = {"data": "training data", "teacher": "teacher", "clean": "clean images"}
+
+
+def input_path(value: Any) -> str | None:
+    """Where an input argument lives on disk: a path, or the file or folder a LazyImage was opened from."""
+    if isinstance(value, (str, Path)):
+        return str(value)
+    source = getattr(value, "source", None)
+    if isinstance(source, str) and not source.startswith("<") and hasattr(value, "axes"):
+        return source
+    return None
+
+
+def check_inputs(arguments: dict[str, Any], out: str | Path | None) -> None:
+    """What every trainer checks before it touches anything: an output folder that is the teacher, holds it or
+    lies inside it, or that is (or lies inside) the data, would be written into or emptied — refused; and a
+    Zarr input whose store lacks chunks is refused unless opened with ``allow_missing_chunks``."""
+    for name, what in INPUT_ARGUMENTS.items():
+        value = arguments.get(name)
+        if value is None:
+            continue
+        check_chunks(value)
+        path = input_path(value)
+        # a data file inside the output folder is left alone by a model written beside it; a teacher folder
+        # inside it is not (overwrite would empty the output's checkpoint, and the teacher is a model folder)
+        if out is not None and path is not None and (name == "teacher" or overlap(out, path) != "contains"):
+            refuse_overlap(out, {what: path})
+
+
 def removes_empty_output(fn: Callable[..., Generator[Any, None, Any]]) -> Callable[..., Generator[Any, None, Any]]:
     """Decorate a training generator: if it fails (or is closed) while the output folder it made is still
     empty, the folder is removed again, so a refused or crashed run leaves nothing behind. A folder that
@@ -62,7 +94,9 @@ def removes_empty_output(fn: Callable[..., Generator[Any, None, Any]]) -> Callab
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, None, Any]:
-        out = sig.bind(*args, **kwargs).arguments.get("out_dir")
+        arguments = sig.bind(*args, **kwargs).arguments
+        out = arguments.get("out_dir")
+        check_inputs(arguments, out)
         made = out is not None and not Path(out).exists()
         try:
             return (yield from fn(*args, **kwargs))
