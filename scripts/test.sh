@@ -19,7 +19,7 @@ fi
 
 echo "[test] ruff"
 "$VENV/bin/ruff" check src tests benchmarks
-echo "[test] import contract: the core imports no GUI toolkit"
+echo "[test] import contracts: layers (imports point down), no cycles, a Qt-free core"
 (cd "$ROOT" && "$VENV/bin/lint-imports" --no-cache)
 echo "[test] pytest"
 if command -v xvfb-run >/dev/null 2>&1; then
