@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..analysis import analyze_noise
-from ..config import AUTO_K_B, DEFAULT_KS
+from ..config import DEFAULT_KS
 from ..events import drain
 from ..risk import (
     BLEND_SAFETY,
@@ -123,4 +123,4 @@ def channel_alpha(f: np.ndarray, y: np.ndarray, level: NoiseLevel) -> np.ndarray
     return np.clip(var.mean(axis=(0, 2, 3)) / np.maximum(d2.mean(axis=(0, 2, 3)), 1e-12), 0.0, 1.0)
 
 
-__all__ = ["AUTO_K_B", "Calibration", "calibrate", "candidate_ks", "channel_alpha", "sample_planes"]
+__all__ = ["Calibration", "calibrate", "candidate_ks", "channel_alpha", "sample_planes"]
