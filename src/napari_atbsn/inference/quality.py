@@ -20,6 +20,7 @@ from ..config import DEFAULT_KS
 from ..events import drain
 from ..risk import (
     BLEND_SAFETY,
+    LENGTH_THRESHOLD,
     NoiseLevel,
     choose_k_b,
     estimate_noise_level,
@@ -98,7 +99,7 @@ def calibrate(model: Denoiser, data: Any, axes: str, *, window: int | None = Non
     """Choose k_b and the blend for ``data`` (an array or LazyImage with ``axes``) from a sample of it."""
     planes, sample = sample_planes(data, axes)
     noise = analyze_noise(data, axes)
-    corr = noise.autocorrelation_2d if noise.neighbour >= 0.1 else None
+    corr = noise.autocorrelation_2d if noise.neighbour >= LENGTH_THRESHOLD else None  # as risk.correlation_length
     level = estimate_noise_level(planes.astype(np.float64), corr, differences=noise.method == "plane differences")
     ks = candidate_ks(model, window or model.patch)
     valid = valid_blind_spots(ks, level.correlation_length)
