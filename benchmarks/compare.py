@@ -10,8 +10,13 @@ Methods (each runs in its own process, so wall time and peak memory are its own)
   CAREamics' own defaults otherwise (UNet depth 2, Adam, ReduceLROnPlateau);
 * ``atbsn``: one AT-BSN teacher (k_a 9), scored at k_b 0, 1, 3, 5, 7, 9, 11 from one pass,
   and the teacher ensemble: the mean over Ks {0, 1, 3, 5, 7, 9, 11} (method.md Table 2);
-* ``students``: the distilled students A and C; to keep the budget equal, each student's budget
-  is split: a teacher trained for half of it (shared by A and C), then distillation for half;
+* ``atbsn-auto``: what a user gets by default: a teacher with the k_a that ``atbsn analyze``
+  recommends (1 where it recommends D-BSN, as the README advises for pixel-independent noise),
+  its default output (k_b=auto: chosen from the data, blended with the input) with the gain it
+  estimates, and the k_b sweep of the same teacher;
+* ``students``: the distilled students A and C (default: blended targets) of a teacher with the
+  recommended k_a; to keep the budget equal, each student's budget is split: a teacher trained for
+  half of it (shared by A and C), then distillation for half;
 * ``dbsn``: D-BSN (Poisson-Gaussian noise model), Bayes-fused output.
 
 Equal budget: every trained method gets ``--budget`` seconds of training wall time. CAREamics
@@ -52,7 +57,7 @@ from real_data import load  # the datasets and their conventions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compare"
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "images"
-METHODS = ("bm3d-sigma", "bm3d-psd", "n2v", "structn2v", "atbsn", "students", "dbsn")
+METHODS = ("bm3d-sigma", "bm3d-psd", "n2v", "structn2v", "atbsn", "atbsn-auto", "students", "dbsn")
 KB_SWEEP = (0, 1, 3, 5, 7, 9, 11)
 TABLE_KBS = (0, 1, 3, 5, 9)
 ENSEMBLE_KS = (0, 1, 3, 5, 7, 9, 11)
@@ -105,7 +110,17 @@ def steps_for(make_gen: Any, budget: Budget, calib_steps: int = 12) -> tuple[int
     return max(10, int(budget.left() * rate * 0.97)), rate
 
 
-def run_atbsn_teacher(noisy: np.ndarray, axes: str, args: Any, seconds: float, out: Path) -> tuple[Any, dict]:
+def recommended_k_a(noisy: np.ndarray, axes: str) -> int:
+    """The k_a ``atbsn analyze`` recommends for the data; 1 where it recommends D-BSN (pixel-independent
+    noise: the README's advice for AT-BSN there)."""
+    from napari_atbsn.analysis import analyze_noise
+
+    rec = analyze_noise(noisy, axes).recommendation()
+    return int(rec["k_a"]) if rec["method"] == "atbsn" else 1
+
+
+def run_atbsn_teacher(noisy: np.ndarray, axes: str, args: Any, seconds: float, out: Path,
+                      k_a: int = 9) -> tuple[Any, dict]:
     from napari_atbsn.config import TrainConfig
     from napari_atbsn.events import drain
     from napari_atbsn.training import iter_train
@@ -113,14 +128,15 @@ def run_atbsn_teacher(noisy: np.ndarray, axes: str, args: Any, seconds: float, o
     budget = Budget(seconds)
 
     def cfg(iters: int) -> TrainConfig:
-        return TrainConfig(preset=args.preset, k_a=9, iters=iters, patch=args.patch, batch=args.batch,
+        return TrainConfig(preset=args.preset, k_a=k_a, iters=iters, patch=args.patch, batch=args.batch,
                            device=args.device, checkpoint_every=0)
 
     iters, rate = steps_for(lambda n: iter_train(noisy, axes, cfg(n)), budget)
     # A hard stop at the budget if the machine runs slower than calibrated (the run then ends late in its
     # cosine schedule, at a small learning rate); the steps done are reported.
     res = drain(iter_train(noisy, axes, cfg(iters), out, overwrite=True, should_stop=lambda: budget.left() <= 0))
-    return res.model, {"steps": res.steps, "planned_steps": iters, "train_s": budget.spent(), "calibrated_it_s": rate}
+    return res.model, {"steps": res.steps, "planned_steps": iters, "train_s": budget.spent(), "calibrated_it_s": rate,
+                       "k_a": k_a}
 
 
 def run_atbsn(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
@@ -138,13 +154,35 @@ def run_atbsn(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
     return results, {name: info for name in results}
 
 
+def run_atbsn_auto(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
+    from napari_atbsn.events import drain
+    from napari_atbsn.inference.inmemory import iter_denoise_outputs
+
+    k_a = recommended_k_a(noisy, axes)
+    model, info = run_atbsn_teacher(noisy, axes, args, args.budget, work / "teacher", k_a=k_a)
+    t0 = time.perf_counter()
+    outs = drain(iter_denoise_outputs(model, ev_noisy, axes, ks=["auto"], batch_size=8, dtype="float32"))
+    cal = outs.calibration
+    results = {f"AT-BSN default: auto k_b={cal.k_b}, blended (k_a={k_a})": outs[0]}
+    infos = {name: {**info, "infer_s": time.perf_counter() - t0, "estimated_gain_db": cal.gain_db,
+                    "quality": cal.to_record()} for name in results}
+    t0 = time.perf_counter()
+    sweep = drain(iter_denoise_outputs(model, ev_noisy, axes, ks=list(KB_SWEEP), batch_size=8, dtype="float32"))
+    t_sweep = time.perf_counter() - t0
+    for kb, out in zip(KB_SWEEP, sweep, strict=True):
+        results[f"AT-BSN k_a={k_a} k_b={kb}"] = out
+        infos[f"AT-BSN k_a={k_a} k_b={kb}"] = {**info, "estimated_gain_db": cal.gain_of(kb), "infer_s": t_sweep,
+                                               "infer_note": f"all {len(KB_SWEEP)} k_b from one backbone pass"}
+    return results, infos
+
+
 def run_students(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
     from napari_atbsn.config import DistillConfig
     from napari_atbsn.events import drain
     from napari_atbsn.training import iter_distill
 
     half = args.budget / 2
-    teacher, tinfo = run_atbsn_teacher(noisy, axes, args, half, work / "half_teacher")
+    teacher, tinfo = run_atbsn_teacher(noisy, axes, args, half, work / "half_teacher", k_a=recommended_k_a(noisy, axes))
     teacher_dir = teacher.path  # the model folder, or its checkpoint when the budget stopped it
     results, infos = {}, {}
     for student in ("A", "C"):
@@ -159,9 +197,11 @@ def run_students(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
                                  should_stop=lambda budget=budget: budget.left() <= 0))
         t_distill = budget.spent()
         t0 = time.perf_counter()
-        name = f"student {student} (distilled)"
+        name = f"student {student} (distilled, blended targets, k_a={tinfo['k_a']})"
         results[name] = res.model.denoise(ev_noisy, axes)
-        infos[name] = {"train_s": tinfo["train_s"] + t_distill, "steps": res.steps, "teacher_steps": tinfo["steps"],
+        q = res.model.config.get("quality", {}).get("student", {})
+        infos[name] = {"estimated_gain_db": q.get("estimated_gain_db"),
+                       "train_s": tinfo["train_s"] + t_distill, "steps": res.steps, "teacher_steps": tinfo["steps"],
                        "teacher_s": tinfo["train_s"], "distill_s": t_distill, "calibrated_it_s": rate,
                        "infer_s": time.perf_counter() - t0}
     return results, infos
@@ -280,6 +320,7 @@ def worker(args: Any) -> None:
           "n2v": lambda: run_careamics(noisy, axes, ev_noisy, args, work, struct=False),
           "structn2v": lambda: run_careamics(noisy, axes, ev_noisy, args, work, struct=True),
           "atbsn": lambda: run_atbsn(noisy, axes, ev_noisy, args, work),
+          "atbsn-auto": lambda: run_atbsn_auto(noisy, axes, ev_noisy, args, work),
           "students": lambda: run_students(noisy, axes, ev_noisy, args, work),
           "dbsn": lambda: run_dbsn(noisy, axes, ev_noisy, args, work)}[args.worker]
     if torch.cuda.is_available():
@@ -336,13 +377,17 @@ def score(results_dir: Path) -> dict[str, Any]:
 
 
 def markdown_table(sc: dict[str, Any]) -> str:
-    lines = ["| method | PSNR (dB) | SSIM | training (s) | steps | denoise (s) | peak RSS (GiB) | peak GPU (GiB) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | PSNR (dB) | SSIM | gain: true / estimated (dB) | training (s) | steps | denoise (s) | "
+             "peak RSS (GiB) | peak GPU (GiB) |", "|---|---|---|---|---|---|---|---|---|"]
+    noisy = sc["rows"][0]["psnr"]
     for r in sc["rows"]:
         if r["method"].startswith("AT-BSN k_b=") and int(r["method"].split("=")[1]) not in TABLE_KBS:
             continue
         gpu = r.get("peak_gpu_gib")
-        lines.append(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+        est = r.get("estimated_gain_db")
+        gains = "" if r["method"] == "noisy input" else \
+            f"{r['psnr'] - noisy:+.2f} / " + ("–" if est is None else f"{est:+.2f}")
+        lines.append(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {gains} | "
                      + (f"{r['train_s']:.0f} | {r.get('steps', '')} | {r['infer_s']:.1f} | "
                         f"{r['peak_rss_gib']:.2f} | {'' if gpu is None else f'{gpu:.2f}'} |"
                         if "train_s" in r else "| | | | |"))
@@ -447,7 +492,7 @@ def report(args: Any) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", choices=["polyu", "fmd", "sample"])
+    ap.add_argument("--dataset", choices=["polyu", "fmd", "sample", "w2s"])
     ap.add_argument("--budget", type=float, default=180, help="training wall-clock seconds per method")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--device", default="auto", help="for napari-atbsn (CAREamics picks its own accelerator)")

@@ -121,8 +121,45 @@ def teacher_outputs(name: str, d: dict, k_a: int, iters: int, patch: int, batch:
     return dict(zip(KS, outs, strict=True))
 
 
+def product_defaults(name: str, d: dict, k_a: int, iters: int, patch: int, batch: int,
+                     student_iters: int = 300) -> dict:
+    """What the product returns by default on the evaluation data: the teacher's ``auto`` output (calibrated
+    by napari_atbsn.inference.quality on the data itself) and student A distilled with blended targets, each
+    with the estimated gain the product reports (cached)."""
+    import torch
+
+    from napari_atbsn.config import DistillConfig
+    from napari_atbsn.events import drain
+    from napari_atbsn.inference.denoiser import load_model
+    from napari_atbsn.inference.inmemory import iter_denoise_outputs
+    from napari_atbsn.training import distill
+
+    torch.set_num_threads(1)
+    tag = CACHE / f"{name}_ka{k_a}_i{iters}_p{patch}_b{batch}"
+    cache = tag / f"defaults_s{student_iters}.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return {"teacher": z["teacher"], "student": z["student"], **json.loads(str(z["meta"]))}
+    t0 = time.perf_counter()
+    outs = drain(iter_denoise_outputs(load_model(tag / "teacher"), d["noisy"], d["axes"], ks=["auto"], batch_size=8))
+    t_cal = time.perf_counter() - t0
+    folder = tag / f"student_A_{student_iters}"
+    t0 = time.perf_counter()
+    cfg = DistillConfig(student="A", iters=student_iters, batch=batch, device="cpu", checkpoint_every=0)
+    student = distill(d["train"], tag / "teacher", d["axes"], cfg, folder, overwrite=True).model
+    t_dist = time.perf_counter() - t0
+    q = student.config["quality"]
+    meta = {"teacher_est": outs.calibration.gain_db, "teacher_k_b": outs.calibration.k_b,
+            "student_est": q["student"]["estimated_gain_db"], "student_bound": q["student"]["estimated_gain_bound_db"],
+            "student_alpha": q["teacher"]["alpha"], "seconds": {"teacher_default": t_cal, "distill": t_dist}}
+    s_out = student.denoise(d["noisy"], d["axes"])
+    np.savez(cache, teacher=outs[0], student=s_out, meta=json.dumps(meta))
+    return {"teacher": outs[0], "student": s_out, **meta}
+
+
 K_A = {"sample": 7, "sample-light": 7, "polyu": 9, "fmd": 1, "w2s": 1}  # analysis.recommendation (dbsn -> 1)
 ITERS, PATCH, BATCH = 400, 64, 8
+STUDENTS = False  # --defaults
 
 
 # -------------------------------------------------------------------------------------------- analysis
@@ -194,7 +231,8 @@ def evaluate(name: str, window: int) -> dict:
                 est[k][mode] += w * rk.risk(f, yy, nl, a)
                 blends[k][mode][g] = rk.blend(yy, f, a)
     auto = min(valid, key=lambda k: est[k]["global"])  # the default blend's estimated risk
-    res = {"name": name, "valid": valid, "auto": auto, "est": est, "noise_est": noise_sum,
+    prod = product_defaults(name, d, K_A[name], ITERS, PATCH, BATCH) if STUDENTS else None
+    res = {"name": name, "valid": valid, "auto": auto, "est": est, "noise_est": noise_sum, "product": prod,
            "k_a": K_A[name], "shape": list(d["noisy"].shape), "axes": d["axes"], "scores": {}}
     for rname, ref in refs.items():
         true_noise = float(np.mean((y - ref) ** 2))
@@ -202,8 +240,26 @@ def evaluate(name: str, window: int) -> dict:
              "f": {k: psnr(fk[k], ref, d["drange"]) for k in KS},
              "global": {k: psnr(blends[k]["global"], ref, d["drange"]) for k in valid},
              "local": {k: psnr(blends[k]["local"], ref, d["drange"]) for k in valid}}
+        if prod is not None:
+            s["teacher_default"] = psnr(planes(prod["teacher"], d["axes"]), ref, d["drange"])
+            s["student_default"] = psnr(planes(prod["student"], d["axes"]), ref, d["drange"])
         res["scores"][rname] = s
     return res
+
+
+def defaults_table(results: list[dict]) -> str:
+    """The product's default outputs: the teacher's (auto) and student A's (blended targets), with the gain each
+    reports against the true one."""
+    lines = ["| data set | ref. | noisy | teacher default (k_b) | est. / true gain | student A | est. (bound) / true "
+             "gain |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        p = r["product"]
+        for rname, s in r["scores"].items():
+            lines.append(f"| {r['name']} | {rname} | {s['noisy']:.2f} | {s['teacher_default']:.2f} "
+                         f"({p['teacher_k_b']}) | {p['teacher_est']:+.2f} / {s['teacher_default'] - s['noisy']:+.2f} | "
+                         f"{s['student_default']:.2f} | {p['student_est']:+.2f} ({p['student_bound']:+.2f}) / "
+                         f"{s['student_default'] - s['noisy']:+.2f} |")
+    return "\n".join(lines)
 
 
 def table(results: list[dict]) -> str:
@@ -233,7 +289,11 @@ def main() -> None:
     ap.add_argument("--dataset", choices=[*DATASETS, "all"], default="all")
     ap.add_argument("--window", type=int, default=None, help="local blend window (default: risk.LOCAL_WINDOW)")
     ap.add_argument("--safety", type=float, default=None, help="override risk.BLEND_SAFETY")
+    ap.add_argument("--defaults", action="store_true", help="also the product's default outputs: the teacher's "
+                    "auto output and student A (300 steps) distilled with blended targets, with their estimates")
     args = ap.parse_args()
+    global STUDENTS
+    STUDENTS = args.defaults
     from napari_atbsn import risk as rk
 
     names = DATASETS if args.dataset == "all" else (args.dataset,)
@@ -245,6 +305,10 @@ def main() -> None:
           f"blend safety {rk.BLEND_SAFETY}, window {args.window or rk.LOCAL_WINDOW}; analysis "
           f"{time.perf_counter() - t0:.0f} s. * = blind spot shorter than the noise correlation (not ranked)\n")
     print(table(results))
+    if STUDENTS:
+        print("\nThe product's defaults (teacher: k_b=auto calibrated on the data; student A, 300 steps, blended "
+              "targets; estimates as the product reports them):\n")
+        print(defaults_table(results))
 
 
 if __name__ == "__main__":

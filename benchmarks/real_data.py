@@ -56,10 +56,34 @@ def load(dataset: str, n_images: int) -> tuple[np.ndarray, np.ndarray, str, floa
         noisy = np.stack([np.asarray(Image.open(f)) for f in frames])
         gt = np.asarray(Image.open(DATA / "fmd_confocal_dev" / "gt" / "1" / "avg50.png")).astype(np.float32)
         return noisy, np.broadcast_to(gt, noisy.shape), "ZYX", 255.0
+    if dataset == "w2s":
+        return load_w2s()
     from napari_atbsn.sample_data import make_sample
 
     noisy, clean = make_sample(planes=8, size=256)
     return noisy, clean, "ZYX", float(clean.max() - clean.min())
+
+
+def load_w2s() -> tuple[np.ndarray, np.ndarray, str, float]:
+    """W2S widefield, fields 001-002, channels 0-2: six 512x512 single-frame images (SYX), heavy noise. The
+    reference (400-frame average) is mapped to each noisy image's scale by least squares (a gain and an
+    offset): the 8-bit copies were normalised apart (noisy = 0.55-0.94 x reference + offset), against which no
+    denoiser can gain more than 2.4 dB (docs/never-worse-research.md)."""
+    import tifffile
+
+    root = DATA / "w2s_dev"
+    ids = [(f, c) for f in ("001", "002") for c in range(3)]
+    if not (root / "avg1").is_dir():
+        raise SystemExit(f"no W2S images under {root}")
+    noisy = np.stack([tifffile.imread(root / "avg1" / f"input_avg1_{f}_{c}.tif") for f, c in ids])
+    ref = np.stack([tifffile.imread(root / "avg400" / f"target_avg400_{f}_{c}.tif") for f, c in ids])
+    clean = np.empty(ref.shape, np.float32)
+    for i in range(len(ids)):
+        x = ref[i].astype(np.float64).ravel()
+        gain, offset = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), noisy[i].astype(np.float64).ravel(),
+                                       rcond=None)[0]
+        clean[i] = (gain * ref[i] + offset).astype(np.float32)
+    return noisy, clean, "SYX", 255.0
 
 
 def teacher_sweep(model, noisy: np.ndarray, axes: str, kbs=KBS) -> dict[int, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -80,11 +81,14 @@ def test_denoise_refuses_existing_output_and_kb_for_student(tmp_path: Path, nois
 def test_demo_tiny(tmp_path: Path, capsys) -> None:
     code, out = _run(capsys, "demo", "-o", tmp_path / "demo", "--preset", "tiny", "--device", "cpu")
     assert code == 0, out
-    for line in ("noisy input", "AT-BSN teacher k_b=3", "student tiny"):
+    for line in ("noisy input", "AT-BSN teacher, default", "student tiny", "gain dB: estimated / true"):
         assert line in out
     names = {p.name for p in (tmp_path / "demo").iterdir()}
-    assert {"noisy.tif", "clean.tif", "teacher", "student", "results.json", "denoised_atbsn_kb3.tif",
+    assert {"noisy.tif", "clean.tif", "teacher", "student", "results.json", "denoised_atbsn_auto.tif",
             "denoised_student_tiny.tif"} <= names
+    table = json.loads((tmp_path / "demo" / "results.json").read_text())["table"]
+    # every output of the demo reports the gain the product estimates without the clean image
+    assert table[0]["estimated_gain_db"] is None and all(r["estimated_gain_db"] is not None for r in table[1:])
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path: Path, noisy_tif: Path) -> None:

@@ -134,6 +134,37 @@ def test_dbsn_denoises_pixel_independent_noise(dbsn_model: Path, pg_data) -> Non
         model.denoise(noisy, "ZYX", k_b=3)
 
 
+def test_dbsn_default_is_held_to_the_same_risk_estimate(dbsn_model: Path, pg_data) -> None:
+    """The default output of a D-BSN is its Bayes fusion, with an estimated gain close to the true one (SURE: the
+    fusion sees its pixel)."""
+    from napari_atbsn.comparison import versions_for
+    from napari_atbsn.events import drain
+    from napari_atbsn.inference.inmemory import iter_denoise_outputs
+    from napari_atbsn.inference.output_kinds import resolve_ks
+
+    model = load_model(dbsn_model)
+    noisy, clean = pg_data["noisy"][:2], pg_data["clean"][:2]
+    outs = drain(iter_denoise_outputs(model, noisy, "ZYX", ks=resolve_ks(model, None), batch_size=8,
+                                      dtype="float32"))
+    cal = outs.calibration
+    assert cal is not None and cal.k_b is None and cal.reliable  # the fusion: mu's blend is not clearly better
+    assert cal.line().startswith("estimated gain: +") and "D-BSN" in cal.line()
+    fused, mu = drain(iter_denoise_outputs(model, noisy, "ZYX", ks=[None, "mu"], batch_size=8))
+    rng = float(clean.max() - clean.min())
+
+    def gain(img: np.ndarray) -> float:
+        return psnr(img, clean, data_range=rng) - psnr(noisy, clean, data_range=rng)
+
+    alpha = np.float32(cal.alpha[0]) if cal.k_b == "mu" else None
+    blended = noisy + (alpha if alpha is not None else np.float32(1)) * (mu - noisy)
+    np.testing.assert_allclose(outs[0], fused if cal.k_b is None else blended, rtol=0, atol=1e-3)
+    assert gain(outs[0]) >= gain(fused) - 0.3  # the choice is never a loss against the fusion
+    # heavy noise (+15 dB): σ̂² reads a few % low and the estimate is pessimistic (the safe side) by a few dB
+    assert 0 < cal.gain_db <= gain(outs[0]) + 1.0, (cal.gain_db, gain(outs[0]))
+    (version,) = versions_for(model, data=noisy, axes="ZYX")
+    assert version.label.startswith("dbsn (est. +")
+
+
 def test_phases_stop_and_resume_like_an_uninterrupted_run(tmp_path: Path, pg_data) -> None:
     data = pg_data["noisy"][:2]
     cfg = DBSNConfig(preset="tiny", iters=10, patch=32, batch=2, device="cpu", phases=(0.4, 0.3, 0.3),

@@ -39,7 +39,7 @@ def dbsn_models(tmp_path_factory) -> dict[str, Path]:
 
 def _models(tiny_teacher: Path, tiny_student: Path, dbsn_models: dict[str, Path],
             ) -> dict[str, tuple[Path, int | None]]:
-    return {"teacher_kb3": (tiny_teacher, None), "teacher_kb1": (tiny_teacher, 1), "student": (tiny_student, None),
+    return {"teacher_kb3": (tiny_teacher, 3), "teacher_kb1": (tiny_teacher, 1), "student": (tiny_student, None),
             "dbsn": (dbsn_models["gray"], None), "dbsn_rgb": (dbsn_models["rgb"], None)}
 
 
@@ -74,6 +74,13 @@ def test_exported_graph_equals_load_model_on_raw_windows(fmt, which, tiny_teache
     # the tiling contract travels with the file
     assert meta["window"] == model.patch and meta["halo"] == model.halo and meta["channels"] == model.in_channels
     assert meta["k_b"] == ((k_b or model.k_b) if model.kind == "atbsn" else None)
+    if which == "student":  # the default student carries its never-worse blend with the input, and so does its graph
+        blend = model.config["arch"]["blend"]
+        assert len(blend) == 1 and 0.0 < blend[0] < 1.0
+        x = example_window(model, 1, seed=3).numpy()
+        raw = model.normalization.undo(model.network.raw(torch.from_numpy(model.normalization.apply(x))).detach()
+                                       .numpy())
+        assert np.abs(raw - model(x)).max() > 1e-3  # the blend changes the output: the graph above includes it
 
 
 def test_teacher_exports_differ_by_their_fixed_k_b(tiny_teacher, tmp_path) -> None:
@@ -132,9 +139,14 @@ def test_export_refusals(tiny_teacher, tiny_student, tmp_path, capsys) -> None:
     with pytest.raises(ConfigError, match="format 'keras' is not supported"):
         export(tiny_teacher, "keras", tmp_path / "t.h5")
     with pytest.raises(WriteError, match="outside the model folder"):
-        export(tiny_teacher, "torchscript", tiny_teacher / "model.pt")
+        export(tiny_teacher, "torchscript", tiny_teacher / "model.pt", k_b=3)
+    # the teacher's default output (k_b=auto) is chosen from the data: no fixed graph, unless k_b is given
+    with pytest.raises(ConfigError, match=r"chosen from the data and blended .*Export the distilled student"):
+        export(tiny_teacher, "onnx", tmp_path / "t.onnx")
+    assert not (tmp_path / "t.onnx").exists()
     (tmp_path / "exists.pt").write_bytes(b"keep")
-    assert main(["export", str(tiny_teacher), "--format", "torchscript", "-o", str(tmp_path / "exists.pt")]) == 2
+    assert main(["export", str(tiny_teacher), "--format", "torchscript", "-o", str(tmp_path / "exists.pt"),
+                 "--k-b", "3"]) == 2
     assert "already exists; choose another name or pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "exists.pt").read_bytes() == b"keep"
     assert main(["export", str(tiny_teacher), "--format", "torchscript", "-o", str(tmp_path / "t.pt"),

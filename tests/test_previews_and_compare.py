@@ -39,7 +39,8 @@ def test_preview_events_show_the_current_weights_and_change_nothing(tmp_path: Pa
     assert order.index(("PreviewEvent", 4)) == order.index(("StepEvent", 4)) + 1
     # the last preview is exactly the saved model applied to the crop
     model = load_model(tmp_path / "a")
-    np.testing.assert_array_equal(previews[-1].image, model.denoise(crop, "YX"))
+    # (the preview shows the network's fixed k_b: calibrating every preview's crop would cost more than the step)
+    np.testing.assert_array_equal(previews[-1].image, model.denoise(crop, "YX", k_b=model.k_b))
     assert previews[0].image.shape == crop.shape and not np.array_equal(previews[0].image, previews[1].image)
     # previews do not touch the training: same weights as a run without them
     _, plain = collect(iter_train(noisy, "ZYX", TrainConfig(**TINY), tmp_path / "b"))
@@ -118,6 +119,20 @@ def test_comparison_stack_equals_the_denoised_planes(tiny_teacher: Path, tiny_st
     np.testing.assert_array_equal(stack[..., 4, 4], np.concatenate([ref, ref_s[None]])[..., 4, 4])
     np.testing.assert_array_equal(np.asarray(stack)[:3], ref)
     assert stack.cached([3]) is not None and stack.cached([0]) is None  # two planes kept: the last two asked
+
+
+def test_comparison_with_data_has_the_blended_default_first_and_every_gain(tiny_teacher: Path,
+                                                                           sample_stack) -> None:
+    noisy, _ = sample_stack
+    teacher = load_model(tiny_teacher)
+    versions = versions_for(teacher, [3, 5], data=noisy, axes="ZYX")
+    cal = versions[0].calibration
+    assert versions[0].k == "auto" and versions[0].gain_db == cal.gain_db
+    assert versions[1].gain_db is None and versions[2].gain_db == cal.gain_of(5) is not None  # 3 < correlation
+    stack = ComparisonStack(noisy, "ZYX", versions)
+    whole = drain(iter_denoise_outputs(teacher, noisy, "ZYX", ks=["auto"], batch_size=4, dtype="float32"))[0]
+    # the plane is blended with the volume's calibration, not one of its own: the same as the whole volume
+    np.testing.assert_array_equal(stack[0, 1], whole[1])
 
 
 def test_comparison_stack_axes_and_errors(tiny_teacher: Path, sample_stack) -> None:

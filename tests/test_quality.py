@@ -103,3 +103,68 @@ def test_cli_denoise_auto_reports_the_estimated_gain(tiny_teacher, sample_stack,
     line = out.out.strip().splitlines()[-1]
     assert line.startswith("estimated gain: +") and "dB over the input (k_b=" in line and "blend=global" in line
     assert "estimated gain" in out.err
+
+
+# -- the default output of a teacher, and the student that inherits it ---------------------------------------------
+
+def test_a_teachers_default_output_is_auto(auto_result, tiny_teacher, sample_stack, tmp_path: Path, capsys) -> None:
+    import tifffile
+
+    model, outs = auto_result
+    noisy, _ = sample_stack
+    assert model.default_k_b == "auto" and model.name == "atbsn_auto"
+    np.testing.assert_array_equal(model.denoise(noisy, "ZYX"), outs[0])
+    tifffile.imwrite(tmp_path / "in.tif", noisy, metadata={"axes": "ZYX"}, photometric="minisblack")
+    assert main(["denoise", str(tmp_path / "in.tif"), "-m", str(tiny_teacher), "-o", str(tmp_path / "o.tif")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("estimated gain: ")
+    # a size fixed at training stays the default of that folder
+    cfg = json.loads((tiny_teacher / "config.json").read_text())
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    for f in tiny_teacher.iterdir():
+        if f.is_file():
+            (fixed / f.name).write_bytes(f.read_bytes())
+    (fixed / "config.json").write_text(json.dumps({**cfg, "k_b": 5}))
+    five = load_model(fixed)
+    assert five.default_k_b == 5 and five.k_b == 5
+    np.testing.assert_array_equal(five.denoise(noisy, "ZYX"), five.denoise(noisy, "ZYX", k_b=5))
+
+
+def test_the_student_learns_the_blended_targets_and_reports_on_held_out_rows(tiny_student) -> None:
+    cfg = json.loads((tiny_student / "config.json").read_text())
+    assert cfg["targets"] == "blended" and cfg["held_out_rows"] == 16  # 128-row planes: 1/8, at least 16
+    q = cfg["quality"]
+    assert q["teacher"]["k_b"] in q["teacher"]["valid_k_b"]
+    s = q["student"]
+    assert s["held_out"] and s["rows"] == [112, 128]
+    # (sqrt R_g + sqrt D)^2 >= R_g: the bound from the teacher's estimate is below the teacher's gain; the
+    # student's own estimate (SURE) is a number
+    assert s["estimated_gain_bound_db"] <= s["teacher_estimated_gain_db"]
+    assert np.isfinite(s["estimated_gain_db"])
+    assert q["line"].startswith("student vs blended teacher on held-out rows 112-128")
+
+
+def test_the_students_estimate_is_printed_when_it_denoises(tiny_student, sample_stack, tmp_path: Path,
+                                                          capsys) -> None:
+    import tifffile
+
+    noisy, _ = sample_stack
+    tifffile.imwrite(tmp_path / "in.tif", noisy, metadata={"axes": "ZYX"}, photometric="minisblack")
+    assert main(["denoise", str(tmp_path / "in.tif"), "-m", str(tiny_student), "-o", str(tmp_path / "o.tif")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("estimated gain: ") and line.endswith("dB over the input (student)")
+
+
+def test_light_noise_student_is_not_worse_than_the_input(tiny_teacher, tmp_path: Path) -> None:
+    """A student distilled (blended targets) on the light-noise sample from a teacher trained on heavy noise."""
+    from napari_atbsn.config import DistillConfig
+    from napari_atbsn.sample_data import make_sample
+    from napari_atbsn.training import distill
+
+    noisy, clean = make_sample(planes=4, size=64, seed=11)
+    light = (clean + (noisy.astype(np.float32) - clean) / 4).astype(np.float32)
+    res = distill(light, tiny_teacher, "ZYX", DistillConfig(student="tiny", iters=60, batch=8, device="cpu"),
+                  tmp_path / "s")
+    rng = float(clean.max() - clean.min())
+    out = res.model.denoise(light, "ZYX")
+    assert psnr(out, clean, data_range=rng) >= psnr(light, clean, data_range=rng)

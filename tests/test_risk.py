@@ -108,6 +108,42 @@ def test_risk_estimate_matches_the_true_mse_of_an_independent_output(clean) -> N
     assert np.mean((g - x) ** 2) < 16.0 * 100 / 116 * 1.1   # σ²R/(σ²+R)
 
 
+@pytest.mark.parametrize("correlated", [False, True])
+def test_sure_measures_the_noise_an_output_keeps_of_its_pixel(clean, correlated) -> None:
+    """A 3x3 mean sees its own pixel: it keeps E[f_i n_i] = Σ_j Σ_ij / 9 of the noise (σ²/9 for white noise,
+    more when neighbours' noise is correlated), which the probe measures; with it the risk is the true MSE,
+    and without it (the blind-spot formula) the risk is underestimated."""
+    x = clean[:, None]
+    k = rk._gaussian_kernel(0.8)
+    k = k / np.sqrt((k**2).sum())
+    white = RNG.normal(0, 6.0, x.shape)
+    noise = rk._separable(white, k) if correlated else white
+    acf = None
+    if correlated:
+        kk = np.pad(np.outer(k, k), 3)
+        acf = np.array([[(kk * np.roll(np.roll(kk, a, 0), b, 1)).sum() for b in range(-3, 4)] for a in range(-3, 4)])
+        acf /= acf[3, 3]
+    y = x + noise
+    nl = rk.NoiseLevel.constant(36.0)
+    box = np.ones(3) / 3
+
+    def f_of(img: np.ndarray) -> np.ndarray:
+        return rk._separable(img, box)
+
+    f = f_of(y)
+    probe = rk.noise_probe(f, y, nl, acf)
+    c = rk.leak(f, f_of(y + rk.PROBE_SCALE * probe), probe)
+    expected = 36.0 / 9 * (acf[2:5, 2:5].sum() if correlated else 1.0)
+    assert abs(float(c.ravel()[0]) - expected) < 0.1 * expected
+    true = float(np.mean((f - x) ** 2))
+    assert abs(rk.risk(f, y, nl, 1.0, c) - true) < 0.1 * true
+    assert rk.risk(f, y, nl) < true - 1.5 * expected  # the blind-spot formula misses 2c
+    field = rk.correlated_field((4, 1, 64, 64), acf, seed=1)
+    assert abs(field.var() - 1) < 0.05
+    if correlated:  # the probe has the noise's correlation
+        assert abs(np.mean(field[..., 1:] * field[..., :-1]) - acf[3, 4]) < 0.05
+
+
 def test_blend_keeps_the_input_when_the_output_is_garbage(clean) -> None:
     x = clean[:, None]
     y = x + RNG.normal(0, 5.0, x.shape)

@@ -229,3 +229,16 @@ def test_training_from_a_lazy_file(tmp_path: Path, sample_stack) -> None:
     img = open_image(tmp_path / "noisy.zarr", "ZYX")
     res = train(img, None, TrainConfig(preset="tiny", iters=2, patch=32, batch=2, device="cpu"), tmp_path / "m")
     assert res.steps == 2 and (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_patches_come_only_from_the_rows_not_held_out() -> None:
+    from napari_atbsn.sampling import PlaneSource, sample_batch
+
+    img = np.zeros((3, 80, 60), np.float32)
+    img[:, 50:] = 1.0  # the held-out rows
+    src = PlaneSource(img, "ZYX")
+    for step in range(20):
+        assert sample_batch(src, step, seed=0, batch=8, patch=32, rows=50).max() == 0.0
+    assert max(sample_batch(src, s, seed=0, batch=8, patch=32).max() for s in range(20)) == 1.0
+    with pytest.raises(ImageError, match="rows=20: patches of 32"):
+        sample_batch(src, 0, seed=0, batch=1, patch=32, rows=20)

@@ -114,7 +114,8 @@ def test_train_widget_trains_previews_and_saves(viewer, qtbot, tmp_path, errors)
     assert preview.data.shape == (128, 128) and preview.scale[-1] == 0.5 and preview.colormap.name == "magma"
     # the last preview is the final model applied to the plane in view
     z = int(viewer.dims.current_step[0])
-    np.testing.assert_array_equal(preview.data, model.denoise(np.asarray(viewer.layers["cells"].data[z]), "YX"))
+    np.testing.assert_array_equal(preview.data, model.denoise(np.asarray(viewer.layers["cells"].data[z]), "YX",
+                                                              k_b=model.k_b))
 
 
 def test_train_widget_stops_within_a_second_and_resumes(viewer, qtbot, tmp_path) -> None:
@@ -204,6 +205,7 @@ def test_distill_widget_writes_a_student(viewer, qtbot, tmp_path, tiny_teacher, 
     assert errors == []
     student = load_model(tmp_path / "student")
     assert student.kind == "student" and student.config["ks"] == [1, 3, 9] and student.config["steps"] == 6
+    assert "student vs blended teacher on held-out rows" in w.status.text()
     assert "cells_preview" in viewer.layers
     w.out_dir.value = str(tiny_teacher)
     w.run_button.click()
@@ -269,11 +271,20 @@ def test_denoise_widget_lazy_layer_computes_only_what_is_viewed(viewer, qtbot, t
     w.device.value = "cpu"
     w.chunk.value = 64
     w.run_button.click()
-    layer = viewer.layers["cells_atbsn_kb3"]
+    wait_done(qtbot, w)  # the default (auto) calibrates on the volume in a worker, then adds the lazy layer
+    (layer,) = w.layers
+    quality = layer.metadata["napari_atbsn"]["quality"]
+    assert layer.name == f"cells_atbsn_auto_kb{quality['k_b']}"
     assert isinstance(layer.data, da.Array) and layer.metadata["napari_atbsn"]["lazy"]
     model = load_model(tiny_teacher)
+    whole = drain(iter_denoise_outputs(model, np.asarray(viewer.layers["cells"].data), "ZYX", ks=["auto"]))[0]
+    np.testing.assert_array_equal(np.asarray(layer.data[2]), whole[2])
+    w.k_b.value = 3
+    w.run_button.click()
+    wait_done(qtbot, w)
     plane = np.asarray(viewer.layers["cells"].data[2])
-    np.testing.assert_array_equal(np.asarray(layer.data[2]), model.denoise(plane, "YX", k_b=3))
+    np.testing.assert_array_equal(np.asarray(viewer.layers["cells_atbsn_kb3"].data[2]),
+                                  model.denoise(plane, "YX", k_b=3))
 
 
 def test_denoise_widget_writes_a_file_and_opens_it(viewer, qtbot, tmp_path, tiny_student, errors) -> None:
@@ -309,8 +320,13 @@ def test_compare_widget_stack_is_lazy_and_reads_all_versions(viewer, qtbot, tiny
     w.run_button.click()
     layer = viewer.layers["cells_compare"]
     stack = w.stack
-    assert layer.data.shape == (4, *viewer.layers["cells"].data.shape)
-    assert stack.labels == ["k_b=1", "k_b=3", "k_b=9", "student_tiny"]
+    assert layer.data.shape == (5, *viewer.layers["cells"].data.shape)
+    # every version with its estimated gain; the teacher's default (auto, blended) first
+    labels = stack.labels
+    assert labels[0].startswith("auto k_b=") and " blended (est. +" in labels[0]
+    assert labels[1] == "k_b=1 (est. n/a: blind spot shorter than the noise correlation)"
+    assert labels[3].startswith("k_b=9 (est. ") and "n/a" not in labels[3]
+    assert labels[4].startswith("student_tiny (est. ") and "n/a" not in labels[4]  # SURE: it sees its pixel
     # only planes napari showed (the one in view; napari may slice once more while it sets up the new
     # dims), never the volume
     assert stack.computed <= 2 < stack.shape[1]
@@ -318,13 +334,15 @@ def test_compare_widget_stack_is_lazy_and_reads_all_versions(viewer, qtbot, tiny
     qtbot.waitUntil(lambda: stack.cached([2]) is not None, timeout=WAIT_MS)
     teacher, student = load_model(tiny_teacher), load_model(tiny_student)
     plane = np.asarray(viewer.layers["cells"].data[2])
-    expected = drain(iter_denoise_outputs(teacher, plane, "YX", ks=[1, 3, 9], batch_size=4, dtype="float32"))
-    np.testing.assert_array_equal(stack.cached([2])[:3], np.stack(expected))
-    np.testing.assert_array_equal(stack.cached([2])[3], student.denoise(plane, "YX"))
+    cal = stack.versions[0].calibration  # decided once on the whole volume, shared by every plane
+    expected = drain(iter_denoise_outputs(teacher, plane, "YX", ks=["auto", 1, 3, 9], batch_size=4,
+                                          dtype="float32", calibration=cal))
+    np.testing.assert_array_equal(stack.cached([2])[:4], np.stack(expected))
+    np.testing.assert_array_equal(stack.cached([2])[4], student.denoise(plane, "YX"))
     world = layer.data_to_world((0, 2, 40, 50))
     vals = w.values_at(world)
     assert list(vals) == stack.labels
-    assert [vals[k] for k in stack.labels[:3]] == [float(e[40, 50]) for e in expected]
+    assert [vals[k] for k in stack.labels[:4]] == [float(e[40, 50]) for e in expected]
 
 
 def test_compare_widget_grid_links_layers(viewer, qtbot, tiny_teacher, errors) -> None:
@@ -338,7 +356,8 @@ def test_compare_widget_grid_links_layers(viewer, qtbot, tiny_teacher, errors) -
     w.layout_mode.value = "grid"
     w.device.value = "cpu"
     w.run_button.click()
-    assert [la.name for la in w.layers] == ["cells_atbsn_kb1", "cells_atbsn_kb5"]
+    k = w.stack.versions[0].calibration.k_b
+    assert [la.name for la in w.layers] == [f"cells_atbsn_auto_kb{k}", "cells_atbsn_kb1", "cells_atbsn_kb5"]
     assert viewer.grid.enabled
     w.layers[0].contrast_limits = (90, 150)
     assert tuple(w.layers[1].contrast_limits) == (90, 150)

@@ -107,7 +107,7 @@ def _add_train(sub: Any) -> None:
                    help="dbsn only: " + DBSN_HELP["noise_model"] + " (default poisson-gaussian)")
     t.add_argument("--gamma", type=float, help="dbsn only: " + DBSN_HELP["gamma"])
     t.add_argument("--phases", type=_phases, help="dbsn only: " + DBSN_HELP["phases"])
-    _typed(t, TRAIN_HELP, [("k-a", int), ("k-b", int), ("iters", int), ("patch", int), ("batch", int),
+    _typed(t, TRAIN_HELP, [("k-a", int), ("k-b", _k_b), ("iters", int), ("patch", int), ("batch", int),
                            ("lr", float), ("seed", int), ("checkpoint-every", int)])
     t.add_argument("--normalization", choices=["range255", "zscore", "range1"],
                    help=TRAIN_HELP["normalization"] + "; dbsn default range1")
@@ -131,6 +131,7 @@ def _add_distill(sub: Any) -> None:
     _typed(d, DISTILL_HELP, [("iters", int), ("patch", int), ("batch", int), ("lr", float), ("seed", int),
                              ("checkpoint-every", int)])
     d.add_argument("--mean-teacher", action="store_true", help=DISTILL_HELP["mean_teacher"])
+    d.add_argument("--targets", choices=["blended", "paper"], help=DISTILL_HELP["targets"] + " (default blended)")
     d.add_argument("--no-init-from-teacher", action="store_true", help="student C: start from random weights")
     _run_control(d)
     _common(d)

@@ -22,31 +22,56 @@ from typing import Any
 import numpy as np
 
 from .axes import guess_axes, validate_axes
+from .config import AUTO_K_B
 from .errors import ConfigError, ImageError
 from .events import drain
 from .inference.denoiser import Denoiser
 from .inference.inmemory import iter_denoise_outputs
 from .inference.output_kinds import resolve_ks
+from .inference.quality import Calibration, calibrate
 
 PLANE_AXES = "TZ"
 
 
 @dataclass(frozen=True)
 class Version:
-    """One entry of the version axis: a model and the k_b it is run with (None: the model's own output)."""
+    """One entry of the version axis: a model and the k_b it is run with (None: the model's own output;
+    ``auto``: the default, blended with the input), with its estimated gain over the input where known."""
 
     model: Denoiser
     k: Any
     label: str
+    calibration: Calibration | None = None
+    gain_db: float | None = None
 
 
-def versions_for(model: Denoiser, k_bs: Sequence[int] | None = None) -> list[Version]:
-    """The versions of one model: each k_b of a teacher (one backbone pass for all), or the model's output."""
+def _gain(g: float | None, note: str = "") -> str:
+    if g is not None:
+        return f" (est. {g:+.1f} dB)"
+    return f" (est. n/a: {note})" if note else " (est. n/a: blind spot shorter than the noise correlation)"
+
+
+def versions_for(model: Denoiser, k_bs: Sequence[int] | None = None, *, data: Any = None,
+                 axes: str | None = None) -> list[Version]:
+    """The versions of one model: each k_b of a teacher (one backbone pass for all), or the model's output.
+
+    With ``data`` (the whole image or volume), every version carries its estimated gain over the input, and a
+    teacher's versions start with its default output (auto: chosen and blended, never worse), calibrated once on
+    ``data`` so that every plane shares it; a D-BSN's output is its guarded fusion, a student's gain the one it
+    measured the same way (SURE: it sees its pixel)."""
+    cal = calibrate(model, data, axes or guess_axes(np.shape(data))) if data is not None else None
     if model.kind == "atbsn":
         ks = resolve_ks(model, list(k_bs) if k_bs else None)
-        return [Version(model, k, f"k_b={k}") for k in ks]
+        if cal is None:
+            return [Version(model, k, f"k_b={k}") for k in ks]
+        why = cal.sample if cal.gain_db is None else ""  # no estimate at all, and why
+        auto = Version(model, AUTO_K_B, f"auto k_b={cal.k_b} blended" + _gain(cal.gain_db, why), cal, cal.gain_db)
+        return [auto, *(Version(model, k, f"k_b={k}" + _gain(cal.gain_of(k), why), cal, cal.gain_of(k))
+                        for k in ks if k != AUTO_K_B)]
     if k_bs:
         raise ConfigError(f"k_b applies to AT-BSN teachers; {model.name} has one output. Compare it without k_b.")
+    if cal is not None:  # the default output: a D-BSN's guarded fusion, a student's image, with the estimate
+        return [Version(model, AUTO_K_B, model.name + _gain(cal.gain_db, note=cal.sample), cal, cal.gain_db)]
     return [Version(model, None, model.name)]
 
 
@@ -121,8 +146,9 @@ class ComparisonStack:
             done[id(v.model)][1].append(v.k)
         for rows, ks in done.values():
             model = self.versions[rows[0]].model
+            cal = next((self.versions[r].calibration for r in rows if self.versions[r].calibration), None)
             res = drain(iter_denoise_outputs(model, raw, self.plane_axes, ks=ks, batch_size=self.batch_size,
-                                           dtype="float32"))
+                                             dtype="float32", calibration=cal))
             for r, img in zip(rows, res, strict=True):
                 out[r] = img
         with self._lock:

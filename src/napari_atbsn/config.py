@@ -57,6 +57,8 @@ STUDENT_PRESETS: tuple[str, ...] = ("A", "B", "C", "tiny")
 #: Side multiple each student pools to (A/B: 2 levels, C: 5, tiny: 2).
 STUDENT_MULTIPLE: dict[str, int] = {"A": 4, "B": 4, "C": 32, "tiny": 4}
 
+#: What a student learns from: the teacher outputs blended with the input (default), or as they are (paper).
+DISTILL_TARGETS: tuple[str, ...] = ("blended", "paper")
 #: Blind-spot sizes of the paper's SIDD multi-teacher set (method.md §1.8).
 DEFAULT_KS: tuple[int, ...] = (0, 1, 3, 5, 7, 9, 11)
 
@@ -71,6 +73,9 @@ BLIND_ESTIMATE = "mu"
 #: k_b chosen from the data (teachers): the valid blind spot whose blend with the input has the lowest
 #: estimated risk, blended (napari_atbsn.inference.quality).
 AUTO_K_B = "auto"
+#: The blind spot a teacher falls back on where one must be fixed without data to choose from (an export, an
+#: output asked for as "the model's own" of a folder that stores "auto"): the paper's k_b.
+FIXED_K_B = 3
 #: D-BSN's weight of the noise term in the Bayes fusion when a model folder does not say (1: exact posterior).
 DEFAULT_GAMMA = 1.0
 
@@ -184,7 +189,9 @@ class TrainConfig:
     preset: str = _help("network size: paper (1.27 M params, GPU), small (CPU in minutes), tiny (tests)",
                         default="small")
     k_a: int = _help("blind-spot size used for training (odd; 9 in the paper)", default=9)
-    k_b: int = _help("default blind-spot size for inference, stored with the model", default=3)
+    k_b: int | str = _help("default blind spot for inference, stored with the model: 'auto' (chosen from the "
+                           "data and blended with the input, never worse than it) or a size such as 3",
+                           default=AUTO_K_B)
     iters: int | None = _help("training iterations (default: preset's)", default=None)
     patch: int | None = _help("square training patch side in pixels; inference windows use the same size",
                               default=None)
@@ -214,7 +221,8 @@ class TrainConfig:
         if self.k_a == 0:
             raise BlindSpotError("k_a=0 trains without a blind spot: the network learns the identity. Use 9 (paper) "
                                  "or 1/3 for nearly pixel-independent noise.")
-        check_k(self.k_b, name="k_b")
+        if self.k_b != AUTO_K_B:
+            check_k(self.k_b, name="k_b")
         _positive("iters", self.iters)
         _positive("batch", self.batch)
         _check_seed(self.seed)
@@ -240,6 +248,9 @@ class DistillConfig:
     lr: float | None = _help("Adam learning rate, cosine-annealed to 0", default=None)
     mean_teacher: bool = _help("ablation: L1 to the mean of the teachers instead of the sum of L1s",
                                default=False)
+    targets: str = _help("blended: every teacher output blended with the input by the weight of the teacher's "
+                         "default (auto) output, so the student inherits its never-worse blend; paper: the "
+                         "teacher outputs as they are", default="blended")
     init_from_teacher: bool = _help("student C only: start from the teacher's UNet weights", default=True)
     seed: int = _help("random seed", default=0)
     device: str = _help("auto, cpu, cuda, cuda:N or mps", default="auto")
@@ -254,6 +265,8 @@ class DistillConfig:
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, **filled)
         cfg.ks = check_ks(cfg.ks)
+        if cfg.targets not in DISTILL_TARGETS:
+            raise ConfigError(f"targets={cfg.targets!r}; choose one of {', '.join(DISTILL_TARGETS)}.")
         if cfg.student not in STUDENT_PRESETS:
             raise ConfigError(f"Unknown student preset {cfg.student!r}; choose one of {', '.join(STUDENT_PRESETS)}.")
         _positive("iters", cfg.iters)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ATBSN_PRESETS, STUDENT_PRESETS, UNetArch
+from .config import ATBSN_PRESETS, AUTO_K_B, STUDENT_PRESETS, UNetArch
 from .errors import ConfigError, ModelFolderError
 from .io.fs import atomic_write_bytes, special_file
 from .version import __version__
@@ -29,7 +29,8 @@ WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safe
 
 _REQUIRED = {"format", "format_version", "kind", "arch", "patch", "normalization"}
 _OPTIONAL = {"package_version", "created", "k_a", "k_b", "ks", "mean_teacher", "teacher", "steps",
-             "train", "distill", "data", "state", "halo", "method", "gamma", "phase", "unpaired"}
+             "train", "distill", "data", "state", "halo", "method", "gamma", "phase", "unpaired", "targets",
+             "held_out_rows", "quality"}
 KINDS = ("atbsn", "student", "dbsn")
 #: A config.json is a few kB: more than this is not ours (and a link to /dev/zero would never end).
 MAX_CONFIG_BYTES = 1 << 20
@@ -173,8 +174,10 @@ def _check_values(cfg_path: Path, cfg: dict[str, Any]) -> None:
             problems.append(f"patch={patch} must be a multiple of {multiple} for preset {preset}")
     for key in ("k_a", "k_b"):
         k = cfg.get(key)
-        if k is not None and not (_is_int(k) and k >= 0 and (k == 0 or k % 2 == 1)):
-            problems.append(f"{key}={k!r} must be 0 or a positive odd whole number")
+        if k is not None and not (key == "k_b" and k == AUTO_K_B) and \
+                not (_is_int(k) and k >= 0 and (k == 0 or k % 2 == 1)):
+            also = " or 'auto'" if key == "k_b" else ""
+            problems.append(f"{key}={k!r} must be 0 or a positive odd whole number{also}")
     for key in ("halo", "steps"):
         v = cfg.get(key)
         if v is not None and not (_is_int(v) and v >= 0):
@@ -203,8 +206,8 @@ def build_model(cfg: dict[str, Any]) -> nn.Module:
             return DBSN(int(arch["in_channels"]), arch["preset"], noise_model=arch["noise_model"])
         if arch["preset"] not in STUDENT_PRESETS:
             raise ConfigError(f"unknown student preset {arch['preset']!r}")
-        return Student(arch["preset"], int(arch["in_channels"]))
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        return Student(arch["preset"], int(arch["in_channels"]), blend=arch.get("blend"))
+    except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as e:
         raise ModelFolderError(f"invalid 'arch' entry {arch!r} in the model config ({e}).") from None
 
 
@@ -218,7 +221,8 @@ def arch_dict(model: nn.Module) -> dict[str, Any]:
         a: UNetArch = model.arch
         return {"preset": model.preset, "in_channels": model.in_channels, "width": a.width,
                 "dec_width": a.dec_width, "depth": a.depth}
-    return {"preset": model.preset, "in_channels": model.in_channels}
+    blend = getattr(model, "blend_weights", None)
+    return {"preset": model.preset, "in_channels": model.in_channels, **({"blend": list(blend)} if blend else {})}
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

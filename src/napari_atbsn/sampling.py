@@ -93,14 +93,18 @@ def check_patch_fits(source: PlaneSource, patch: int) -> None:
 
 
 def sample_batch(source: PlaneSource, step: int, *, seed: int, batch: int, patch: int,
-                 augment: bool = True) -> np.ndarray:
-    """Random (batch, C, patch, patch) float32 patches for training step ``step``."""
+                 augment: bool = True, rows: int | None = None) -> np.ndarray:
+    """Random (batch, C, patch, patch) float32 patches for training step ``step``, from the first ``rows`` rows
+    of each plane (default: all; the rest is held out)."""
     check_patch_fits(source, patch)
+    rows = source.height if rows is None else rows
+    if not patch <= rows <= source.height:
+        raise ImageError(f"rows={rows}: patches of {patch} must come from 1 to {source.height} rows.")
     rng = np.random.default_rng([seed, step])
     out = np.empty((batch, source.channels, patch, patch), dtype=np.float32)
     for b in range(batch):
         plane = int(rng.integers(source.n_planes))
-        y0 = int(rng.integers(source.height - patch + 1))
+        y0 = int(rng.integers(rows - patch + 1))
         x0 = int(rng.integers(source.width - patch + 1))
         crop = source.read(plane, y0, x0, patch, patch)
         out[b] = dihedral(crop, int(rng.integers(8))) if augment else crop

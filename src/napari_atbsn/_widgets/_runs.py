@@ -122,5 +122,10 @@ class RunWidget(JobWidget):
             msg = f"stopped at step {result.steps}; checkpoint saved in {path}. Resume continues it."
         else:
             msg = f"finished {result.steps} steps; model saved to {path}"
+            line = result.model.config.get("quality", {}).get("line")
+            if line:  # a student: its estimated gain against the blended teacher on held-out rows
+                msg += f". {line}"
+                if result.model.config["quality"]["student"]["estimated_gain_db"] < 0:
+                    msg += " (WORSE than the input: keep the input, or train the teacher longer)"
         self.status.setText(msg)
         info(msg)

@@ -72,7 +72,7 @@ class CompareWidget(JobWidget):
 
     def start(self) -> None:
         src = self.source.get()
-        versions = self._versions()
+        versions = self._versions(src)
         self.stack = stack = ComparisonStack(src.array, src.axes, versions)
         kw = display_kwargs(src.layer) if src.layer is not None else {}
         if "contrast_limits" not in kw and not kw.get("rgb"):
@@ -88,8 +88,9 @@ class CompareWidget(JobWidget):
         self.status.setText(msg + ". Planes are denoised when shown; hover to read every version's value.")
         info(msg)
 
-    def _versions(self) -> list[Any]:
-        """The teacher's k_b versions and the student's, as chosen in the form."""
+    def _versions(self, src: Any) -> list[Any]:
+        """The teacher's versions (its default, blended, then each k_b) and the student's, as chosen in the form,
+        each with its estimated gain over the input."""
         versions = []
         teacher = folder_or_none(self.model_dir.value)
         if teacher is not None:
@@ -100,10 +101,10 @@ class CompareWidget(JobWidget):
             ks = sorted(int(k) for k in self.k_bs.value)
             if not ks:
                 raise ConfigError("select at least one k_b value.")
-            versions += versions_for(model, ks)
+            versions += versions_for(model, ks, data=src.array, axes=src.axes)
         student = folder_or_none(self.student_dir.value)
         if student is not None:
-            versions += versions_for(load_model(student, device=self.device.value))
+            versions += versions_for(load_model(student, device=self.device.value), data=src.array, axes=src.axes)
         if not versions:
             raise ConfigError("choose a teacher folder (and k_b values), a student folder, or both.")
         return versions
@@ -128,7 +129,7 @@ class CompareWidget(JobWidget):
         from napari.experimental import link_layers
 
         for i, v in enumerate(stack.versions):
-            layer_name = f"{name}_{v.label.replace('k_b=', 'atbsn_kb')}"
+            layer_name = f"{name}_{layer_suffix(v)}"
             meta = {"napari_atbsn": {**record["napari_atbsn"], "version": v.label}}
             self.layers.append(self.viewer.add_image(VersionView(stack, i), name=layer_name, metadata=meta, **kw))
         link_layers(self.layers, ("contrast_limits", "gamma", "colormap", "interpolation2d"))
@@ -168,6 +169,13 @@ class CompareWidget(JobWidget):
         if self._on_mouse_move in self.viewer.mouse_move_callbacks:
             self.viewer.mouse_move_callbacks.remove(self._on_mouse_move)
         super().closeEvent(event)
+
+
+def layer_suffix(v: Any) -> str:
+    """A grid layer's name after the source's: ``atbsn_auto_kb5``, ``atbsn_kb3``, ``student_A``, ``dbsn``."""
+    if v.model.kind == "atbsn":
+        return f"atbsn_auto_kb{v.calibration.k_b}" if v.k == "auto" else f"atbsn_kb{v.k}"
+    return v.model.name
 
 
 def _fmt(v: Any) -> str:

@@ -41,8 +41,8 @@ from ._base import (
 from ._job import info
 from ._source import Source, SourcePicker
 
-K_CHOICES = [("the model's own", None), ("auto: from the data, blended, never worse", AUTO_K_B),
-             *[(str(k), k) for k in (0, 1, 3, 5, 7, 9, 11)]]
+K_CHOICES = [("the model's default (auto unless fixed at training)", None),
+             ("auto: from the data, blended, never worse", AUTO_K_B), *[(str(k), k) for k in (0, 1, 3, 5, 7, 9, 11)]]
 MODES = [("new layer, computed now", "now"), ("new layer, lazy (planes computed as you view them)", "lazy"),
          ("file (OME-Zarr, Zarr, TIFF, .npy)", "file")]
 
@@ -124,15 +124,25 @@ class DenoiseWidget(JobWidget):
     def _add_lazy(self, src: Source, model: Any, chunk: int | None) -> None:
         k = self.k_b.value
         ks_arg = [k] if k is not None else None
-        # auto decides from a sample of the data now, so the lazy layer's planes all share one choice
-        cal = calibrate(model, src.data, src.axes) if k == AUTO_K_B else None
-        outs = lazy_denoise(src.data, model, axes=src.axes, k_b=ks_arg, chunk=chunk, dtype=self.dtype.value,
-                            noise_map=bool(self.noise_map.value), calibration=cal)
-        outs = outs if isinstance(outs, list) else [outs]
-        for kk, out in zip(resolve_ks(model, k, bool(self.noise_map.value)), outs, strict=True):
-            self._add(src, model, out, kk, chunk=chunk, lazy=True, calibration=cal)
-        self._say(f"added {', '.join(layer.name for layer in self.layers)} (lazy: each plane is denoised when "
-                  f"shown)", cal)
+        noise_map, dtype = bool(self.noise_map.value), self.dtype.value
+        auto = AUTO_K_B in resolve_ks(model, k)
+
+        def make(should_stop: Any) -> Any:
+            # auto (the default) decides from a sample of the data first, in the worker (it runs the network on
+            # a few planes), so the lazy layer's planes all share one choice
+            yield from ()
+            return calibrate(model, src.data, src.axes) if auto else None
+
+        def done(cal: Any) -> None:
+            outs = lazy_denoise(src.data, model, axes=src.axes, k_b=ks_arg, chunk=chunk, dtype=dtype,
+                                noise_map=noise_map, calibration=cal)
+            outs = outs if isinstance(outs, list) else [outs]
+            for kk, out in zip(resolve_ks(model, k, noise_map), outs, strict=True):
+                self._add(src, model, out, kk, chunk=chunk, lazy=True, calibration=cal)
+            self._say(f"added {', '.join(layer.name for layer in self.layers)} (lazy: each plane is denoised when "
+                      f"shown)", cal)
+
+        self.run_job(f"estimating the noise of {src.name}" if auto else f"preparing {src.name}", make, on_done=done)
 
     # -- file ----------------------------------------------------------------------------------------
     def _run_file(self, src: Source, model: Any, chunk: int | None) -> None:
@@ -165,7 +175,7 @@ class DenoiseWidget(JobWidget):
         """The status line and a notification; with k_b=auto, the estimated gain too (a loss is a warning)."""
         if calibration is not None:
             msg += f"; {calibration.line()}"
-            if calibration.gain_db < 0:
+            if calibration.worse:
                 msg += " (WORSE than the input: keep the input or train longer)"
         self.status.setText(msg)
         info(msg)

@@ -8,8 +8,10 @@ from magicgui.widgets import ComboBox, SpinBox
 
 from ..config import (
     ATBSN_PRESETS,
+    AUTO_K_B,
     DBSN_PRESETS,
     DBSN_TRAIN_DEFAULTS,
+    DEFAULT_KS,
     TRAIN_DEFAULTS,
     DBSNConfig,
     TrainConfig,
@@ -23,6 +25,7 @@ from ._source import SourcePicker
 
 HELP = config_fields_help(TrainConfig)
 DBSN_HELP = config_fields_help(DBSNConfig)
+K_B_CHOICES = [("auto (from the data, blended, never worse)", AUTO_K_B), *[(str(k), k) for k in DEFAULT_KS]]
 METHODS = [("AT-BSN (spatially correlated noise)", "atbsn"), ("D-BSN (pixel-independent noise)", "dbsn")]
 
 
@@ -41,7 +44,7 @@ class TrainWidget(RunWidget):
         self.preset = ComboBox(label="preset", choices=list(ATBSN_PRESETS), value=defaults.preset,
                                tooltip=HELP["preset"])
         self.k_a = SpinBox(label="k_a", min=1, max=31, step=2, value=defaults.k_a, tooltip=HELP["k_a"])
-        self.k_b = SpinBox(label="k_b", min=0, max=31, value=defaults.k_b, tooltip=HELP["k_b"])
+        self.k_b = ComboBox(label="k_b", choices=K_B_CHOICES, value=defaults.k_b, tooltip=HELP["k_b"])
         self.iters = SpinBox(label="iterations", min=1, max=10_000_000, tooltip=HELP["iters"])
         self.patch = SpinBox(label="patch", min=32, max=1024, step=32, tooltip=HELP["patch"])
         self.batch = SpinBox(label="batch", min=1, max=256, tooltip=HELP["batch"])

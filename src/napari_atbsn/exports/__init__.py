@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import AUTO_K_B
 from ..errors import ConfigError, WriteError
 from ..inference.denoiser import load_model
 from ..inference.output_kinds import refuse_k_b
@@ -29,6 +30,11 @@ def export(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *, k_
         raise ConfigError(f"format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}.")
     model = load_model(model_dir, device="cpu")
     refuse_k_b(model, k_b)
+    if model.kind == "atbsn" and k_b is None and model.default_k_b == AUTO_K_B:
+        # a fixed graph cannot choose k_b and the blend from the data it meets; the student learned the blend
+        raise ConfigError(f"{model_dir} is a teacher whose default output is chosen from the data and blended with "
+                          f"the input (k_b=auto), which a fixed graph cannot do. Export the distilled student (it "
+                          f"learned the blend), or give k_b (--k-b K) to export one blind spot, unblended.")
     if Path(out).resolve().parent == Path(model_dir).resolve():
         # a model folder holds safetensors and JSON only: a TorchScript zip there would make it refused
         raise WriteError(f"write the export outside the model folder {model_dir}; model folders hold only "

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import DEFAULT_GAMMA, NOISE_MAP
+from ..config import AUTO_K_B, DEFAULT_GAMMA, FIXED_K_B, NOISE_MAP
 from ..modelio import load_network
 from ..models.outputs import network_outputs
 from ..normalization import Normalization
@@ -44,7 +44,12 @@ class Denoiser:
         self.kind: str = config["kind"]
         self.patch: int = int(config["patch"])
         self.halo: int = int(config.get("halo", default_halo(self.patch)))
-        self.k_b: int = int(config.get("k_b", 3))
+        stored = config.get("k_b", FIXED_K_B)
+        #: What a teacher outputs when no k_b is asked for: "auto" (chosen from the data and blended with the
+        #: input) or the size stored at training. Students and D-BSN models have their one image.
+        self.default_k_b: int | str = AUTO_K_B if stored == AUTO_K_B else int(stored)
+        #: The blind spot where one must be fixed without data to choose from (an export, the network's own key).
+        self.k_b: int = FIXED_K_B if stored == AUTO_K_B else int(stored)
         self.normalization = Normalization.from_dict(config["normalization"])
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         # The GPU path (device.py): mixed precision and channels-last on CUDA, cuDNN autotuning for the fixed
@@ -62,10 +67,12 @@ class Denoiser:
 
     @property
     def name(self) -> str:
-        """Short label for outputs: ``atbsn_kb3`` or ``student_C``."""
+        """Short label for outputs: ``atbsn_auto``, ``atbsn_kb3`` or ``student_C``."""
         if self.kind == "dbsn":
             return "dbsn"
-        return f"student_{self.config['arch']['preset']}" if self.kind == "student" else f"atbsn_kb{self.k_b}"
+        if self.kind == "student":
+            return f"student_{self.config['arch']['preset']}"
+        return "atbsn_auto" if self.default_k_b == AUTO_K_B else f"atbsn_kb{self.k_b}"
 
     @property
     def gamma(self) -> float:

@@ -16,7 +16,7 @@ from ..axes import check_image, guess_axes, validate_axes
 from ..config import AUTO_K_B, OutputKey
 from ..errors import ConfigError, ImageError
 from .output_kinds import OUTPUT_DTYPES, resolve_ks
-from .quality import calibrate
+from .quality import Calibration, calibrate
 from .runtime import iter_array
 
 if TYPE_CHECKING:
@@ -34,11 +34,12 @@ def iter_denoise(model: Denoiser, image: Any, axes: str | None = None, *, k_b: i
 
 def iter_denoise_outputs(model: Denoiser, image: Any, axes: str | None = None, *, ks: Sequence[OutputKey],
                          batch_size: int = 4, dtype: str = "float32",
-                         should_stop: Callable[[], bool] | None = None,
+                         should_stop: Callable[[], bool] | None = None, calibration: Calibration | None = None,
                          ) -> Generator[tuple[int, int], None, list[np.ndarray] | None]:
     """Several outputs of one pass (k_b values of a teacher, a D-BSN's image and noise map ...), validated:
     yields (windows_done, windows_total); returns one array per entry of ``ks`` in the image's layout, or
-    None when ``should_stop`` said so (checked after every batch of windows)."""
+    None when ``should_stop`` said so (checked after every batch of windows). ``auto`` is calibrated on
+    ``image`` unless ``calibration`` (decided on a larger whole, e.g. the volume a plane comes from) is given."""
     if dtype not in OUTPUT_DTYPES:
         raise ConfigError(f"dtype={dtype!r}; choose float32 or input.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -50,7 +51,8 @@ def iter_denoise_outputs(model: Denoiser, image: Any, axes: str | None = None, *
     if channels != model.in_channels:
         raise ImageError(f"the image has {channels} channel(s) (axes {axes}, shape {arr.shape}) but the model "
                          f"expects {model.in_channels}; check --axes or use a model trained on such data.")
-    calibration = calibrate(model, arr, axes, batch_size=batch_size) if AUTO_K_B in ks else None
+    if AUTO_K_B in ks and calibration is None:
+        calibration = calibrate(model, arr, axes, batch_size=batch_size)
     gen = iter_array(model, arr, axes, ks=list(ks), batch_size=batch_size, dtype=dtype, calibration=calibration)
     while True:
         try:

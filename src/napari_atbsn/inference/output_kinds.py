@@ -36,8 +36,9 @@ def resolve_ks(model: Denoiser, k_b: int | str | Sequence[int] | None, noise_map
         raise ConfigError(f"a noise map comes from a D-BSN model's noise estimator; {model.name} has none. "
                           f"Train one with 'atbsn train --method dbsn', or leave out --save-noise-map.")
     extra = [NOISE_MAP] if noise_map else []
-    if k_b is None:
-        return [model.k_b if model.kind == "atbsn" else None, *extra]
+    if k_b is None:  # the default, with its estimated gain: a teacher's stored k_b or auto (chosen, blended); a
+        # D-BSN's guarded fusion; a student's image
+        return [model.default_k_b if model.kind == "atbsn" else AUTO_K_B, *extra]
     refuse_k_b(model, k_b)
     if isinstance(k_b, str) or (not isinstance(k_b, int | np.integer) and AUTO_K_B in list(k_b)):
         if k_b != AUTO_K_B and list(k_b) != [AUTO_K_B]:

@@ -16,15 +16,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..analysis import analyze_noise
-from ..config import DEFAULT_KS
+from ..config import BLIND_ESTIMATE, DEFAULT_KS, OutputKey
+from ..errors import ImageError
 from ..events import drain
 from ..risk import (
     BLEND_SAFETY,
     LENGTH_THRESHOLD,
+    PROBE_SCALE,
     NoiseLevel,
     choose_k_b,
     estimate_noise_level,
     estimated_gain_db,
+    leak,
+    noise_probe,
     noise_variance_map,
     valid_blind_spots,
 )
@@ -34,44 +38,80 @@ from .runtime import iter_array
 if TYPE_CHECKING:
     from .denoiser import Denoiser
 
+#: A D-BSN's fusion gives way to the blend of mu only when that is estimated better by this much: on heavy noise
+#: both estimates carry the same bias of σ̂² (a few dB, docs/never-worse-research.md), so closer calls are noise.
+FUSION_MARGIN_DB = 1.0
 SAMPLE_PLANES = 8    # planes of a stack the calibration looks at (evenly spaced)
 SAMPLE_SIDE = 512    # the centre crop of each (the noise analysis' own maximum)
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """What ``k_b="auto"`` decided for one image or volume, and its estimated quality.
+    """What a model's default output is for one image or volume, and its estimated quality.
 
-    ``alpha[c]`` is the weight of the network's output in channel c's blend (1 − α)·y + α·f;
-    ``gain_db`` the blend's estimated PSNR gain over the input (negative: worse, which the blend
-    only reaches when its estimate is off); ``raw_gain_db`` that of the unblended k_b output.
+    ``k_b`` is what the network computes: a teacher's blind spot; a D-BSN's None (its fusion) or
+    BLIND_ESTIMATE (mu, to blend); a student's None. ``alpha[c]`` is the weight of that output in channel c's
+    blend (1 − α)·y + α·f (1: no blend); ``gain_db`` the default output's estimated PSNR gain over the input
+    (negative: worse, which a blend only reaches when its estimate is off; None: not measurable);
+    ``raw_gain_db`` that of the unblended output.
     """
 
-    k_b: int
+    k_b: OutputKey
     alpha: tuple[float, ...]
-    gain_db: float
-    raw_gain_db: float
+    gain_db: float | None
+    raw_gain_db: float | None
     noise_level: dict[str, Any]
     valid_ks: tuple[int, ...]
-    reliable: bool  # False: no blind spot covered the noise correlation, so the estimate flatters the output
+    reliable: bool  # False: the noise correlation outruns the estimate's reach, so it may flatter the output
     sample: str     # which data the estimate comes from
+    candidates: tuple[tuple[int, float], ...] = ()  # each valid k_b's estimated gain, unblended
+    model_kind: str = "atbsn"
+
+    def gain_of(self, k: Any) -> float | None:
+        """The estimated gain of blind spot ``k`` alone (None: k is too small to rank, or was not run)."""
+        return dict(self.candidates).get(k)
+
+    @property
+    def method(self) -> str:
+        """What the output is: ``k_b=K, blend=global alpha=...``, a D-BSN's fusion or mu blend, a student's."""
+        alphas = "/".join(f"{a:.2f}" for a in self.alpha)
+        if self.model_kind == "student":
+            return "student"
+        if self.k_b is None:
+            return "D-BSN Bayes fusion"
+        if self.k_b == BLIND_ESTIMATE:
+            return f"D-BSN blind-spot estimate mu, blend=global alpha={alphas} (the fusion was estimated worse)"
+        if self.gain_db is None:
+            return f"k_b={self.k_b}, not blended"
+        return f"k_b={self.k_b}, blend=global alpha={alphas}"
 
     def to_record(self) -> dict[str, Any]:
-        return {"k_b": self.k_b, "blend": "global", "alpha": [round(a, 6) for a in self.alpha],
-                "estimated_gain_db": round(self.gain_db, 3), "estimated_gain_db_unblended": round(self.raw_gain_db, 3),
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(v, 3)
+
+        return {"k_b": self.k_b, "output": self.method, "blend": "global", "alpha": [round(a, 6) for a in self.alpha],
+                "estimated_gain_db": r(self.gain_db), "estimated_gain_db_unblended": r(self.raw_gain_db),
                 "noise_level": self.noise_level, "valid_k_b": list(self.valid_ks), "reliable": self.reliable,
-                "sample": self.sample}
+                "sample": self.sample, "estimated_gain_db_by_k_b": {str(k): r(g) for k, g in self.candidates}}
 
     def line(self) -> str:
         """``estimated gain: +X.XX dB over the input (k_b=K, blend=...)``, what the CLI prints."""
-        alphas = "/".join(f"{a:.2f}" for a in self.alpha)
-        text = f"estimated gain: {self.gain_db:+.2f} dB over the input (k_b={self.k_b}, blend=global alpha={alphas})"
+        if self.gain_db is None:
+            return f"estimated gain: unavailable, {self.sample} ({self.method})"
+        text = f"estimated gain: {self.gain_db:+.2f} dB over the input ({self.method})"
         if not self.reliable:
-            text += "; unreliable: no blind spot covers the noise correlation"
+            text += "; unreliable: the noise correlation reaches further than the estimate covers"
         return text
+
+    @property
+    def worse(self) -> bool:
+        """Whether the output is estimated worse than the input."""
+        return self.gain_db is not None and self.gain_db < 0
 
     def apply(self, raw: np.ndarray, out: np.ndarray) -> np.ndarray:
         """The blend of ``out`` (C, h, w), the k_b output, with ``raw`` (C, h, w), the input, in data units."""
+        if all(a == 1.0 for a in self.alpha):  # nothing to blend (a D-BSN's fusion): the output bit for bit
+            return out.astype(np.float32, copy=False)
         a = np.asarray(self.alpha, dtype=np.float32).reshape(-1, 1, 1)
         return (raw + a * (out - raw)).astype(np.float32, copy=False)
 
@@ -96,12 +136,42 @@ def candidate_ks(model: Denoiser, window: int) -> list[int]:
 
 def calibrate(model: Denoiser, data: Any, axes: str, *, window: int | None = None,
               batch_size: int = 4) -> Calibration:
-    """Choose k_b and the blend for ``data`` (an array or LazyImage with ``axes``) from a sample of it."""
+    """The default output of ``model`` for ``data`` (an array or LazyImage with ``axes``), decided on a sample
+    of it, with its estimated gain: a teacher's k_b and blend, a D-BSN's guarded fusion, a student's image.
+
+    Where the noise cannot be measured (planes under 64x64, a constant or saturated image, NaN pixels) the
+    result is :func:`unmeasured`: the model's plain output, its gain unknown, and the reason."""
     planes, sample = sample_planes(data, axes)
+    try:
+        corr, differences = noise_correlation(data, axes)
+        level = estimate_noise_level(planes.astype(np.float64), corr, differences=differences)
+    except ImageError as e:
+        return unmeasured(model, str(e))
+    if model.kind == "atbsn":
+        return calibrate_teacher(model, planes, level, sample, window=window or model.patch, batch_size=batch_size)
+    return calibrate_seeing(model, planes, level, corr, sample, batch_size=batch_size)
+
+
+def noise_correlation(data: Any, axes: str) -> tuple[np.ndarray | None, bool]:
+    """The noise's measured 2-D autocorrelation (None: uncorrelated, as risk.correlation_length decides), and
+    whether it came from differences of planes of one scene."""
     noise = analyze_noise(data, axes)
-    corr = noise.autocorrelation_2d if noise.neighbour >= LENGTH_THRESHOLD else None  # as risk.correlation_length
-    level = estimate_noise_level(planes.astype(np.float64), corr, differences=noise.method == "plane differences")
-    ks = candidate_ks(model, window or model.patch)
+    corr = noise.autocorrelation_2d if noise.neighbour >= LENGTH_THRESHOLD else None
+    return corr, noise.method == "plane differences"
+
+
+def unmeasured(model: Denoiser, reason: str) -> Calibration:
+    """No estimate: the model's plain output (a teacher's fixed k_b, unblended)."""
+    key = model.k_b if model.kind == "atbsn" else None
+    return Calibration(key, (1.0,) * model.in_channels, None, None, {}, (), False,
+                       f"no estimate: {reason.rstrip('.')}", model_kind=model.kind)
+
+
+def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: NoiseLevel, sample: str, *, window: int,
+                      batch_size: int = 4) -> Calibration:
+    """Choose k_b among the blind spots that cover the noise correlation (Noise2Self: their outputs keep none of
+    their pixel's noise) and the blend with the input."""
+    ks = candidate_ks(model, window)
     valid = valid_blind_spots(ks, level.correlation_length)
     reliable = bool(valid)
     if not valid:  # the correlation outruns every blind spot: take the widest, and say the estimate flatters it
@@ -112,16 +182,62 @@ def calibrate(model: Denoiser, data: Any, axes: str, *, window: int | None = Non
     k, _risks = choose_k_b(outputs, y, level, valid)
     alpha = channel_alpha(outputs[k], y, level)
     full = np.broadcast_to(np.asarray(alpha).reshape(1, -1, 1, 1), y.shape)
+    gains = tuple((kk, estimated_gain_db(outputs[kk], y, level)) for kk in valid)
     return Calibration(k, tuple(float(a) for a in alpha), estimated_gain_db(outputs[k], y, level, full),
-                       estimated_gain_db(outputs[k], y, level), level.to_dict(), tuple(valid), reliable, sample)
+                       dict(gains)[k], level.to_dict(), tuple(valid), reliable, sample, gains)
 
 
-def channel_alpha(f: np.ndarray, y: np.ndarray, level: NoiseLevel) -> np.ndarray:
-    """One weight per channel for all planes: σ̂² / E (f − y)² pooled over the sample, clipped to [0, 1] (the
-    global weight of :func:`napari_atbsn.risk.blend_weights`, with its safety factor)."""
+def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: NoiseLevel, correlation: np.ndarray | None,
+                     sample: str, *, batch_size: int = 4) -> Calibration:
+    """Outputs that see the pixel they denoise (a student; a D-BSN's fusion, which weighs the pixel in): their
+    risk is E(f − y)² − σ² + 2·E[f_i n_i], the last term measured by a probe of the noise's covariance
+    (:func:`napari_atbsn.risk.leak`, SURE), so the same estimate answers for every method.
+
+    A D-BSN's default is its fusion unless the blend of its one-pixel blind-spot estimate mu with the input is
+    estimated clearly better (by :data:`FUSION_MARGIN_DB`: a collapsed or over-confident noise model) or the
+    fusion is estimated worse than the input and the blend is not.
+    The estimate is reliable when the noise correlation fits the window it was measured in."""
+    keys: list[Any] = [None, BLIND_ESTIMATE] if model.kind == "dbsn" else [None]
+    y = planes.astype(np.float64)
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        outs = drain(iter_array(model, x.astype(np.float32), "SCYX", ks=keys, batch_size=batch_size,
+                                dtype="float32"))
+        return [o.astype(np.float64) for o in outs]
+
+    outs = run(y)
+    probe = noise_probe(outs[0], y, level, correlation)
+    leaks = [leak(f, fp, probe) for f, fp in zip(outs, run(y + PROBE_SCALE * probe), strict=True)]
+    reliable = correlation is None or correlation_fits(correlation)
+    ones = tuple(1.0 for _ in range(y.shape[1]))
+    gain = estimated_gain_db(outs[0], y, level, 1.0, leaks[0])
+    if model.kind == "dbsn":
+        alpha = channel_alpha(outs[1], y, level, leaks[1])
+        full = np.broadcast_to(alpha.reshape(1, -1, 1, 1), y.shape)
+        blend_gain = estimated_gain_db(outs[1], y, level, full, leaks[1])
+        if blend_gain > max(gain + FUSION_MARGIN_DB, 0.0) or (gain < 0 < blend_gain):
+            return Calibration(BLIND_ESTIMATE, tuple(float(a) for a in alpha), blend_gain, gain, level.to_dict(),
+                               (1,), reliable, sample, model_kind=model.kind)
+    return Calibration(None, ones, gain, gain, level.to_dict(), (), reliable, sample, model_kind=model.kind)
+
+
+def correlation_fits(correlation: np.ndarray) -> bool:
+    """Whether the measured 2-D noise autocorrelation has decayed inside its window (its border below
+    :data:`~napari_atbsn.risk.LENGTH_THRESHOLD`): the probe then has the noise's whole covariance."""
+    c = np.abs(np.asarray(correlation, dtype=np.float64))
+    border = np.concatenate([c[0], c[-1], c[:, 0], c[:, -1]])
+    return bool(border.max() < LENGTH_THRESHOLD)
+
+
+def channel_alpha(f: np.ndarray, y: np.ndarray, level: NoiseLevel, leak: np.ndarray | float = 0.0) -> np.ndarray:
+    """One weight per channel for all planes: (σ̂² − c) / E (f − y)² pooled over the sample (c the noise f keeps
+    of its pixel, 0 for a blind spot), clipped to [0, 1] (the global weight of
+    :func:`napari_atbsn.risk.blend_weights`, with its safety factor)."""
     var = BLEND_SAFETY * noise_variance_map(f, y, level)
     d2 = (f - y) ** 2
-    return np.clip(var.mean(axis=(0, 2, 3)) / np.maximum(d2.mean(axis=(0, 2, 3)), 1e-12), 0.0, 1.0)
+    num = var.mean(axis=(0, 2, 3)) - np.ravel(np.broadcast_to(leak, (1, f.shape[1], 1, 1)))
+    return np.clip(num / np.maximum(d2.mean(axis=(0, 2, 3)), 1e-12), 0.0, 1.0)
 
 
-__all__ = ["Calibration", "calibrate", "candidate_ks", "channel_alpha", "sample_planes"]
+__all__ = ["Calibration", "calibrate", "calibrate_seeing", "calibrate_teacher", "candidate_ks", "channel_alpha",
+           "correlation_fits", "noise_correlation", "sample_planes", "unmeasured"]

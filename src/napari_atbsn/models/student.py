@@ -82,7 +82,7 @@ class Student(nn.Module):
     network's multiple and the output cropped back.
     """
 
-    def __init__(self, preset: str = "C", in_channels: int = 3) -> None:
+    def __init__(self, preset: str = "C", in_channels: int = 3, blend: Sequence[float] | None = None) -> None:
         super().__init__()
         if preset not in STUDENT_PRESETS:
             raise ConfigError(f"Unknown student preset {preset!r}; choose one of {', '.join(STUDENT_PRESETS)}.")
@@ -100,12 +100,29 @@ class Student(nn.Module):
             last = self.unet.dec1.conv2.conv
         init_weights(self, last=last)
         float32_output(last)
+        # The never-worse blend with the input, x + α·(net(x) − x) per channel (the teacher's calibrated weight;
+        # None: the paper's student). Part of the forward, so exported graphs carry it; not a weight: it lives in
+        # config.json's arch, and folders written before it load unchanged.
+        if blend is not None and len(blend) != in_channels:
+            raise ConfigError(f"blend has {len(blend)} weight(s) for {in_channels} channel(s); give one per channel.")
+        if blend is not None and not all(0.0 <= float(a) <= 1.0 for a in blend):
+            raise ConfigError(f"blend={list(blend)} must be weights from 0 to 1.")
+        self.blend_weights = None if blend is None else tuple(float(a) for a in blend)
+        weights = torch.tensor(self.blend_weights or (1.0,) * in_channels, dtype=torch.float32)
+        self.register_buffer("blend", weights.reshape(1, -1, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's own output, before the blend with the input (what distillation trains)."""
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, self.multiple, mode="reflect")
         body = self.net if self.preset in _SMALL else self.unet
         return body(x)[..., :h, :w]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.raw(x)
+        if self.blend_weights is None:
+            return out
+        return x + self.blend.to(out.dtype) * (out - x)
 
     def init_from_teacher(self, teacher: nn.Module) -> int:
         """Copy the teacher's UNet weights except the top decoder level (student C).

@@ -189,10 +189,16 @@ def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: C
 
 
 def iter_training_run(spec: LoopSpec, out: Path | None, config_fn: Callable[[int], dict[str, Any]], *, resume: bool,
+                      finalize: Callable[[Denoiser], dict[str, Any]] | None = None,
                       ) -> Generator[StepEvent | CheckpointEvent, None, TrainResult]:
-    """Run the optimisation loop, then write the model folder (unless stopped) and wrap the result."""
+    """Run the optimisation loop, then write the model folder (unless stopped) and wrap the result.
+
+    ``finalize(model)`` of a completed run returns entries added to the final config.json (a report)."""
     res = yield from iter_optimize(spec, resume=resume)
     cfg_final = config_fn(res.steps)
+    if finalize is not None and not res.stopped:
+        cfg_final = {**cfg_final, **finalize(Denoiser(spec.model.eval(), cfg_final, device=spec.device,
+                                                      amp=spec.amp, channels_last=spec.channels_last))}
     path = finish(out, spec.model, cfg_final, res.stopped)
     model = Denoiser(spec.model.eval(), cfg_final, device=spec.device, path=path, amp=spec.amp,
                      channels_last=spec.channels_last)
