@@ -142,6 +142,9 @@ CLI_CASES = [
          r"the image has 3 channel\(s\) .* but the model expects 1; check --axes"),
     Case("R30", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
          r"model format version 99, newer than .*; upgrade napari-atbsn", setup="newer_format", leaves={"model"}),
+    Case("R70", ["denoise", "{ok}", "-m", "{tmp}/model", "-o", "{tmp}/o.tif"],
+         r"format_version='1' must be a whole number such as \d; the file was edited by hand", setup="string_format",
+         leaves={"model"}),
     Case("R31", ["denoise", "{ok}", "-m", "{teacher}", "-o", "{ok}"],
          r"ok\.tif is the input file; choose another output path"),
     Case("R32", ["denoise", "{ok}", "-m", "{teacher}", "-o", "{tmp}/exists.tif"],
@@ -351,10 +354,11 @@ def _setup(name: str, tmp: Path, files: dict[str, Path], monkeypatch) -> None:
         _copy_model(files["teacher"], model)
         w = (model / WEIGHTS).read_bytes()
         (model / WEIGHTS).write_bytes(w[: len(w) // 2])
-    elif name in ("unknown_key", "newer_format"):
+    elif name in ("unknown_key", "newer_format", "string_format"):
         _copy_model(files["teacher"], model)
         cfg = json.loads((model / CONFIG).read_text())
-        cfg.update({"favourite_colour": "blue"} if name == "unknown_key" else {"format_version": 99})
+        cfg.update({"unknown_key": {"favourite_colour": "blue"}, "newer_format": {"format_version": 99},
+                    "string_format": {"format_version": "1"}}[name])
         (model / CONFIG).write_text(json.dumps(cfg))
     elif name == "existing_output":
         (tmp / "exists.tif").write_bytes(b"precious")
@@ -480,6 +484,11 @@ def test_api_errors_are_specific_exception_types(files, tmp_path: Path) -> None:
         TrainConfig(k_a=4).resolved()
     with pytest.raises(ImageError, match="NaN"):  # A04
         load_model(files["teacher"]).denoise(np.load(files["inf"]), "YX")
+    plane = tifffile.imread(files["ok"]).astype(np.float32)
+    stack = np.stack([plane.reshape(-1, *plane.shape[-2:])[0]] * 3)
+    stack[2, 5, 7] = np.nan  # R69: the message names the plane too
+    with pytest.raises(ImageError, match=r"NaN or Inf pixels in plane Z=2 near rows 0\.\.\d+, columns 0\.\.\d+"):
+        load_model(files["teacher"]).denoise(stack, "ZYX", k_b=3)
     for exc in (ConfigError, ImageError, ModelFolderError, ReadError, WriteError, DeviceError):
         assert issubclass(exc, ATBSNError)
 
@@ -830,3 +839,37 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(files
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     assert not (out / "checkpoint").exists() and not list(out.glob("checkpoint.*"))
+
+
+@pytest.mark.parametrize("kind", ["deflate_tiff", "zarr_chunk"])
+def test_a_corrupt_strip_or_chunk_is_a_clear_error_naming_the_block(files, tmp_path: Path, capsys, kind) -> None:
+    """R74/R75: a decoder's error (zlib, zstd/blosc) is one line naming the block and the fix, exit 2; the chunks
+    finished before it are kept in the work store, never looking complete."""
+    import glob
+
+    import zarr
+
+    img = (np.random.default_rng(0).random((3, 96, 96)) * 1000).astype(np.uint16)
+    if kind == "deflate_tiff":
+        src = tmp_path / "z.tif"
+        tifffile.imwrite(src, img, compression="zlib", metadata={"axes": "ZYX"}, photometric="minisblack")
+        with tifffile.TiffFile(src) as tf:
+            off, n = tf.pages[1].dataoffsets[0], tf.pages[1].databytecounts[0]
+        b = bytearray(src.read_bytes())
+        b[off + 20:off + n - 10] = bytes((v * 7 + 13) % 256 for v in b[off + 20:off + n - 10])
+        src.write_bytes(bytes(b))
+    else:
+        src = tmp_path / "a.zarr"
+        z = zarr.open_array(str(src), mode="w", shape=img.shape, chunks=(1, 96, 96), dtype=img.dtype)
+        z[:] = img
+        chunk = Path(sorted(p for p in glob.glob(f"{src}/c/**", recursive=True) if Path(p).is_file())[1])
+        d = bytearray(chunk.read_bytes())
+        d[16:] = bytes((v * 7 + 13) % 256 for v in d[16:])
+        chunk.write_bytes(bytes(d))
+    out = tmp_path / "o.ome.zarr"
+    rc = main(["denoise", str(src), "-m", str(files["teacher"]), "-o", str(out), "--k-b", "3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "internal error" not in err
+    assert re.search(r"could not be decoded at \[1, 0:96, 0:96\] .*damaged there .*--roi can leave", err), err
+    assert "once the input is repaired, run again with --overwrite" in err
+    assert not out.exists()

@@ -154,6 +154,30 @@ def test_resume_keeps_checkpoint_settings_and_refuses_conflicts(tmp_path: Path) 
     assert res.steps == 5 and cfg["patch"] == 32 and cfg["train"]["batch"] == 2
 
 
+def test_resume_on_other_data_or_another_preset_is_refused(tmp_path: Path, capsys) -> None:
+    """R71-R73: a resumed run must see its checkpoint's data and network; the demo refuses zero steps."""
+    import tifffile
+
+    from napari_atbsn.cli import main
+
+    data = np.random.default_rng(0).normal(size=(2, 64, 64)).astype(np.float32)
+    drain(iter_train(data, "ZYX", TrainConfig(iters=5, **TINY), tmp_path / "m", should_stop=lambda: True))
+    before = (tmp_path / "m" / "checkpoint" / "config.json").read_bytes()
+    other = data.copy()
+    other[1, 30:40, 30:40] += 5  # same shape, other pixels
+    with pytest.raises(ConfigError, match=r"was trained on other data \(its pixels differ\); resume with the same"):
+        train(other, "ZYX", TrainConfig(preset="tiny", device="cpu"), tmp_path / "m", resume=True)
+    with pytest.raises(ConfigError, match=r"other data \(shape \[2, 64, 64\] there, \[2, 64, 60\] here\)"):
+        train(data[..., :60], "ZYX", TrainConfig(preset="tiny", device="cpu"), tmp_path / "m", resume=True)
+    assert (tmp_path / "m" / "checkpoint" / "config.json").read_bytes() == before  # nothing rewritten
+    tifffile.imwrite(tmp_path / "d.tif", data, metadata={"axes": "ZYX"}, photometric="minisblack")
+    rc = main(["train", str(tmp_path / "d.tif"), "-o", str(tmp_path / "m"), "--resume", "--preset", "small"])
+    assert rc == 2 and "--preset small differs from the checkpoint's tiny" in capsys.readouterr().err
+    rc = main(["demo", "-o", str(tmp_path / "demo"), "--iters", "0"])
+    assert rc == 2 and "--iters 0 must be a positive number of steps" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_interrupted_checkpoint_swap_is_recovered(tmp_path: Path) -> None:
     data = np.random.default_rng(0).normal(size=(2, 48, 48)).astype(np.float32)
     stop = iter([False, False, True])

@@ -102,7 +102,7 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--method", default="atbsn", choices=["atbsn", "dbsn"],
                    help="atbsn: asymmetric blind spots, for correlated noise; dbsn: one-pixel blind spot with a "
                    "noise model and Bayes fusion, for pixel-independent noise")
-    t.add_argument("--preset", default="small", choices=["paper", "small", "tiny"], help=TRAIN_HELP["preset"])
+    t.add_argument("--preset", choices=["paper", "small", "tiny"], help=TRAIN_HELP["preset"] + " (default small)")
     t.add_argument("--noise-model", choices=["gaussian", "poisson-gaussian", "multivariate-gaussian"],
                    help="dbsn only: " + DBSN_HELP["noise_model"] + " (default poisson-gaussian)")
     t.add_argument("--gamma", type=float, help="dbsn only: " + DBSN_HELP["gamma"])

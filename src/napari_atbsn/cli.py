@@ -96,18 +96,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import iter_train, iter_train_dbsn
 
     _check_method_flags(args)
+    _check_resumed_preset(args)
     data, axes = _open_training_data(args.noisy, args.axes, args.series, args.allow_missing_chunks)
     common = ["iters", "patch", "batch", "lr", "seed", "normalization", "checkpoint_every"]
     if args.method == "dbsn":
-        dcfg = DBSNConfig(preset=args.preset, device=args.device, **gpu_settings(args),
+        dcfg = DBSNConfig(device=args.device, **gpu_settings(args), **_overrides(args, ["preset"]),
                           **_overrides(args, [*common, "noise_model", "gamma", "phases"]))
         return _run_training(lambda stop: iter_train_dbsn(data, axes, dcfg, args.output, resume=args.resume,
                                                           overwrite=args.overwrite, should_stop=stop),
                              "train", args.output)
-    cfg = TrainConfig(preset=args.preset, device=args.device, **gpu_settings(args),
+    cfg = TrainConfig(device=args.device, **gpu_settings(args), **_overrides(args, ["preset"]),
                       **_overrides(args, ["k_a", "k_b", *common]))
     return _run_training(lambda stop: iter_train(data, axes, cfg, args.output, resume=args.resume,
                                                  overwrite=args.overwrite, should_stop=stop), "train", args.output)
+
+
+def _check_resumed_preset(args: argparse.Namespace) -> None:
+    """A resumed run keeps its checkpoint's network: a --preset that names another is refused, not ignored."""
+    from .training import checkpoint_config
+
+    if not args.resume or args.preset is None:
+        return
+    saved = checkpoint_config(args.output)
+    old = (saved.get("train") or {}).get("preset")
+    if old is not None and old != args.preset:
+        raise ConfigError(f"--preset {args.preset} differs from the checkpoint's {old}; a resumed run keeps the "
+                          f"checkpoint's network. Drop --preset (or start a new run in another folder).")
 
 
 def _check_method_flags(args: argparse.Namespace) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DistillConfig, TrainConfig
-from .errors import WriteError
+from .errors import ConfigError, WriteError
 from .io.files import write_image
 from .io.fs import check_writable
 from .metrics import psnr, ssim
@@ -50,6 +50,10 @@ def run_demo(output: str | Path = "atbsn-demo", *, preset: str = "small", iters:
     out = Path(output)
     stream = stream or sys.stdout
     t_iters, patch, batch, d_iters, student = DEMO_SETTINGS[preset]
+    for flag, value in (("--iters", iters), ("--distill-iters", distill_iters)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{flag} {value} must be a positive number of steps (leave it out for the preset's "
+                              f"{t_iters if flag == '--iters' else d_iters}).")
     prepare_demo_folder(out, overwrite)
     noisy, clean = make_sample(planes=planes, size=size)
     write_image(out / "noisy.tif", noisy, "ZYX", overwrite=True)

@@ -8,6 +8,9 @@ exception a Python caller would expect to catch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class ATBSNError(Exception):
     """Base class: a problem with the user's input, files or settings."""
@@ -43,3 +46,20 @@ class WriteError(ATBSNError, OSError):
 
 class DeviceError(ATBSNError, RuntimeError):
     """A requested compute device does not exist on this machine."""
+
+
+@contextmanager
+def damaged_input(where: str) -> Iterator[None]:
+    """Read input pixels: what a decoder raises for a corrupt compressed strip or chunk (zlib, blosc, zstd,
+    LZW ... each its own exception type) becomes a :class:`ReadError` that says where and what to do."""
+    try:
+        yield
+    except (ATBSNError, MemoryError, RecursionError):
+        raise
+    except OSError as e:
+        raise ReadError(f"could not read the input at {where}: {e.strerror or e}. Check that the file is still "
+                        f"there and readable, then run the same command again.") from None
+    except Exception as e:
+        raise ReadError(f"the input could not be decoded at {where} ({type(e).__name__}: {e}); the file is damaged "
+                        f"there (a corrupt compressed strip or chunk). Restore it from a copy or export it again; "
+                        f"--roi can leave the damaged region out.") from None

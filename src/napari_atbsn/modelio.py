@@ -148,7 +148,11 @@ def _check_entries(p: Path, cfg_path: Path, cfg: Any) -> None:
         raise ModelFolderError(f"{cfg_path} has unknown key(s) {', '.join(unknown)}; it was written by another "
                                f"program or edited by hand.")
     version = cfg["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not _is_int(version) or version < 1:
+        raise ModelFolderError(f"{cfg_path}: format_version={version!r} must be a whole number such as "
+                               f"{FORMAT_VERSION}; the file was edited by hand or damaged. Restore the original or "
+                               f"re-train.")
+    if version > FORMAT_VERSION:
         raise ModelFolderError(f"{p} uses model format version {version}, newer than this napari-atbsn "
                                f"({__version__}) reads ({FORMAT_VERSION}); upgrade napari-atbsn.")
     if cfg["kind"] not in KINDS:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .axes import PLANE_LETTERS, check_image, validate_axes
-from .errors import ImageError
+from .errors import ImageError, damaged_input
 
 
 class PlaneSource:
@@ -54,7 +54,8 @@ class PlaneSource:
             idx[dim] = int(i)
         idx[self.axes.index("Y")] = slice(y0, y0 + h)
         idx[self.axes.index("X")] = slice(x0, x0 + w)
-        crop = np.asarray(self.data[tuple(idx)], dtype=np.float32)
+        with damaged_input(f"plane {plane}, rows {y0}:{y0 + h}, columns {x0}:{x0 + w}"):
+            crop = np.asarray(self.data[tuple(idx)], dtype=np.float32)
         kept = [a for a in self.axes if a not in PLANE_LETTERS]  # order of remaining dims
         if "C" not in kept:
             crop, kept = crop[None], ["C", *kept]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..axes import PLANE_LETTERS
-from ..errors import ImageError
+from ..errors import ImageError, damaged_input
 from ..tiling import Box
 
 
@@ -76,11 +76,20 @@ class Geometry:
 
 
 def read_block(data: Any, index: tuple[Any, ...]) -> np.ndarray:
-    """Pixels of a numpy/dask/zarr-like array; dask runs in this thread (no nested pools)."""
-    block = data[index]
-    if hasattr(block, "compute"):
-        block = block.compute(scheduler="synchronous")
-    return np.asarray(block)
+    """Pixels of a numpy/dask/zarr-like array; dask runs in this thread (no nested pools). A corrupt strip or
+    chunk is a ReadError naming the block."""
+    with damaged_input(_describe(index)):
+        block = data[index]
+        if hasattr(block, "compute"):
+            block = block.compute(scheduler="synchronous")
+        return np.asarray(block)
+
+
+def _describe(index: tuple[Any, ...]) -> str:
+    """``[1, 0:96, 32:64]``: an index as a user reads it."""
+    parts = [f"{i.start or 0}:{i.stop}" if isinstance(i, slice) and i.stop is not None else
+             (":" if isinstance(i, slice) else str(int(i))) for i in index]
+    return "[" + ", ".join(parts) + "]"
 
 
 def from_cyx(res: np.ndarray, geom: Geometry) -> np.ndarray:

@@ -63,7 +63,7 @@ def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: 
         b = Box(r.y0 + loc["Y"][0], r.y0 + loc["Y"][1], r.x0 + loc["X"][0], r.x0 + loc["X"][1])
         rr = rt.grid.read_box(b)
         raw = geom.to_cyx(read_block(data, geom.source_index(n, rr.y0, rr.y1, rr.x0, rr.x1)))
-        res = drain(rt.iter_unit(raw, (rr.y0, rr.x0), b))
+        res = drain(rt.iter_unit(raw, (rr.y0, rr.x0), b, plane=n))
         outs = [from_cyx(to_dtype(x, out_dtype), geom) for x in res]
         return np.stack([o.reshape(full_shape(o, geom)) for o in outs])
 

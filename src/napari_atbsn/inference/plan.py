@@ -338,9 +338,10 @@ def check_free_space(stores: Sequence[OutputStore], ks: Sequence[Any], geom: Geo
     for folder, n in need.items():
         free = shutil.disk_usage(folder).free
         if n > free:
+            zarr_only = all(s.kind == "zarr" for s in stores if s.final.parent.resolve() == folder)
+            hint = "" if zarr_only else ", or use an .ome.zarr output (no second copy)"
             raise WriteError(f"the output needs about {human_bytes(n)} more in {folder} but only "
-                             f"{human_bytes(free)} is free; free space, write to another disk, or use an .ome.zarr "
-                             f"output (no second copy).")
+                             f"{human_bytes(free)} is free; free space or write to another disk{hint}.")
 
 
 def disk_usage(folder: Path) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, WriteError
+from ..errors import ConfigError, ReadError, WriteError
 from ..events import drain
 from ..io.outputs import file_axes
 from ..io.readers import open_image
@@ -115,11 +115,14 @@ def _compute(job: Plan, units: list, todo: list, scheduler: str, workers: int, s
         for windows in runner(job, spec, todo, scheduler, workers, should_stop, say):
             done += windows
             yield done, total
-    except BaseException:
+    except BaseException as e:
         # A job that failed before finishing a single chunk leaves no work store: nothing to resume.
         if len(todo) == len(units) and not any(s.done() for s in job.stores):
             for s in job.stores:
                 s.discard()
+        elif isinstance(e, ReadError):  # a damaged input: say what is kept and how to start over once it is fixed
+            raise ReadError(f"{e} The chunks finished so far are kept in {job.stores[0].work} (never looking "
+                            f"complete); once the input is repaired, run again with --overwrite.") from None
         raise
     finally:
         forget_runtime(spec)

@@ -28,7 +28,7 @@ class Runtime:
     def __init__(self, model: Denoiser, ks: Sequence[OutputKey], geom: Geometry, window: int, halo: int,
                  batch_size: int, on_backoff: Callable[[str], None] | None = None, *,
                  calibration: Calibration | None = None) -> None:
-        self.model, self.ks = model, list(ks)
+        self.model, self.ks, self.geom = model, list(ks), geom
         if AUTO_K_B in self.ks and calibration is None:
             raise ConfigError("k_b='auto' needs the calibration of the data (inference.quality.calibrate).")
         self.calibration = calibration
@@ -70,13 +70,17 @@ class Runtime:
         if self.on_backoff:
             self.on_backoff(f"out of memory: retrying with --batch-size {self.batch_size}")
 
-    def iter_unit(self, raw: np.ndarray, origin: tuple[int, int], box: Box) -> Generator[int, None, np.ndarray]:
-        """Denoise ``box`` from ``raw``, the (C, h, w) source pixels at ``origin`` that its windows need.
+    def iter_unit(self, raw: np.ndarray, origin: tuple[int, int], box: Box, *,
+                  plane: int | None = None) -> Generator[int, None, np.ndarray]:
+        """Denoise ``box`` from ``raw``, the (C, h, w) source pixels at ``origin`` that its windows need
+        (``plane``: its plane's number, for messages).
 
         Yields windows done per batch; returns the (K, C, h, w) float32 result in the data's own range.
         """
         if not np.all(np.isfinite(raw)):
-            raise ImageError(f"the image contains NaN or Inf pixels near rows {box.y0}..{box.y1}, columns "
+            index = self.geom.plane_index(plane) if plane is not None else {}
+            where = f" in plane {', '.join(f'{a}={i}' for a, i in index.items())}" if index else ""
+            raise ImageError(f"the image contains NaN or Inf pixels{where} near rows {box.y0}..{box.y1}, columns "
                              f"{box.x0}..{box.x1}; replace them (e.g. with the local median) before denoising.")
         norm = self.model.normalization
         normed = norm.apply(raw.astype(np.float32, copy=False))
@@ -144,7 +148,7 @@ def iter_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Sequence[Outp
         box = geom.region
         index = geom.source_index(n, 0, geom.height, 0, geom.width)
         raw = geom.to_cyx(read_block(arr, index))
-        result = yield from counted(rt.iter_unit(raw, (0, 0), box), done, total)
+        result = yield from counted(rt.iter_unit(raw, (0, 0), box, plane=n), done, total)
         done += grid.count(box)
         for o, res in zip(outs, result, strict=True):
             o[index] = from_cyx(to_dtype(res, o.dtype), geom)

@@ -153,7 +153,7 @@ def write_unit(spec: UnitSpec, stores: list[tuple[OutputStore, Any]], n: int, bo
 def run_unit(spec: UnitSpec, n: int, box: Box, origin: tuple[int, int], raw: np.ndarray) -> int:
     """A dask task: compute one unit from its source pixels and store it. Returns windows done."""
     rt, stores = runtime_for(spec)
-    result = drain(rt.iter_unit(spec.geom.to_cyx(raw), origin, box))
+    result = drain(rt.iter_unit(spec.geom.to_cyx(raw), origin, box, plane=n))
     write_unit(spec, stores, n, box, result)
     return rt.grid.count(box)
 
@@ -176,7 +176,7 @@ def run_sync(job: Plan, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: 
             return
         r = rt.grid.read_box(box)
         raw = job.geom.to_cyx(read_block(data, job.geom.source_index(n, r.y0, r.y1, r.x0, r.x1)))
-        result = yield from rt.iter_unit(raw, (r.y0, r.x0), box)
+        result = yield from rt.iter_unit(raw, (r.y0, r.x0), box, plane=n)
         write_unit(spec, stores, n, box, result)
         yield 0  # a unit finished (its windows were counted batch by batch)
 

@@ -111,7 +111,8 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
     if saved and cfg.iters != saved["train"]["iters"]:
         raise ConfigError(f"--iters {cfg.iters} differs from the checkpoint's {saved['train']['iters']}; a D-BSN run "
                           f"splits its iterations into phases, so a resumed run keeps them. Drop --iters.")
-    source, device, out, norm = prepare_data(data, axes, cfg, out_dir, saved, resume=resume, overwrite=overwrite)
+    source, device, out, norm, record = prepare_data(data, axes, cfg, out_dir, saved, resume=resume,
+                                                     overwrite=overwrite)
     torch.manual_seed(cfg.seed)
     model = DBSN(source.channels, cfg.preset, noise_model=cfg.noise_model)
     opts = {"amp": cfg.amp, "channels_last": cfg.channels_last}  # the returned Denoiser runs as training did
@@ -124,8 +125,7 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
             return {"kind": "dbsn", "method": "dbsn", "arch": arch_dict(model), "patch": cfg.patch,
                     "gamma": cfg.gamma, "normalization": norm.to_dict(), "phase": PHASES[phase],
                     "steps": int(offsets[phase] + steps), "train": dataclasses.asdict(cfg),
-                    "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape],
-                             "dtype": str(source.data.dtype)}}
+                    "data": record}
         return config_fn
 
     losses: list[float] = []

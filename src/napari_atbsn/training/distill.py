@@ -42,7 +42,9 @@ from ..normalization import Normalization
 from ..sampling import PlaneSource, check_patch_fits, plane_source, sample_batch
 from .harness import (
     TrainResult,
+    check_resumed_data,
     checkpoint_config,
+    data_record,
     iter_training_run,
     prepare_output,
     preview_runner,
@@ -112,7 +114,7 @@ def make_student(cfg: DistillConfig, channels: int, teacher_net: torch.nn.Module
 
 
 def distill_config_fn(student: Student, cfg: DistillConfig, norm: Normalization, teacher: str | Path,
-                      tcfg: dict[str, Any], source: PlaneSource, initialised: bool, calibration: Calibration,
+                      tcfg: dict[str, Any], record: dict[str, Any], initialised: bool, calibration: Calibration,
                       held_out: int) -> Callable[[int], dict[str, Any]]:
     """steps done -> the student's config.json content."""
 
@@ -125,7 +127,7 @@ def distill_config_fn(student: Student, cfg: DistillConfig, norm: Normalization,
                             "steps": tcfg.get("steps"), "patch": tcfg["patch"]},
                 "steps": steps, "distill": {**dataclasses.asdict(cfg), "ks": list(cfg.ks),
                                             "initialised_from_teacher": initialised},
-                "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape]}}
+                "data": record}
 
     return config_fn
 
@@ -144,6 +146,8 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
     saved = checkpoint_config(out_dir) if resume else None
     cfg = distill_settings(config, saved, teacher, tcfg)
     source = distill_source(data, axes, net, cfg.patch)
+    record = data_record(source)
+    check_resumed_data(saved, record, out_dir)
     device = resolve_device(cfg.device)
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
     norm = Normalization.from_dict(tcfg["normalization"])
@@ -175,7 +179,7 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
         return {"quality": {"teacher": calibration.to_record(), "student": report.to_record(),
                             "line": report.line()}}
 
-    config_fn = distill_config_fn(student, cfg, norm, teacher, tcfg, source, initialised, calibration, band)
+    config_fn = distill_config_fn(student, cfg, norm, teacher, tcfg, record, initialised, calibration, band)
     spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop,
                     **preview_runner(preview, student, config_fn, device, amp=cfg.amp,

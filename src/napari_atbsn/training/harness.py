@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
 import shutil
 from collections.abc import Callable, Generator
@@ -144,12 +145,34 @@ def finish(out: Path | None, model: torch.nn.Module, cfg: dict[str, Any], stoppe
     return out
 
 
+def data_record(source: PlaneSource) -> dict[str, Any]:
+    """What a model remembers of its training data: axes, shape, type, and a digest of a fixed sample of its
+    pixels (4 planes, centre 128x128 at most), so that resuming on other data is refused."""
+    sample = source.sample_pixels(np.random.default_rng(0), max_planes=4, max_side=128)
+    return {"axes": source.axes, "shape": [int(s) for s in source.data.shape], "dtype": str(source.data.dtype),
+            "sample_sha256": hashlib.sha256(np.ascontiguousarray(sample, dtype=np.float32).tobytes()).hexdigest()}
+
+
+def check_resumed_data(saved: dict[str, Any] | None, record: dict[str, Any], out_dir: str | Path | None) -> None:
+    """A resumed run must see the data its checkpoint was trained on (as far as the checkpoint recorded it)."""
+    old = (saved or {}).get("data") or {}
+    for key in ("axes", "shape", "dtype", "sample_sha256"):
+        if key in old and old[key] != record[key]:
+            what = "its pixels differ" if key == "sample_sha256" else f"{key} {old[key]} there, {record[key]} here"
+            raise ConfigError(f"the checkpoint in {out_dir} was trained on other data ({what}); resume with the same "
+                              f"data, or start a new run in another folder.")
+
+
 def prepare_data(data: Any, axes: str | None, cfg: Any, out_dir: str | Path | None, saved: dict[str, Any] | None, *,
-                 resume: bool, overwrite: bool) -> tuple[PlaneSource, torch.device, Path | None, Normalization]:
+                 resume: bool, overwrite: bool,
+                 ) -> tuple[PlaneSource, torch.device, Path | None, Normalization, dict[str, Any]]:
     """What every training run does first: the lazy plane source, every check before the output folder is
-    touched, then the folder and the normalisation (the checkpoint's when resuming, else fitted on a sample)."""
+    touched, then the folder and the normalisation (the checkpoint's when resuming, else fitted on a sample).
+    Returns them with the data's record (:func:`data_record`)."""
     source = plane_source(data, axes)
     check_patch_fits(source, cfg.patch)
+    record = data_record(source)
+    check_resumed_data(saved, record, out_dir)
     device = resolve_device(cfg.device)
     # The fit reads the data and refuses NaN or constant images: done before the folder exists, so a
     # refused run leaves nothing behind.
@@ -158,7 +181,7 @@ def prepare_data(data: Any, axes: str | None, cfg: Any, out_dir: str | Path | No
     else:
         norm = fit_normalization(source.sample_pixels(np.random.default_rng(cfg.seed)), cfg.normalization)
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
-    return source, device, out, norm
+    return source, device, out, norm, record
 
 
 def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: Callable[[int], dict[str, Any]],

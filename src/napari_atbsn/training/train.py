@@ -45,7 +45,8 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
     """
     saved = checkpoint_config(out_dir) if resume else None
     cfg = (resume_config(config or TrainConfig(), saved["train"]) if saved else config or TrainConfig()).resolved()
-    source, device, out, norm = prepare_data(data, axes, cfg, out_dir, saved, resume=resume, overwrite=overwrite)
+    source, device, out, norm, record = prepare_data(data, axes, cfg, out_dir, saved, resume=resume,
+                                                     overwrite=overwrite)
     torch.manual_seed(cfg.seed)
     model = ATBSN(source.channels, cfg.preset)
 
@@ -58,8 +59,7 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
     def config_fn(steps: int) -> dict[str, Any]:
         return {"kind": "atbsn", "arch": arch_dict(model), "patch": cfg.patch, "k_a": cfg.k_a, "k_b": cfg.k_b,
                 "normalization": norm.to_dict(), "steps": steps, "train": dataclasses.asdict(cfg),
-                "data": {"axes": source.axes, "shape": [int(s) for s in source.data.shape],
-                         "dtype": str(source.data.dtype)}}
+                "data": record}
 
     spec = LoopSpec("train", model, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop,
