@@ -873,3 +873,22 @@ def test_a_corrupt_strip_or_chunk_is_a_clear_error_naming_the_block(files, tmp_p
     assert re.search(r"could not be decoded at \[1, 0:96, 0:96\] .*damaged there .*--roi can leave", err), err
     assert "once the input is repaired, run again with --overwrite" in err
     assert not out.exists()
+
+
+def test_a_huge_compressed_strip_is_refused_before_it_is_decoded(files, tmp_path: Path, capsys, monkeypatch) -> None:
+    """R76: one compressed strip decodes whole whatever region is asked for: a single-strip page larger than the
+    limit (1 GiB; lowered here to keep the file small) is refused when opened, with the reason and the fix."""
+    from napari_atbsn.io import filearrays
+
+    monkeypatch.setattr(filearrays, "MAX_DECODE_UNIT", 1 << 20)
+    data = np.zeros((1024, 1024), np.uint16)
+    tifffile.imwrite(tmp_path / "strip.tif", data, compression="zlib", rowsperstrip=1024, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "tiled.tif", data, compression="zlib", tile=(256, 256), photometric="minisblack")
+    rc = main(["denoise", str(tmp_path / "strip.tif"), "-m", str(files["teacher"]), "-o", str(tmp_path / "o.tif"),
+               "--roi", "Y=0:64,X=0:64", "--k-b", "3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(r"compressed blocks of 1024x1024 \(0\.0 GiB each once decoded\), and reading any "
+                                 r"pixel decodes a whole block; save it tiled", err), err
+    from napari_atbsn.io.readers import open_image
+
+    assert open_image(tmp_path / "tiled.tif").shape == (1024, 1024)  # tiles of 256x256: accepted

@@ -198,6 +198,8 @@ def open_tiff(p: Path, series: int, level: int) -> Opened:
             _check_tiff_complete(lv, p, offset, seen.messages)
             file_dtype = np.dtype(tf.byteorder + dtype.char).str
             base = (1,) * len(shape) if offset is not None else _tiff_store_chunks(tf, series, level)
+            if offset is None:
+                _check_decode_unit(base, dtype, p)
             fmt = {"ome": "ome-tiff", "imagej": "imagej-tiff"}.get(s.kind, "tiff")
             scale = _tiff_scale(tf, s, lv, series, fmt)
     except ReadError:
@@ -273,6 +275,20 @@ def _tiff_series(tf: Any, p: Path, series: int) -> Any:
     if not 0 <= series < n:
         raise ReadError(f"{p} has {n} image series; use series 0 to {n - 1}.")
     return tf.series[series]
+
+
+#: The most one compressed strip or tile may decode to. Reading any pixel of it decodes all of it (no codec
+#: decodes part of a strip), so a 64x64 region of a 30000² single-strip page would cost gigabytes.
+MAX_DECODE_UNIT = 1 << 30
+
+
+def _check_decode_unit(unit: tuple[int, ...], dtype: np.dtype, p: Path) -> None:
+    size = int(np.prod(unit, dtype=np.int64)) * dtype.itemsize
+    if size > MAX_DECODE_UNIT:
+        dims = "x".join(str(int(n)) for n in unit)
+        raise ReadError(f"{p} stores its pixels in compressed blocks of {dims} ({size / 2**30:.1f} GiB each once "
+                        f"decoded), and reading any pixel decodes a whole block; save it tiled (e.g. "
+                        f"tifffile.imwrite(path, data, tile=(256, 256), compression='zlib')) or uncompressed.")
 
 
 def _tiff_store_chunks(tf: Any, series: int, level: int) -> tuple[int, ...]:
