@@ -45,9 +45,12 @@ class DistillWidget(RunWidget):
                               choices=lambda _w: [(layer.name, layer) for layer in self.image_layers()],
                               tooltip="D-BSN teacher only: clean images of similar samples (unpaired); empty for "
                                       "self-distillation")
+        self.targets = ComboBox(label="targets", value="blended", tooltip=HELP["targets"],
+                                choices=[("blended with the input (never worse)", "blended"),
+                                         ("the paper's (no blend)", "paper")])
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
-        self.form.extend([*self.source.fields, self.teacher, self.ks, self.student, self.iters, self.batch,
-                          self.clean, self.device, self.out_dir, self.overwrite, self.preview_every,
+        self.form.extend([*self.source.fields, self.teacher, self.ks, self.student, self.targets, self.iters,
+                          self.batch, self.clean, self.device, self.out_dir, self.overwrite, self.preview_every,
                           *self.export_fields])
 
     def start(self, resume: bool = False) -> None:
@@ -85,7 +88,7 @@ class DistillWidget(RunWidget):
             if not ks:
                 raise ConfigError("select at least one K (teacher blind-spot size).")
             config = DistillConfig(device=self.device.value, student=student,
-                                   **({} if resume else {"ks": ks}), **opt)
+                                   **({} if resume else {"ks": ks, "targets": self.targets.value}), **opt)
 
             def make(should_stop: Any) -> Any:
                 return iter_distill(src.data, teacher, src.axes, config, out, resume=resume, overwrite=overwrite,
