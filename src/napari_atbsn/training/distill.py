@@ -136,8 +136,12 @@ def distill_config_fn(student: Student, cfg: DistillConfig, norm: Normalization,
 def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config: DistillConfig | None = None,
                  out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
                  should_stop: Callable[[], bool] | None = None, preview: Preview | None = None,
+                 calibration: Calibration | None = None,
                  ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, TrainResult]:
     """Distil the AT-BSN in folder ``teacher`` into a student on noisy ``data``.
+
+    ``calibration``: the teacher's default output for ``data`` when the caller already has it
+    (:func:`~napari_atbsn.inference.quality.calibrate`; it is computed otherwise, one teacher pass over a sample).
 
     Events, stopping, resuming and the result are as in
     :func:`napari_atbsn.training.iter_train`.
@@ -155,7 +159,8 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
     teacher_net = place_network(net.eval().requires_grad_(False), device, **opts)
     # the teacher's default output decided once, from the data (deterministic, so a resumed run agrees)
     teacher_model = load_model(teacher, device=str(device), amp=cfg.amp)
-    calibration = calibrate(teacher_model, source.data, source.axes)
+    if calibration is None:
+        calibration = calibrate(teacher_model, source.data, source.axes)
     blend = calibration.alpha if cfg.targets == "blended" else None
     student, initialised = make_student(cfg, source.channels, teacher_net, resume=resume, blend=blend)
     band = held_out_rows(source.height, cfg.patch)
