@@ -128,7 +128,9 @@ def test_comparison_with_data_has_the_blended_default_first_and_every_gain(tiny_
     versions = versions_for(teacher, [3, 5], data=noisy, axes="ZYX")
     cal = versions[0].calibration
     assert versions[0].k == "auto" and versions[0].gain_db == cal.gain_db
-    assert versions[1].gain_db is None and versions[2].gain_db == cal.gain_of(5) is not None  # 3 < correlation
+    # every k_b has its estimate: 5 by Noise2Self, 3 (narrower than the correlation) by SURE
+    assert versions[1].gain_db == cal.gain_of(3) is not None and versions[2].gain_db == cal.gain_of(5) is not None
+    assert versions[1].label == f"k_b=3 (est. {cal.gain_of(3):+.1f} dB)"
     stack = ComparisonStack(noisy, "ZYX", versions)
     whole = drain(iter_denoise_outputs(teacher, noisy, "ZYX", ks=["auto"], batch_size=4, dtype="float32"))[0]
     # the plane is blended with the volume's calibration, not one of its own: the same as the whole volume

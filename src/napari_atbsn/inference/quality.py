@@ -24,7 +24,6 @@ from ..risk import (
     LENGTH_THRESHOLD,
     PROBE_SCALE,
     NoiseLevel,
-    choose_k_b,
     estimate_noise_level,
     estimated_gain_db,
     leak,
@@ -61,7 +60,7 @@ class Calibration:
     gain_db: float | None
     raw_gain_db: float | None
     noise_level: dict[str, Any]
-    valid_ks: tuple[int, ...]
+    valid_ks: tuple[int, ...]  # the blind spots whose risk could be estimated (and so ranked)
     reliable: bool  # False: the noise correlation outruns the estimate's reach, so it may flatter the output
     sample: str     # which data the estimate comes from
     candidates: tuple[tuple[int, float], ...] = ()  # each valid k_b's estimated gain, unblended
@@ -148,7 +147,8 @@ def calibrate(model: Denoiser, data: Any, axes: str, *, window: int | None = Non
     except ImageError as e:
         return unmeasured(model, str(e))
     if model.kind == "atbsn":
-        return calibrate_teacher(model, planes, level, sample, window=window or model.patch, batch_size=batch_size)
+        return calibrate_teacher(model, planes, level, corr, sample, window=window or model.patch,
+                                 batch_size=batch_size)
     return calibrate_seeing(model, planes, level, corr, sample, batch_size=batch_size)
 
 
@@ -167,24 +167,41 @@ def unmeasured(model: Denoiser, reason: str) -> Calibration:
                        f"no estimate: {reason.rstrip('.')}", model_kind=model.kind)
 
 
-def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: NoiseLevel, sample: str, *, window: int,
-                      batch_size: int = 4) -> Calibration:
-    """Choose k_b among the blind spots that cover the noise correlation (Noise2Self: their outputs keep none of
-    their pixel's noise) and the blend with the input."""
+def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: NoiseLevel, correlation: np.ndarray | None,
+                      sample: str, *, window: int, batch_size: int = 4) -> Calibration:
+    """Choose k_b and the blend with the input by the lowest estimated risk.
+
+    A blind spot that covers the noise correlation keeps none of its pixel's noise (Noise2Self). A narrower
+    one (k_b 0 on pixel-independent noise, 1-3 on correlated noise) keeps some, which a probe of the noise's
+    covariance measures (SURE, one more pass for all of them): those are ranked too when the measured
+    correlation has decayed inside its window, else (long-range correlation, where the probe would miss part
+    of the leak and flatter them) only the covering ones are."""
     ks = candidate_ks(model, window)
     valid = valid_blind_spots(ks, level.correlation_length)
     reliable = bool(valid)
-    if not valid:  # the correlation outruns every blind spot: take the widest, and say the estimate flatters it
-        valid = [max(ks)]
-    outs = drain(iter_array(model, planes, "SCYX", ks=valid, batch_size=batch_size, dtype="float32"))
-    outputs = {k: o.astype(np.float64) for k, o in zip(valid, outs, strict=True)}
+    covering = valid or [max(ks)]  # none covers the correlation: the widest, and the estimate flatters it
+    narrower = [k for k in ks if k not in covering] if correlation is None or correlation_fits(correlation) else []
+    keys = sorted({*covering, *narrower})
     y = planes.astype(np.float64)
-    k, _risks = choose_k_b(outputs, y, level, valid)
-    alpha = channel_alpha(outputs[k], y, level)
-    full = np.broadcast_to(np.asarray(alpha).reshape(1, -1, 1, 1), y.shape)
-    gains = tuple((kk, estimated_gain_db(outputs[kk], y, level)) for kk in valid)
-    return Calibration(k, tuple(float(a) for a in alpha), estimated_gain_db(outputs[k], y, level, full),
-                       dict(gains)[k], level.to_dict(), tuple(valid), reliable, sample, gains)
+
+    def run(x: np.ndarray, which: list[int]) -> dict[int, np.ndarray]:
+        outs = drain(iter_array(model, x.astype(np.float32), "SCYX", ks=which, batch_size=batch_size,
+                                dtype="float32"))
+        return {k: o.astype(np.float64) for k, o in zip(which, outs, strict=True)}
+
+    outputs = run(y, keys)
+    leaks: dict[int, Any] = {k: 0.0 for k in covering}
+    if narrower:
+        probe = noise_probe(outputs[max(keys)], y, level, correlation)
+        probed = run(y + PROBE_SCALE * probe, narrower)
+        leaks |= {k: leak(outputs[k], probed[k], probe) for k in narrower}
+    alphas = {k: channel_alpha(outputs[k], y, level, leaks[k]) for k in keys}
+    blended = {k: estimated_gain_db(outputs[k], y, level, np.broadcast_to(alphas[k].reshape(1, -1, 1, 1), y.shape),
+                                    leaks[k]) for k in keys}
+    k = max(keys, key=blended.__getitem__)
+    gains = tuple((kk, estimated_gain_db(outputs[kk], y, level, 1.0, leaks[kk])) for kk in keys)
+    return Calibration(k, tuple(float(a) for a in alphas[k]), blended[k], dict(gains)[k], level.to_dict(),
+                       tuple(keys), reliable, sample, gains)
 
 
 def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: NoiseLevel, correlation: np.ndarray | None,
