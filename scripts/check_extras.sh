@@ -39,7 +39,7 @@ check_napari() {
   local py; py="$(venv napari "[napari]")"
   echo "[extras] [napari] alone: the plugin's manifest and its widgets in a viewer"
   local run=("$py"); command -v xvfb-run >/dev/null 2>&1 && run=(xvfb-run -a "$py")
-  "${run[@]}" - <<'EOF'
+  cat > "$WORK/widgets.py" <<'EOF'
 import napari
 from napari_atbsn._widgets import CompareWidget, DenoiseWidget, DistillWidget, NoiseWidget, TrainWidget
 
@@ -49,6 +49,7 @@ for cls in (TrainWidget, DistillWidget, DenoiseWidget, CompareWidget, NoiseWidge
 print("[extras] napari", napari.__version__, "- five widgets docked")
 viewer.close()
 EOF
+  "${run[@]}" "$WORK/widgets.py"
 }
 
 for set in ${@:-core export napari}; do
