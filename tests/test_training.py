@@ -238,7 +238,8 @@ def test_training_reads_patches_not_the_volume(tmp_path: Path) -> None:
     train(vol, "ZYX", TrainConfig(preset="tiny", iters=3, patch=32, batch=2, device="cpu"), tmp_path / "m")
     plane = 96 * 96
     assert max(vol.reads) <= plane  # never more than one plane at a time
-    assert sum(vol.reads) <= 16 * plane + 3 * 2 * 32 * 32  # the normalisation sample (<= 16 planes) + the patches
+    # the normalisation sample (<= 16 planes), the data record's digest sample (<= 4 planes), the patches
+    assert sum(vol.reads) <= 16 * plane + 4 * plane + 3 * 2 * 32 * 32
     patch_reads = [r for r in vol.reads if r == 32 * 32]
     assert len(patch_reads) == 3 * 2
 
