@@ -194,6 +194,33 @@ def test_phases_stop_and_resume_like_an_uninterrupted_run(tmp_path: Path, pg_dat
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_a_run_estimates_its_quality_in_every_phase_without_changing_what_it_learns(tmp_path: Path, pg_data) -> None:
+    import dataclasses
+
+    from napari_atbsn.events import QualityEvent, drain
+
+    data = pg_data["noisy"][:2]
+    cfg = DBSNConfig(preset="tiny", iters=12, patch=32, batch=2, device="cpu", phases=(0.5, 0.25, 0.25),
+                     checkpoint_every=0)
+    events: list = []
+    on = drain(iter_train_dbsn(data, "ZYX", cfg), events.append)
+    off = train_dbsn(data, "ZYX", dataclasses.replace(cfg, monitor=False))
+    q = [e for e in events if isinstance(e, QualityEvent)]
+    # half-way through each phase and at its end (mu 6 steps, sigma 3, joint 3)
+    assert [(e.stage, e.step) for e in q] == [("dbsn-mu", 3), ("dbsn-mu", 6), ("dbsn-sigma", 8), ("dbsn-sigma", 9),
+                                              ("dbsn-joint", 11), ("dbsn-joint", 12)]
+    assert all(set(e.estimates) == ({"mu"} if e.stage == "dbsn-mu" else {"mu", "fused"}) for e in q)
+    # mu is frozen while the variance heads train: its estimate does not move in the sigma phase
+    assert len({e.estimates["mu"] for e in q[1:4]}) == 1
+    assert q[-1].line.startswith("estimated gain over the input at step 12: mu ")
+    quality = on.model.config["quality"]
+    assert quality["line"].startswith("estimated gain: ") and "default" in quality and "quality" not in off.model.config
+    # estimating touches no random state: the monitored run learns exactly what the unmonitored one does
+    a, b = on.model.network.state_dict(), off.model.network.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
 def test_a_blowing_up_likelihood_is_guarded() -> None:
     from napari_atbsn.training.dbsn import LossGuard
 

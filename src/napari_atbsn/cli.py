@@ -186,12 +186,13 @@ def _report_run(res: Any, output: str) -> int:
         return 130
     print(f"atbsn: wrote {output} ({res.steps} steps, final loss {res.losses[-1]:.4f})" if res.losses else
           f"atbsn: wrote {output}", file=sys.stderr)
-    line = res.model.config.get("quality", {}).get("line")
-    if line:  # a distilled student's estimated gain, measured against the blended teacher on held-out rows
-        print(line)
-        if res.model.config["quality"]["student"]["estimated_gain_db"] < 0:
-            print("atbsn: WARNING: the student is estimated WORSE than the noisy input; keep the input, or train "
-                  "the teacher longer and distil again.", file=sys.stderr)
+    # the run's own estimate: a distilled student's against the blended teacher on held-out rows, a D-BSN's
+    # default output on a sample of the data
+    quality = res.model.config.get("quality", {})
+    if quality.get("line"):
+        print(quality["line"])
+    if quality.get("advice"):
+        print(f"atbsn: WARNING: {quality['advice']}", file=sys.stderr)
     return 0
 
 
@@ -216,7 +217,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
                    halo=args.halo, batch_size=args.batch_size, dtype=args.dtype, overwrite=args.overwrite,
                    workers=workers, noise_map=args.save_noise_map,
                    worker_device=worker_device_for(args.scheduler, args.device))
-    print(f"atbsn: {model.name}, window {job.window} (halo {job.halo}), chunk {job.chunk}, "
+    print(f"atbsn: {model.kind} model, output(s) {_outputs_label(job.ks)}, window {job.window} (halo {job.halo}), "
+          f"chunk {job.chunk}, "
           f"{len(job.units())} chunks, scheduler {args.scheduler}", file=sys.stderr)
     cb = count_callback("denoise")
     with StopFlag("stopping after the chunks in progress; run the same command to resume") as stop:
@@ -230,6 +232,13 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     if job.calibration is not None:
         _report_quality(job.calibration)
     return 0
+
+
+def _outputs_label(ks: list[Any]) -> str:
+    """What a job computes, as the user asked for it: ``k_b=auto``, ``k_b=3``, ``default`` (a student's or a
+    D-BSN's own output), ``mu`` (D-BSN's blind-spot estimate)."""
+    return ", ".join("default" if k is None else f"k_b={k}" if isinstance(k, int) or k == "auto" else str(k)
+                     for k in ks)
 
 
 def _report_quality(cal: Any) -> None:

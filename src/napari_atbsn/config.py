@@ -341,6 +341,8 @@ class DBSNConfig:
     channels_last: bool | None = _channels_last()
     compile: bool = _compile()
     checkpoint_every: int = _help("save a resumable checkpoint every N steps (0: only at the end)", default=500)
+    monitor: bool = _help("estimate mu's and the fusion's gain over the input on a sample of the data 4 times a "
+                          "phase, and the default output's at the end (a failed run says so)", default=True)
 
     def resolved(self) -> DBSNConfig:
         if self.preset not in DBSN_PRESETS:
@@ -412,7 +414,7 @@ class UnpairedConfig:
 
 
 #: Settings a resumed run may change; everything else comes from the checkpoint.
-RESUME_FREE = ("iters", "device", "amp", "channels_last", "compile", "checkpoint_every")
+RESUME_FREE = ("iters", "device", "amp", "channels_last", "compile", "checkpoint_every", "monitor")
 
 
 def resume_config(current: Any, saved: dict[str, Any]) -> Any:

@@ -67,6 +67,25 @@ class PreviewEvent:
     image: np.ndarray
 
 
+@dataclass(frozen=True)
+class QualityEvent:
+    """A self-supervised estimate of the network in training, on a fixed sample of the training data.
+
+    ``estimates`` maps each output (``"mu"``: D-BSN's blind-spot estimate; ``"fused"``: its Bayes fusion) to its
+    estimated PSNR gain over the noisy input in dB; ``line`` is what a progress display prints.
+    """
+
+    stage: str
+    step: int
+    estimates: dict[str, float]
+    line: str
+
+    @property
+    def worse(self) -> bool:
+        """Whether every output measured is estimated worse than the input."""
+        return bool(self.estimates) and max(self.estimates.values()) < 0
+
+
 def drain(gen: Generator[Any, Any, R], callback: Callable[[Any], None] | None = None) -> R:
     """Run a generator to its end, passing each event to ``callback``; return its result."""
     while True:

@@ -58,7 +58,7 @@ class ProgressBar:
 def progress_callback(label: str) -> Callable[[Any], None]:
     """A :func:`~napari_atbsn.events.drain` callback that shows a training run's steps as a progress bar on
     stderr, one bar per stage (D-BSN trains in phases), and its checkpoints when stderr is not a terminal."""
-    from .events import CheckpointEvent, StepEvent
+    from .events import CheckpointEvent, QualityEvent, StepEvent
 
     bar: ProgressBar | None = None
     stage: str | None = None
@@ -72,6 +72,10 @@ def progress_callback(label: str) -> Callable[[Any], None]:
             bar.update(event.step, f"loss {event.loss:.4f} lr {event.lr:.2e}")
         elif isinstance(event, CheckpointEvent) and bar is not None and not bar.tty:
             print(f"  checkpoint at step {event.step}", file=sys.stderr)
+        elif isinstance(event, QualityEvent):
+            lead = "\n" if bar is not None and bar.tty else ""  # below the bar, which redraws on its own line
+            warn = "  (WORSE than the input so far)" if event.worse else ""
+            print(f"{lead}  {event.stage}: {event.line}{warn}", file=sys.stderr)
 
     return cb
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox
-from qtpy.QtWidgets import QPushButton
+from qtpy.QtWidgets import QLabel, QPushButton
 
 from ..errors import ConfigError
-from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent
+from ..events import CheckpointEvent, Preview, PreviewEvent, QualityEvent, StepEvent
 from ..exports import export as export_model
 from ..modelio import read_config
 from ._base import JobWidget, folder_or_none
@@ -50,6 +50,10 @@ class RunWidget(JobWidget):
         self.export_button.clicked.connect(lambda: self.guarded(self.export))
         self.loss_plot = LinePlot("loss", log_y=True, smooth=0.9)
         self.extra.addWidget(self.loss_plot)
+        # the run's self-supervised estimate of its own quality (a D-BSN's, during training)
+        self.quality = QLabel("")
+        self.quality.setWordWrap(True)
+        self.extra.addWidget(self.quality)
         self.preview_layer = None
         self._preview_kwargs: dict[str, Any] = {}
         self.result = None
@@ -95,6 +99,7 @@ class RunWidget(JobWidget):
 
     def launch(self, name: str, make: Any) -> None:
         self.loss_plot.clear()
+        self.quality.setText("")
         self.result = None
         self.run_job(name, make, on_event=self._event, on_done=self._done)
 
@@ -107,6 +112,8 @@ class RunWidget(JobWidget):
             self.status.setText(self.status.text() + f"  checkpoint at step {event.step}")
         elif isinstance(event, PreviewEvent):
             self._show_preview(event.image)
+        elif isinstance(event, QualityEvent):
+            self.quality.setText(event.line + ("  (WORSE than the input so far)" if event.worse else ""))
 
     def _show_preview(self, image: np.ndarray) -> None:
         layer = self.preview_layer
@@ -122,10 +129,10 @@ class RunWidget(JobWidget):
             msg = f"stopped at step {result.steps}; checkpoint saved in {path}. Resume continues it."
         else:
             msg = f"finished {result.steps} steps; model saved to {path}"
-            line = result.model.config.get("quality", {}).get("line")
-            if line:  # a student: its estimated gain against the blended teacher on held-out rows
-                msg += f". {line}"
-                if result.model.config["quality"]["student"]["estimated_gain_db"] < 0:
-                    msg += " (WORSE than the input: keep the input, or train the teacher longer)"
+            quality = result.model.config.get("quality", {})
+            if quality.get("line"):  # a student's or a D-BSN's estimated gain (its own report)
+                msg += f". {quality['line']}"
+            if quality.get("advice"):
+                msg += f". WARNING: {quality['advice']}"
         self.status.setText(msg)
         info(msg)

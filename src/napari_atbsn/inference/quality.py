@@ -10,7 +10,7 @@ paths (and a resumed job) compute the same output; it is part of a written job's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -63,8 +63,12 @@ class Calibration:
     valid_ks: tuple[int, ...]  # the blind spots whose risk could be estimated (and so ranked)
     reliable: bool  # False: the noise correlation outruns the estimate's reach, so it may flatter the output
     sample: str     # which data the estimate comes from
-    candidates: tuple[tuple[int, float], ...] = ()  # each valid k_b's estimated gain, unblended
+    candidates: tuple[tuple[Any, float], ...] = ()  # each output's estimated gain, unblended (teacher: per k_b;
+    #                                                 D-BSN: None, the fusion, and "mu"; student: None)
     model_kind: str = "atbsn"
+    #: the noise's measured 2-D autocorrelation (None: uncorrelated or unmeasured), kept so that later estimates
+    #: on the same data (the distillation report) need not analyse the noise again
+    correlation: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def gain_of(self, k: Any) -> float | None:
         """The estimated gain of blind spot ``k`` alone (None: k is too small to rank, or was not run)."""
@@ -201,7 +205,7 @@ def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: NoiseLevel, co
     k = max(keys, key=blended.__getitem__)
     gains = tuple((kk, estimated_gain_db(outputs[kk], y, level, 1.0, leaks[kk])) for kk in keys)
     return Calibration(k, tuple(float(a) for a in alphas[k]), blended[k], dict(gains)[k], level.to_dict(),
-                       tuple(keys), reliable, sample, gains)
+                       tuple(keys), reliable, sample, gains, correlation=correlation)
 
 
 def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: NoiseLevel, correlation: np.ndarray | None,
@@ -228,14 +232,18 @@ def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: NoiseLevel, cor
     reliable = correlation is None or correlation_fits(correlation)
     ones = tuple(1.0 for _ in range(y.shape[1]))
     gain = estimated_gain_db(outs[0], y, level, 1.0, leaks[0])
+    candidates: tuple[tuple[Any, float], ...] = ((None, gain),)
     if model.kind == "dbsn":
+        candidates += ((BLIND_ESTIMATE, estimated_gain_db(outs[1], y, level, 1.0, leaks[1])),)
         alpha = channel_alpha(outs[1], y, level, leaks[1])
         full = np.broadcast_to(alpha.reshape(1, -1, 1, 1), y.shape)
         blend_gain = estimated_gain_db(outs[1], y, level, full, leaks[1])
-        if blend_gain > max(gain + FUSION_MARGIN_DB, 0.0) or (gain < 0 < blend_gain):
+        # a fusion worse than the input gives way to the blend whenever that is better: at worst α = 0, the input
+        if blend_gain > max(gain + FUSION_MARGIN_DB, 0.0) or (gain < 0 and blend_gain > gain):
             return Calibration(BLIND_ESTIMATE, tuple(float(a) for a in alpha), blend_gain, gain, level.to_dict(),
-                               (1,), reliable, sample, model_kind=model.kind)
-    return Calibration(None, ones, gain, gain, level.to_dict(), (), reliable, sample, model_kind=model.kind)
+                               (1,), reliable, sample, candidates, model_kind=model.kind, correlation=correlation)
+    return Calibration(None, ones, gain, gain, level.to_dict(), (), reliable, sample, candidates,
+                       model_kind=model.kind, correlation=correlation)
 
 
 def correlation_fits(correlation: np.ndarray) -> bool:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..config import BLIND_ESTIMATE, DEFAULT_GAMMA, STUDENT_MULTIPLE, DBSNConfig, UnpairedConfig, resume_config
 from ..device import resolve_device
 from ..errors import ATBSNError, ConfigError, ImageError, ModelFolderError
-from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
+from ..events import CheckpointEvent, Preview, PreviewEvent, QualityEvent, StepEvent, drain
 from ..inference.denoiser import Denoiser
 from ..modelio import arch_dict, load_network
 from ..models import DBSN, Student
@@ -47,6 +47,7 @@ from .harness import (
     removes_empty_output,
 )
 from .loop import LoopSpec, gpu_options, iter_optimize
+from .monitor import QualityMonitor, final_quality, monitor_every
 
 PHASES = ("mu", "sigma", "joint")
 #: The sigma phase runs at this multiple of the learning rate. The noise estimator starts flat (a constant
@@ -97,7 +98,7 @@ def phase_loss(model: DBSN, phase: str, guard: LossGuard) -> Callable[[torch.Ten
 def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | None = None,
                     out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
                     should_stop: Callable[[], bool] | None = None, preview: Preview | None = None,
-                    ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, TrainResult]:
+                    ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent | QualityEvent, None, TrainResult]:
     """Train a D-BSN on noisy ``data``; events, stopping, resuming and previews as in :func:`iter_train`.
 
     Previews show the Bayes-fused output, except in the mu phase, where the
@@ -128,6 +129,19 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
                     "data": record}
         return config_fn
 
+    # measured once, before the first step: the noise of a fixed sample the phases' estimates are made on
+    monitor = QualityMonitor.for_source(source) if cfg.monitor else None
+
+    def monitor_for(phase: int) -> dict[str, Any]:
+        if monitor is None:
+            return {}
+
+        def estimate(steps: int) -> QualityEvent:
+            den = Denoiser(model, config_fn_for(phase)(steps), device=device, **opts)
+            return monitor.estimate(den, f"dbsn-{PHASES[phase]}", int(offsets[phase] + steps))
+
+        return {"monitor": estimate, "monitor_every": monitor_every(iters[phase])}
+
     losses: list[float] = []
     for phase in range(start_phase, len(PHASES)):
         if iters[phase] == 0:
@@ -143,7 +157,7 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
                         **preview_runner(preview, model, config_fn_for(phase), device,
                                          BLIND_ESTIMATE if PHASES[phase] == "mu" else None, amp=cfg.amp,
                                          channels_last=cfg.channels_last),
-                        **gpu_options(cfg, device))
+                        **monitor_for(phase), **gpu_options(cfg, device))
         res = yield from iter_optimize(spec, resume=resume and phase == start_phase)
         losses += res.losses
         if res.stopped:
@@ -152,6 +166,8 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
                                int(offsets[phase] + res.steps), True, losses)
     final = config_fn_for(len(PHASES) - 1)(iters[-1])
     final.pop("phase")
+    if monitor is not None:  # the default output of the final weights, and whether the run failed
+        final |= final_quality(monitor, int(cfg.iters))
     path = finish(out, model, final, stopped=False)
     return TrainResult(Denoiser(model.eval(), final, device=device, path=path, **opts), path, int(cfg.iters), False,
                        losses)

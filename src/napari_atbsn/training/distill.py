@@ -35,7 +35,7 @@ from ..device import place_network, resolve_device
 from ..errors import BlindSpotError, ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
 from ..inference.denoiser import Denoiser, load_model
-from ..inference.quality import Calibration, calibrate, noise_correlation
+from ..inference.quality import Calibration, calibrate
 from ..modelio import arch_dict, load_network
 from ..models import ATBSN, Student
 from ..normalization import Normalization
@@ -179,10 +179,13 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
     def finalize(model: Denoiser) -> dict[str, Any]:
         if calibration.gain_db is None:  # the noise could not be measured: nothing to report against
             return {"quality": {"teacher": calibration.to_record(), "line": calibration.line()}}
-        report = distill_report(model, teacher_model, calibration, source, band,
-                                noise_correlation(source.data, source.axes)[0])
-        return {"quality": {"teacher": calibration.to_record(), "student": report.to_record(),
-                            "line": report.line()}}
+        report = distill_report(model, teacher_model, calibration, source, band, calibration.correlation)
+        quality = {"teacher": calibration.to_record(), "student": report.to_record(), "line": report.line(),
+                   "worse": report.gain_db < 0}
+        if report.gain_db < 0:
+            quality["advice"] = ("the student is estimated WORSE than the noisy input; keep the input, or train the "
+                                 "teacher longer and distil again.")
+        return {"quality": quality}
 
     config_fn = distill_config_fn(student, cfg, norm, teacher, tcfg, record, initialised, calibration, band)
     spec = LoopSpec("distill", student, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,

@@ -31,7 +31,7 @@ from ..device import (
     use_channels_last,
 )
 from ..errors import ATBSNError, DeviceError, ImageError, ModelFolderError
-from ..events import CheckpointEvent, PreviewEvent, StepEvent
+from ..events import CheckpointEvent, PreviewEvent, QualityEvent, StepEvent
 from ..io.fs import fsync_dir
 from ..modelio import CONFIG, OPTIMIZER, load_tensors, read_config, save_folder
 
@@ -57,6 +57,8 @@ class LoopSpec:
     should_stop: Callable[[], bool] | None = None
     preview: Callable[[int], np.ndarray] | None = None  # steps done -> the preview crop denoised now
     preview_every: int = 0
+    monitor: Callable[[int], QualityEvent] | None = None  # steps done -> the network's estimated quality now
+    monitor_every: int = 0
     channels_last: bool = False  # resolved by device.use_channels_last
     compile: bool = False
 
@@ -232,6 +234,16 @@ def _preview(spec: LoopSpec, model: nn.Module, done: int) -> PreviewEvent:
     return PreviewEvent(spec.stage, done, image)
 
 
+def _monitor(spec: LoopSpec, model: nn.Module, done: int) -> QualityEvent:
+    """The network's estimated quality after ``done`` steps (eval mode, no gradient: no random state touched)."""
+    assert spec.monitor is not None
+    model.eval()
+    with torch.no_grad():
+        event = spec.monitor(done)
+    model.train()
+    return event
+
+
 def _checkpoint_due(spec: LoopSpec, done: int, stop: bool) -> bool:
     """Whether to checkpoint after ``done`` steps: every ``checkpoint_every`` steps and on a stop request,
     never after the last step (the model folder follows)."""
@@ -240,9 +252,9 @@ def _checkpoint_due(spec: LoopSpec, done: int, stop: bool) -> bool:
 
 
 def iter_optimize(spec: LoopSpec, *, resume: bool,
-                  ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent, None, LoopResult]:
+                  ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent | QualityEvent, None, LoopResult]:
     """Run ``spec``'s optimisation from step 0 (or the checkpoint's step when resuming) to ``spec.iters``,
-    or until ``should_stop`` asks; yields the events of every step."""
+    or until ``should_stop`` asks; yields the events of every step (and the previews and quality estimates asked for)."""
     model = place_network(spec.model, spec.device, channels_last=spec.channels_last, compile=spec.compile).train()
     opt, sched = make_optimizer(model, spec.lr, spec.iters)
     start = _start_step(spec, opt, sched, resume=resume)
@@ -260,6 +272,8 @@ def iter_optimize(spec: LoopSpec, *, resume: bool,
         stop = done < spec.iters and spec.should_stop is not None and spec.should_stop()
         if spec.preview is not None and (stop or done == spec.iters or done % spec.preview_every == 0):
             yield _preview(spec, model, done)
+        if spec.monitor is not None and (done == spec.iters or done % spec.monitor_every == 0):
+            yield _monitor(spec, model, done)
         if _checkpoint_due(spec, done, stop):
             path = save_checkpoint(spec, opt, sched, done)
             yield CheckpointEvent(done, str(path))

@@ -1,0 +1,119 @@
+"""A D-BSN run that knows how it is doing: self-supervised quality estimates during training and at its end.
+
+Nobody who trains on noisy data alone has a clean image to check the network against, so the run checks
+itself with the estimates ``atbsn denoise`` reports (:mod:`napari_atbsn.inference.quality`): on a fixed
+sample of the training data (a few planes, a centre crop) it measures the blind-spot estimate mu and the
+Bayes fusion, each as an estimated PSNR gain over the noisy input (Noise2Self for mu's blind spot, SURE with a
+probe of the noise's covariance where an output sees its pixel). The noise level and correlation are measured
+once, before the first step.
+
+At the end of the run the last estimate (of the final weights) decides the default output, as ``denoise`` will. A run whose
+outputs are all estimated worse than the input is reported as failed, with the likely cause and the fix; the
+default output then falls back to the safest one (the blend of mu with the input, weight α ≥ 0, which is the
+input itself when mu is useless), never the collapsed fusion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..config import BLIND_ESTIMATE
+from ..errors import ImageError
+from ..events import QualityEvent
+from ..inference.quality import Calibration, calibrate_seeing, noise_correlation, sample_planes
+from ..risk import NoiseLevel, estimate_noise_level
+
+if TYPE_CHECKING:
+    from ..inference.denoiser import Denoiser
+    from ..sampling import PlaneSource
+
+MONITOR_PLANES = 2    # planes of the training data the in-training estimate looks at (evenly spaced) ...
+MONITOR_SIDE = 128    # ... centre-cropped to this: about 1 s on the small preset on 2 CPU cores (two passes)
+MONITOR_TIMES = 2     # estimates per phase: half-way and at its end
+
+
+def monitor_every(iters: int) -> int:
+    """Steps between two estimates in a phase of ``iters`` steps (its last step always has one)."""
+    return max(1, -(-iters // MONITOR_TIMES))
+
+
+@dataclass
+class QualityMonitor:
+    """The fixed sample and its measured noise; :meth:`estimate` scores a D-BSN in training on it."""
+
+    planes: np.ndarray            # (P, C, h, w) float64, data units
+    level: NoiseLevel
+    correlation: np.ndarray | None
+    sample: str
+    last: Calibration | None = None  # the latest estimate (at the end of a run: the final weights')
+
+    @classmethod
+    def for_source(cls, source: PlaneSource) -> QualityMonitor | None:
+        """The monitor for a training run's data; None when its noise cannot be measured (planes under 64x64,
+        a constant image): the run then trains unmonitored, as ``denoise`` would report 'unavailable'.
+
+        The noise level is measured on the calibration's own sample (8 planes, centre 512x512, once); the
+        estimates are made on a smaller crop, so that they cost a small share of the steps."""
+        h, w = min(source.height, MONITOR_SIDE), min(source.width, MONITOR_SIDE)
+        y0, x0 = (source.height - h) // 2, (source.width - w) // 2
+        idx = np.unique(np.linspace(0, source.n_planes - 1, min(MONITOR_PLANES, source.n_planes)).round().astype(int))
+        planes = np.stack([source.read(int(i), y0, x0, h, w) for i in idx]).astype(np.float64)
+        try:
+            corr, differences = noise_correlation(source.data, source.axes)
+            wide, _ = sample_planes(source.data, source.axes)
+            level = estimate_noise_level(wide.astype(np.float64), corr, differences=differences)
+        except ImageError:
+            return None
+        return cls(planes, level, corr, f"{len(idx)} plane(s) of the training data, centre {h}x{w}")
+
+    def estimate(self, model: Denoiser, stage: str, step: int) -> QualityEvent:
+        """mu's and (after the mu phase, when the variance heads have trained) the fusion's estimated gains."""
+        cal = self.last = calibrate_seeing(model, self.planes, self.level, self.correlation, self.sample)
+        est = {"mu": cal.gain_of(BLIND_ESTIMATE)}
+        if stage != "dbsn-mu":
+            est["fused"] = cal.gain_of(None)
+        estimates = {k: round(float(v), 3) for k, v in est.items() if v is not None}
+        text = ", ".join(f"{k} {v:+.2f} dB" for k, v in estimates.items())
+        return QualityEvent(stage, step, estimates, f"estimated gain over the input at step {step}: {text}")
+
+
+def diagnose(cal: Calibration, steps: int) -> tuple[bool, str]:
+    """(failed, advice) of a finished D-BSN run from its final calibration: failed when the fusion is estimated
+    worse than the input; the advice names the likely cause from mu's and the fusion's estimates."""
+    fused, mu = cal.gain_of(None), cal.gain_of(BLIND_ESTIMATE)
+    if fused is None or fused >= 0:
+        return False, ""
+    fallback = ("The default output falls back to the blend of mu with the input" if cal.k_b == BLIND_ESTIMATE
+                else "The default output is the fusion, estimated worse than the input: keep the input")
+    if mu is None or mu < 0:
+        cause = (f"the blind-spot network itself did not learn (mu {mu:+.2f} dB) in {steps} steps: train longer "
+                 f"(--iters), or with a lower --lr if the loss jumped; if 'atbsn analyze' finds the noise "
+                 f"spatially correlated, use AT-BSN instead (D-BSN's one-pixel blind spot needs "
+                 f"pixel-independent noise)") if mu is not None else "mu could not be measured"
+    else:
+        cause = (f"the noise model failed (mu {mu:+.2f} dB but the fusion {fused:+.2f} dB): the noise estimator "
+                 f"over- or under-states the noise; train longer, or try --noise-model gaussian")
+    return True, f"D-BSN training FAILED: the fusion is estimated worse than the input; {cause}. {fallback}."
+
+
+def final_quality(monitor: QualityMonitor, steps: int) -> dict[str, Any]:
+    """The config.json ``quality`` entry of a finished D-BSN, from the monitor's estimate of its final weights:
+    the default output (the fusion, or the blend of mu when the fusion is estimated worse), its estimated gain,
+    and whether the run failed (with the advice). ``denoise`` decides again on a sample of what it denoises."""
+    cal = monitor.last
+    if cal is None:
+        return {}
+    failed, advice = diagnose(cal, steps)
+    record: dict[str, Any] = {"default": cal.to_record(), "line": f"{cal.line()} [on {cal.sample}]",
+                              "worse": failed or cal.worse}
+    if advice:
+        record["advice"] = advice
+    elif cal.worse:
+        record["advice"] = "the default output is estimated worse than the input: keep the input."
+    return {"quality": record}
+
+
+__all__ = ["QualityMonitor", "diagnose", "final_quality", "monitor_every"]
