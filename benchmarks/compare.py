@@ -220,28 +220,52 @@ def run_students(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
 
 
 def run_dbsn(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
-    from napari_atbsn.config import DBSNConfig
+    from napari_atbsn.config import BLIND_ESTIMATE, DBSNConfig
+    from napari_atbsn.events import drain
+    from napari_atbsn.inference.inmemory import iter_denoise_outputs
+    from napari_atbsn.sampling import plane_source
     from napari_atbsn.training import train_dbsn
+    from napari_atbsn.training.monitor import MONITOR_TIMES, QualityMonitor, measure_noise
 
     budget = Budget(args.budget)
 
-    def cfg(iters: int) -> DBSNConfig:
+    def cfg(iters: int, monitor: bool = True) -> DBSNConfig:
         return DBSNConfig(preset=args.preset, noise_model="poisson-gaussian", iters=iters, patch=args.patch,
-                          batch=args.batch, device=args.device, checkpoint_every=0)
+                          batch=args.batch, device=args.device, checkpoint_every=0, monitor=monitor)
 
     # The three phases run at different rates (the sigma phase has no backbone gradient) and the run cannot
-    # stop early (the later phases make the model), so the calibration is a whole short run of all three.
+    # stop early (the later phases make the model), so the calibration is a whole short run of all three. The
+    # run's own quality estimates (a noise measurement, then two estimates a phase) cost a fixed time, timed
+    # on the calibration's model and kept out of the steps' share of the budget.
     n_cal = 30
     t0 = time.perf_counter()
-    train_dbsn(noisy, axes, cfg(n_cal))
+    cal_run = train_dbsn(noisy, axes, cfg(n_cal, monitor=False))
     rate = n_cal / (time.perf_counter() - t0)
-    iters = max(30, int(budget.left() * rate * 0.97))
+    t0 = time.perf_counter()
+    source = plane_source(noisy, axes)
+    noise = measure_noise(source)
+    t_monitor = time.perf_counter() - t0
+    if noise is not None:
+        t0 = time.perf_counter()
+        QualityMonitor.for_source(source, noise).estimate(cal_run.model, "dbsn-joint", n_cal)
+        t_monitor += 3 * MONITOR_TIMES * (time.perf_counter() - t0)
+    iters = max(30, int((budget.left() - t_monitor) * rate * 0.97))
     res = train_dbsn(noisy, axes, cfg(iters), work / "dbsn", overwrite=True)
     info = {"steps": iters, "train_s": budget.spent(), "calibrated_it_s": rate}
     t0 = time.perf_counter()
-    out = res.model.denoise(ev_noisy, axes)
+    outs = drain(iter_denoise_outputs(res.model, ev_noisy, axes, ks=["auto", None, BLIND_ESTIMATE], batch_size=8,
+                                      dtype="float32"))
     info["infer_s"] = time.perf_counter() - t0
-    return {"D-BSN (Bayes fused)": out}, {"D-BSN (Bayes fused)": info}
+    cal = outs.calibration
+    quality = res.model.config.get("quality", {})
+    names = [f"D-BSN default ({cal.method.split(',')[0].replace('D-BSN ', '')})", "D-BSN Bayes fusion",
+             "D-BSN mu alone"]
+    ests = [cal.gain_db, cal.gain_of(None), cal.gain_of(BLIND_ESTIMATE)]
+    results = dict(zip(names, outs, strict=True))
+    infos = {n: {**info, "estimated_gain_db": e, "quality": cal.to_record() if i == 0 else None,
+                 "training_report": quality.get("line") if i == 0 else None}
+             for i, (n, e) in enumerate(zip(names, ests, strict=True))}
+    return results, infos
 
 
 def careamics_axes(axes: str) -> str:
@@ -478,7 +502,7 @@ def kb_plot(scores: list[dict[str, Any]], path: Path) -> None:
 FIGURE_METHODS = ["BM3D (blind white-noise sigma)", "BM3D (correlated-noise PSD from the data)",
                   "Noise2Void (CAREamics)", "structN2V (CAREamics, cross mask)", "AT-BSN k_b=1", "AT-BSN k_b=3",
                   "AT-BSN teacher ensemble (mean over Ks 0-11)", "student A (distilled)", "student C (distilled)",
-                  "D-BSN (Bayes fused)"]
+                  "D-BSN Bayes fusion"]
 
 
 def report(args: Any) -> None:

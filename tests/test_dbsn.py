@@ -210,8 +210,10 @@ def test_a_run_estimates_its_quality_in_every_phase_without_changing_what_it_lea
     assert [(e.stage, e.step) for e in q] == [("dbsn-mu", 3), ("dbsn-mu", 6), ("dbsn-sigma", 8), ("dbsn-sigma", 9),
                                               ("dbsn-joint", 11), ("dbsn-joint", 12)]
     assert all(set(e.estimates) == ({"mu"} if e.stage == "dbsn-mu" else {"mu", "fused"}) for e in q)
-    # mu is frozen while the variance heads train: its estimate does not move in the sigma phase
-    assert len({e.estimates["mu"] for e in q[1:4]}) == 1
+    # mu is frozen while the variance heads train: its estimate does not move in the sigma phase (but for the
+    # probe, whose scale is read off the fusion)
+    mus = [e.estimates["mu"] for e in q[1:4]]
+    assert max(mus) - min(mus) < 0.01, mus
     assert q[-1].line.startswith("estimated gain over the input at step 12: mu ")
     quality = on.model.config["quality"]
     assert quality["line"].startswith("estimated gain: ") and "default" in quality and "quality" not in off.model.config

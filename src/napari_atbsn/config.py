@@ -311,6 +311,7 @@ def _check_patch(patch: Any, arch: UNetArch, k_a: int) -> None:
 #: and joint training with the constrained likelihood (method.md §5.3). The sigma phase gets as many
 #: steps as mu: a sigma step costs about a third of a mu step, and with fewer the noise estimator
 #: stays flat instead of learning its signal dependence (seen on FMD, docs/benchmarks.md).
+SIGMA_FITS = ("measured", "likelihood")
 DBSN_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "paper": dict(iters=100_000, patch=96, batch=8, lr=3e-4),
     "small": dict(iters=1_500, patch=64, batch=4, lr=1e-3),
@@ -341,6 +342,9 @@ class DBSNConfig:
     channels_last: bool | None = _channels_last()
     compile: bool = _compile()
     checkpoint_every: int = _help("save a resumable checkpoint every N steps (0: only at the end)", default=500)
+    sigma_fit: str = _help("how the noise network sigma_n learns: measured (fitted to the noise level measured "
+                           "from the data, then fixed; gaussian and poisson-gaussian models) or likelihood (the "
+                           "paper's constrained likelihood)", default="measured")
     monitor: bool = _help("estimate mu's and the fusion's gain over the input on a sample of the data 4 times a "
                           "phase, and the default output's at the end (a failed run says so)", default=True)
 
@@ -367,6 +371,8 @@ class DBSNConfig:
                               f"joint), with a joint phase, e.g. 0.4,0.4,0.2.")
         if not 0 < cfg.gamma <= 2:
             raise ConfigError(f"gamma={cfg.gamma} must be in (0, 2]; 1 is the exact posterior.")
+        if cfg.sigma_fit not in SIGMA_FITS:
+            raise ConfigError(f"sigma_fit={cfg.sigma_fit!r}; choose one of {', '.join(SIGMA_FITS)}.")
         if cfg.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be 0 (off) or positive.")
         return cfg

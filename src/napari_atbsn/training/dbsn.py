@@ -33,8 +33,9 @@ from ..events import CheckpointEvent, Preview, PreviewEvent, QualityEvent, StepE
 from ..inference.denoiser import Denoiser
 from ..modelio import arch_dict, load_network
 from ..models import DBSN, Student
-from ..models.dbsn import BLOWUP, bayes_fusion, constrained_nll
+from ..models.dbsn import BLOWUP, bayes_fusion, constrained_nll, marginal_nll
 from ..normalization import Normalization
+from ..risk import NoiseLevel
 from ..sampling import PlaneSource, check_patch_fits, plane_source, sample_batch
 from .harness import (
     TrainResult,
@@ -47,7 +48,7 @@ from .harness import (
     removes_empty_output,
 )
 from .loop import LoopSpec, gpu_options, iter_optimize
-from .monitor import QualityMonitor, final_quality, monitor_every
+from .monitor import QualityMonitor, final_quality, measure_noise, monitor_every
 
 PHASES = ("mu", "sigma", "joint")
 #: The sigma phase runs at this multiple of the learning rate. The noise estimator starts flat (a constant
@@ -56,6 +57,9 @@ PHASES = ("mu", "sigma", "joint")
 #: variance and the fusion beat mu (docs/benchmarks.md). The backbone is frozen in this phase, so the
 #: larger rate touches only the two small 1x1 heads.
 SIGMA_LR_FACTOR = 3.0
+#: The joint fine-tuning runs at this multiple of the learning rate (the reference fine-tunes at a tenth of
+#: its pretraining rate or less): at the full rate, a fresh cosine cycle undid part of what mu had learned.
+JOINT_LR_FACTOR = 0.1
 MAX_DROPPED = 0.2  # of a phase's steps
 
 
@@ -76,7 +80,55 @@ class LossGuard:
         return ok
 
 
-def phase_loss(model: DBSN, phase: str, guard: LossGuard) -> Callable[[torch.Tensor], torch.Tensor | None]:
+def measured_variance(level: NoiseLevel, norm: Normalization) -> Callable[[torch.Tensor], torch.Tensor]:
+    """signal (B, C, Y, X), normalised -> the noise variance measured at it (risk.estimate_noise_level: per
+    channel, interpolated between signal levels), normalised units.
+
+    Beyond the end levels (the centres of the outer signal bins) the end segments go on as lines, as
+    Poisson-Gaussian noise does, down to a quarter of the smallest measured variance: held constant there, the
+    noise of the dimmest tenth of a smooth test image read 1.27x its true std."""
+    tables = [(torch.tensor(lv, dtype=torch.float32), torch.tensor(vv, dtype=torch.float32))
+              for lv, vv in zip(level.levels, level.variances, strict=True)]
+
+    def variance(signal: torch.Tensor) -> torch.Tensor:
+        data = norm.undo(signal.float())
+        out = []
+        for c, (lv, vv) in enumerate(tables):
+            x = data[:, c].contiguous()
+            lv, vv = lv.to(x.device), vv.to(x.device)
+            if len(lv) == 1:
+                v = vv[0].expand_as(x)
+            else:
+                i = torch.searchsorted(lv, x).clamp(1, len(lv) - 1)
+                t = (x - lv[i - 1]) / (lv[i] - lv[i - 1]).clamp_min(1e-12)
+                v = (vv[i - 1] + t * (vv[i] - vv[i - 1])).clamp_min(0.25 * float(vv.min()))
+            out.append(v / norm.scale[c] ** 2)
+        return torch.stack(out, dim=1).clamp_min(1e-12)
+
+    return variance
+
+
+def signal_grid(level: NoiseLevel, norm: Normalization, n: int = 64) -> torch.Tensor:
+    """(n, C, 1, 1) signal values, normalised, evenly spread from half the measured levels' span below the
+    lowest to half above the highest: sigma_n is fitted on them besides mu's pixels, so that it follows the
+    measured curve where the data has few pixels (a fit on the pixels alone read the dimmest ones' noise std
+    1.5x too high). Deterministic: no random state, so resuming stays exact."""
+    cols = []
+    for c, lv in enumerate(level.levels):
+        lo, hi = min(lv), max(lv)
+        span = max(hi - lo, abs(hi) * 0.1, 1e-6)
+        data = torch.linspace(lo - span / 2, hi + span / 2, n)
+        cols.append((data - norm.offset[c]) / norm.scale[c])
+    return torch.stack(cols, dim=1).reshape(n, len(cols), 1, 1)
+
+
+def phase_loss(model: DBSN, phase: str, guard: LossGuard,
+               measured: Callable[[torch.Tensor], torch.Tensor] | None = None, grid: torch.Tensor | None = None,
+               ) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    """The loss of one phase. ``measured`` (signal -> the noise variance measured from the data) is the
+    ``sigma_fit="measured"`` mode: sigma_n is fitted to it at mu (a log-variance regression), and sigma_mu and
+    mu (in the joint phase) follow the plain likelihood given sigma_n. Without it, the sigma and joint phases
+    use the paper's constrained likelihood."""
     def loss_fn(x: torch.Tensor) -> torch.Tensor | None:
         if phase == "sigma":
             # mu is frozen: no graph through the backbone, so a sigma step costs about a third of a mu step
@@ -87,8 +139,19 @@ def phase_loss(model: DBSN, phase: str, guard: LossGuard) -> Callable[[torch.Ten
         if phase == "mu":
             return F.mse_loss(mu.float(), x.float())
         var_mu = model.var_mu(mid)
-        var_n = model.var_n(model.noise_input(x, mu.detach()))
-        loss, maha = constrained_nll(x, mu, var_mu, var_n)
+        if measured is None:
+            var_n = model.var_n(model.noise_input(x, mu.detach()))
+            loss, maha = constrained_nll(x, mu, var_mu, var_n)
+        else:
+            # sigma_n follows the measured level at mu as mu changes; the likelihood does not move it (it would
+            # take mu's own error for noise), so sigma_mu learns mu's error given the measured noise
+            var_n = model.var_n(model.noise_input(x, mu.detach()))
+            fit = (torch.log(var_n) - torch.log(measured(mu.detach()))).square().mean()
+            if grid is not None and model.noise_model == "poisson-gaussian":  # sigma_n reads the signal per pixel
+                g = grid.to(x.device)
+                fit = fit + (torch.log(model.var_n(g)) - torch.log(measured(g))).square().mean()
+            loss, maha = marginal_nll(x, mu, var_mu, var_n.detach())
+            loss = loss + fit
         return loss if guard.check(loss, maha) else None  # None: the loop skips the update entirely
 
     return loss_fn
@@ -129,8 +192,13 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
                     "data": record}
         return config_fn
 
-    # measured once, before the first step: the noise of a fixed sample the phases' estimates are made on
-    monitor = QualityMonitor.for_source(source) if cfg.monitor else None
+    # measured once, before the first step: the noise the variance heads are fitted to, and a fixed sample the
+    # phases' estimates are made on
+    noise = measure_noise(source) if cfg.monitor or cfg.sigma_fit == "measured" else None
+    monitor = QualityMonitor.for_source(source, noise) if cfg.monitor and noise is not None else None
+    measured = (measured_variance(noise[0], norm) if noise is not None and cfg.sigma_fit == "measured"
+                and not model.full else None)
+    grid = signal_grid(noise[0], norm) if measured is not None and noise is not None else None
 
     def monitor_for(phase: int) -> dict[str, Any]:
         if monitor is None:
@@ -150,9 +218,10 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
         def batch_fn(step: int, _off: int = int(offsets[phase])) -> np.ndarray:
             return norm.apply(sample_batch(source, _off + step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch))
 
-        lr = cfg.lr * (SIGMA_LR_FACTOR if PHASES[phase] == "sigma" else 1.0)
+        lr = cfg.lr * {"mu": 1.0, "sigma": SIGMA_LR_FACTOR, "joint": JOINT_LR_FACTOR}[PHASES[phase]]
         spec = LoopSpec(f"dbsn-{PHASES[phase]}", model, iters[phase], lr, device, cfg.amp, batch_fn,
-                        phase_loss(model, PHASES[phase], LossGuard(iters[phase])), cfg.checkpoint_every, out,
+                        phase_loss(model, PHASES[phase], LossGuard(iters[phase]), measured, grid),
+                        cfg.checkpoint_every, out,
                         config_fn_for(phase), should_stop,
                         **preview_runner(preview, model, config_fn_for(phase), device,
                                          BLIND_ESTIMATE if PHASES[phase] == "mu" else None, amp=cfg.amp,
