@@ -223,6 +223,36 @@ def test_a_run_estimates_its_quality_in_every_phase_without_changing_what_it_lea
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_a_broken_run_says_it_failed_and_denoise_falls_back_to_the_safest_output(tmp_path: Path, pg_data,
+                                                                                  capsys) -> None:
+    """A learning rate 100x too high: mu ends far worse than the input and the run reports FAILED with a cause and
+    a fix (in config.json, on the CLI, in 'atbsn info'); the default output is about the input, not mu."""
+    from napari_atbsn.cli import main
+    from napari_atbsn.events import drain
+    from napari_atbsn.inference.inmemory import iter_denoise_outputs
+
+    np.save(tmp_path / "noisy.npy", pg_data["noisy"])
+    code = main(["train", str(tmp_path / "noisy.npy"), "--axes", "ZYX", "--method", "dbsn", "--preset", "tiny",
+                 "--iters", "60", "--patch", "32", "--batch", "8", "--lr", "0.2", "--device", "cpu",
+                 "--output", str(tmp_path / "broken")])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "dbsn-joint: estimated gain over the input at step 60: mu -" in err
+    assert "WARNING: D-BSN training FAILED" in err and "did not learn" in err, err[-2000:]
+    quality = read_config(tmp_path / "broken")["quality"]
+    assert quality["failed"] and "--lr" in quality["advice"] and "--iters" in quality["advice"]
+    assert main(["info", str(tmp_path / "broken")]) == 0
+    assert "warning        D-BSN training FAILED" in capsys.readouterr().out
+    model = load_model(tmp_path / "broken")
+    noisy, clean = pg_data["noisy"][:2], pg_data["clean"][:2]
+    rng = float(clean.max() - clean.min())
+    (mu,) = drain(iter_denoise_outputs(model, noisy, "ZYX", ks=["mu"], batch_size=8, dtype="float32"))
+    default = model.denoise(noisy, "ZYX")
+    base = psnr(noisy, clean, data_range=rng)
+    assert psnr(mu, clean, data_range=rng) < base - 3  # the network really broke
+    assert abs(psnr(default, clean, data_range=rng) - base) < 0.5  # the default is about the input
+
+
 def test_a_blowing_up_likelihood_is_guarded() -> None:
     from napari_atbsn.training.dbsn import LossGuard
 

@@ -294,4 +294,4 @@ def test_paper_dbsn_trains_to_beat_the_noisy_input_on_cuda(tmp_path) -> None:
     assert psnr(fused, clean[:2], data_range=rng) > base + 3, psnr(fused, clean[:2], data_range=rng)
     assert psnr(default, clean[:2], data_range=rng) > base + 3
     quality = res.model.config["quality"]
-    assert not quality["worse"] and "advice" not in quality, quality
+    assert not quality["failed"] and not quality["worse"] and "advice" not in quality, quality

@@ -107,6 +107,8 @@ def _add_train(sub: Any) -> None:
                    help="dbsn only: " + DBSN_HELP["noise_model"] + " (default poisson-gaussian)")
     t.add_argument("--gamma", type=float, help="dbsn only: " + DBSN_HELP["gamma"])
     t.add_argument("--phases", type=_phases, help="dbsn only: " + DBSN_HELP["phases"])
+    t.add_argument("--sigma-fit", choices=["measured", "likelihood"],
+                   help="dbsn only: " + DBSN_HELP["sigma_fit"] + " (default measured)")
     _typed(t, TRAIN_HELP, [("k-a", int), ("k-b", _k_b), ("iters", int), ("patch", int), ("batch", int),
                            ("lr", float), ("seed", int), ("checkpoint-every", int)])
     t.add_argument("--normalization", choices=["range255", "zscore", "range1"],

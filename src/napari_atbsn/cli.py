@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     common = ["iters", "patch", "batch", "lr", "seed", "normalization", "checkpoint_every"]
     if args.method == "dbsn":
         dcfg = DBSNConfig(device=args.device, **gpu_settings(args), **_overrides(args, ["preset"]),
-                          **_overrides(args, [*common, "noise_model", "gamma", "phases"]))
+                          **_overrides(args, [*common, "noise_model", "gamma", "phases", "sigma_fit"]))
         return _run_training(lambda stop: iter_train_dbsn(data, axes, dcfg, args.output, resume=args.resume,
                                                           overwrite=args.overwrite, should_stop=stop),
                              "train", args.output)
@@ -125,7 +125,7 @@ def _check_resumed_preset(args: argparse.Namespace) -> None:
 
 
 def _check_method_flags(args: argparse.Namespace) -> None:
-    wrong = {"atbsn": ["noise_model", "gamma", "phases"], "dbsn": ["k_a", "k_b"]}[args.method]
+    wrong = {"atbsn": ["noise_model", "gamma", "phases", "sigma_fit"], "dbsn": ["k_a", "k_b"]}[args.method]
     given = [f"--{n.replace('_', '-')}" for n in wrong if getattr(args, n, None) is not None]
     if given:
         other = "dbsn" if args.method == "atbsn" else "atbsn"
@@ -298,6 +298,11 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"written by     napari-atbsn {cfg.get('package_version')} on {cfg.get('created')}"]
     if "state" in cfg:
         lines.append("state          resumable checkpoint")
+    quality = cfg.get("quality") or {}
+    if quality.get("line"):  # the run's own estimate (a student's report, a D-BSN's final estimate)
+        lines.append(f"quality        {quality['line']}")
+    if quality.get("advice"):
+        lines.append(f"warning        {quality['advice']}")
     print("\n".join(lines))
     return 0
 

@@ -29,6 +29,7 @@ from ..risk import (
     leak,
     noise_probe,
     noise_variance_map,
+    risk,
     valid_blind_spots,
 )
 from ..sampling import plane_source
@@ -239,11 +240,29 @@ def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: NoiseLevel, cor
         full = np.broadcast_to(alpha.reshape(1, -1, 1, 1), y.shape)
         blend_gain = estimated_gain_db(outs[1], y, level, full, leaks[1])
         # a fusion worse than the input gives way to the blend whenever that is better: at worst α = 0, the input
-        if blend_gain > max(gain + FUSION_MARGIN_DB, 0.0) or (gain < 0 and blend_gain > gain):
+        if blend_gain > max(gain + FUSION_MARGIN_DB, 0.0) or (gain < 0 and blend_gain > gain) or \
+                fusion_loses_at_the_upper_noise(outs, y, level, leaks, full):
             return Calibration(BLIND_ESTIMATE, tuple(float(a) for a in alpha), blend_gain, gain, level.to_dict(),
                                (1,), reliable, sample, candidates, model_kind=model.kind, correlation=correlation)
     return Calibration(None, ones, gain, gain, level.to_dict(), (), reliable, sample, candidates,
                        model_kind=model.kind, correlation=correlation)
+
+
+def fusion_loses_at_the_upper_noise(outs: list[np.ndarray], y: np.ndarray, level: NoiseLevel, leaks: list[Any],
+                                    full: np.ndarray) -> bool:
+    """Whether the blend of mu beats the fusion when the noise is as strong as mu's Noise2Self residual says.
+
+    The fusion keeps part of its pixel's noise and mu's blend (almost) none, so their ranking hangs on σ²: a σ̂²
+    that reads low (9 % on W2S's heavy noise) under-charges the fusion and ranked it +1.8 dB above mu where it was
+    5.1 dB below. mu is blind, so E(mu − y)² = E(mu − x)² + σ² bounds σ² from above, tightly where the noise is
+    heavy; the fusion is kept only if it also wins at that bound (the leak, a covariance-scaled probe, scales
+    with it)."""
+    resid = float(np.mean((outs[1] - y) ** 2))
+    scale = resid / max(float(np.mean(noise_variance_map(outs[1], y, level))), 1e-12)
+    if scale <= 1.0:
+        return False
+    upper = level.scaled(scale)
+    return risk(outs[1], y, upper, full, scale * leaks[1]) < risk(outs[0], y, upper, 1.0, scale * leaks[0])
 
 
 def correlation_fits(correlation: np.ndarray) -> bool:

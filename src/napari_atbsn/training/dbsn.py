@@ -157,6 +157,48 @@ def phase_loss(model: DBSN, phase: str, guard: LossGuard,
     return loss_fn
 
 
+def _run_config(config: DBSNConfig | None, out_dir: str | Path | None,
+                resume: bool) -> tuple[dict[str, Any] | None, DBSNConfig]:
+    """The checkpoint's config (None unless resuming) and the run's resolved settings."""
+    saved = checkpoint_config(out_dir) if resume else None
+    if saved is not None and saved.get("kind") != "dbsn":
+        raise ModelFolderError(f"the checkpoint in {out_dir} is not a D-BSN run; resume it with its own method.")
+    base = config or DBSNConfig()
+    cfg = (resume_config(base, saved["train"]) if saved else base).resolved()
+    if saved and cfg.iters != saved["train"]["iters"]:
+        raise ConfigError(f"--iters {cfg.iters} differs from the checkpoint's {saved['train']['iters']}; a D-BSN run "
+                          f"splits its iterations into phases, so a resumed run keeps them. Drop --iters.")
+    return saved, cfg
+
+
+def noise_supervision(cfg: DBSNConfig, source: PlaneSource, norm: Normalization, model: DBSN,
+                      ) -> tuple[QualityMonitor | None, Callable[[torch.Tensor], torch.Tensor] | None,
+                                 torch.Tensor | None]:
+    """What the run measures once, before the first step: the monitor of its quality (None: off, or the noise
+    cannot be measured), and the measured noise variance with the signal grid sigma_n is fitted on (None: the
+    paper's likelihood, by choice, for the multivariate model, or when the noise cannot be measured)."""
+    noise = measure_noise(source) if cfg.monitor or cfg.sigma_fit == "measured" else None
+    if noise is None:
+        return None, None, None
+    monitor = QualityMonitor.for_source(source, noise) if cfg.monitor else None
+    if cfg.sigma_fit != "measured" or model.full:
+        return monitor, None, None
+    return monitor, measured_variance(noise[0], norm), signal_grid(noise[0], norm)
+
+
+def monitor_fields(monitor: QualityMonitor | None, phase: str, offset: int, iters: int,
+                   model_at: Callable[[int], Denoiser]) -> dict[str, Any]:
+    """The LoopSpec fields that estimate a phase's quality (empty without a monitor); ``model_at(steps)`` is the
+    network in training as a Denoiser, ``offset`` the steps of the phases before."""
+    if monitor is None:
+        return {}
+
+    def estimate(steps: int) -> QualityEvent:
+        return monitor.estimate(model_at(steps), f"dbsn-{phase}", offset + steps)
+
+    return {"monitor": estimate, "monitor_every": monitor_every(iters)}
+
+
 @removes_empty_output
 def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | None = None,
                     out_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
@@ -167,14 +209,7 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
     Previews show the Bayes-fused output, except in the mu phase, where the
     variance heads are untrained and the preview shows mu itself.
     """
-    saved = checkpoint_config(out_dir) if resume else None
-    if saved is not None and saved.get("kind") != "dbsn":
-        raise ModelFolderError(f"the checkpoint in {out_dir} is not a D-BSN run; resume it with its own method.")
-    base = config or DBSNConfig()
-    cfg = (resume_config(base, saved["train"]) if saved else base).resolved()
-    if saved and cfg.iters != saved["train"]["iters"]:
-        raise ConfigError(f"--iters {cfg.iters} differs from the checkpoint's {saved['train']['iters']}; a D-BSN run "
-                          f"splits its iterations into phases, so a resumed run keeps them. Drop --iters.")
+    saved, cfg = _run_config(config, out_dir, resume)
     source, device, out, norm, record = prepare_data(data, axes, cfg, out_dir, saved, resume=resume,
                                                      overwrite=overwrite)
     torch.manual_seed(cfg.seed)
@@ -192,23 +227,7 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
                     "data": record}
         return config_fn
 
-    # measured once, before the first step: the noise the variance heads are fitted to, and a fixed sample the
-    # phases' estimates are made on
-    noise = measure_noise(source) if cfg.monitor or cfg.sigma_fit == "measured" else None
-    monitor = QualityMonitor.for_source(source, noise) if cfg.monitor and noise is not None else None
-    measured = (measured_variance(noise[0], norm) if noise is not None and cfg.sigma_fit == "measured"
-                and not model.full else None)
-    grid = signal_grid(noise[0], norm) if measured is not None and noise is not None else None
-
-    def monitor_for(phase: int) -> dict[str, Any]:
-        if monitor is None:
-            return {}
-
-        def estimate(steps: int) -> QualityEvent:
-            den = Denoiser(model, config_fn_for(phase)(steps), device=device, **opts)
-            return monitor.estimate(den, f"dbsn-{PHASES[phase]}", int(offsets[phase] + steps))
-
-        return {"monitor": estimate, "monitor_every": monitor_every(iters[phase])}
+    monitor, measured, grid = noise_supervision(cfg, source, norm, model)
 
     losses: list[float] = []
     for phase in range(start_phase, len(PHASES)):
@@ -226,7 +245,10 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
                         **preview_runner(preview, model, config_fn_for(phase), device,
                                          BLIND_ESTIMATE if PHASES[phase] == "mu" else None, amp=cfg.amp,
                                          channels_last=cfg.channels_last),
-                        **monitor_for(phase), **gpu_options(cfg, device))
+                        **monitor_fields(monitor, PHASES[phase], int(offsets[phase]), iters[phase],
+                                         lambda steps, _p=phase: Denoiser(model, config_fn_for(_p)(steps),
+                                                                          device=device, **opts)),
+                        **gpu_options(cfg, device))
         res = yield from iter_optimize(spec, resume=resume and phase == start_phase)
         losses += res.losses
         if res.stopped:

@@ -254,7 +254,8 @@ def _checkpoint_due(spec: LoopSpec, done: int, stop: bool) -> bool:
 def iter_optimize(spec: LoopSpec, *, resume: bool,
                   ) -> Generator[StepEvent | CheckpointEvent | PreviewEvent | QualityEvent, None, LoopResult]:
     """Run ``spec``'s optimisation from step 0 (or the checkpoint's step when resuming) to ``spec.iters``,
-    or until ``should_stop`` asks; yields the events of every step (and the previews and quality estimates asked for)."""
+    or until ``should_stop`` asks; yields the events of every step (and the previews and quality estimates
+    asked for)."""
     model = place_network(spec.model, spec.device, channels_last=spec.channels_last, compile=spec.compile).train()
     opt, sched = make_optimizer(model, spec.lr, spec.iters)
     start = _start_step(spec, opt, sched, resume=resume)

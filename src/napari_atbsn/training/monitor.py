@@ -7,10 +7,10 @@ Bayes fusion, each as an estimated PSNR gain over the noisy input (Noise2Self fo
 probe of the noise's covariance where an output sees its pixel). The noise level and correlation are measured
 once, before the first step.
 
-At the end of the run the last estimate (of the final weights) decides the default output, as ``denoise`` will. A run whose
-outputs are all estimated worse than the input is reported as failed, with the likely cause and the fix; the
-default output then falls back to the safest one (the blend of mu with the input, weight α ≥ 0, which is the
-input itself when mu is useless), never the collapsed fusion.
+At the end of the run the last estimate (of the final weights) decides the default output, as ``denoise``
+will. A run whose fusion is estimated worse than the input is reported as failed, with the likely cause and
+the fix; the default output then falls back to the safest one (the blend of mu with the input, weight α ≥ 0,
+which is the input itself when mu is useless), never the collapsed fusion.
 """
 
 from __future__ import annotations
@@ -92,14 +92,24 @@ def measure_noise(source: PlaneSource) -> tuple[NoiseLevel, np.ndarray | None] |
         return None
 
 
+#: A run whose mu is worse than the input and whose fusion gains less than this has learned nothing useful:
+#: its fusion fell back to about the input (it weighs y where mu is poor), which is safe but no denoising.
+USEFUL_GAIN_DB = 0.5
+
+
 def diagnose(cal: Calibration, steps: int) -> tuple[bool, str]:
-    """(failed, advice) of a finished D-BSN run from its final calibration: failed when the fusion is estimated
-    worse than the input; the advice names the likely cause from mu's and the fusion's estimates."""
+    """(failed, advice) of a finished D-BSN run from its final calibration. It failed when the fusion is
+    estimated worse than the input, or when mu is and the fusion gains under :data:`USEFUL_GAIN_DB`; the advice
+    names the likely cause from mu's and the fusion's estimates."""
     fused, mu = cal.gain_of(None), cal.gain_of(BLIND_ESTIMATE)
-    if fused is None or fused >= 0:
+    if fused is None or (fused >= 0 and not (mu is not None and mu < 0 and fused < USEFUL_GAIN_DB)):
         return False, ""
-    fallback = ("The default output falls back to the blend of mu with the input" if cal.k_b == BLIND_ESTIMATE
-                else "The default output is the fusion, estimated worse than the input: keep the input")
+    if cal.k_b == BLIND_ESTIMATE:
+        fallback = "The default output falls back to the blend of mu with the input"
+    elif fused >= 0:
+        fallback = "The default output, the fusion, is about the input: keep the input"
+    else:
+        fallback = "The default output is the fusion, estimated worse than the input: keep the input"
     if mu is None or mu < 0:
         cause = (f"the blind-spot network itself did not learn (mu {mu:+.2f} dB) in {steps} steps: train longer "
                  f"(--iters), or with a lower --lr if the loss jumped; if 'atbsn analyze' finds the noise "
@@ -108,7 +118,7 @@ def diagnose(cal: Calibration, steps: int) -> tuple[bool, str]:
     else:
         cause = (f"the noise model failed (mu {mu:+.2f} dB but the fusion {fused:+.2f} dB): the noise estimator "
                  f"over- or under-states the noise; train longer, or try --noise-model gaussian")
-    return True, f"D-BSN training FAILED: the fusion is estimated worse than the input; {cause}. {fallback}."
+    return True, f"D-BSN training FAILED (fusion {fused:+.2f} dB over the input); {cause}. {fallback}."
 
 
 def final_quality(monitor: QualityMonitor, steps: int) -> dict[str, Any]:
@@ -120,7 +130,7 @@ def final_quality(monitor: QualityMonitor, steps: int) -> dict[str, Any]:
         return {}
     failed, advice = diagnose(cal, steps)
     record: dict[str, Any] = {"default": cal.to_record(), "line": f"{cal.line()} [on {cal.sample}]",
-                              "worse": failed or cal.worse}
+                              "failed": failed, "worse": cal.worse}
     if advice:
         record["advice"] = advice
     elif cal.worse:
