@@ -306,12 +306,13 @@ def _check_patch(patch: Any, arch: UNetArch, k_a: int) -> None:
                              f"patch. Use a smaller k_a (the paper trains with 9) or --patch {need} or more.")
 
 
+SIGMA_FITS = ("measured", "likelihood")  # how D-BSN's noise network learns (DBSNConfig.sigma_fit)
+
 #: D-BSN training defaults per preset. ``paper`` follows the reference scripts (patch 96, batch 8,
 #: Adam 3e-4); the phases split ``iters`` into mu pretraining (MSE), sigma pretraining (mu frozen)
 #: and joint training with the constrained likelihood (method.md §5.3). The sigma phase gets as many
 #: steps as mu: a sigma step costs about a third of a mu step, and with fewer the noise estimator
 #: stays flat instead of learning its signal dependence (seen on FMD, docs/benchmarks.md).
-SIGMA_FITS = ("measured", "likelihood")
 DBSN_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "paper": dict(iters=100_000, patch=96, batch=8, lr=3e-4),
     "small": dict(iters=1_500, patch=64, batch=4, lr=1e-3),
@@ -345,8 +346,8 @@ class DBSNConfig:
     sigma_fit: str = _help("how the noise network sigma_n learns: measured (fitted to the noise level measured "
                            "from the data, then fixed; gaussian and poisson-gaussian models) or likelihood (the "
                            "paper's constrained likelihood)", default="measured")
-    monitor: bool = _help("estimate mu's and the fusion's gain over the input on a sample of the data 4 times a "
-                          "phase, and the default output's at the end (a failed run says so)", default=True)
+    monitor: bool = _help("estimate mu's and the fusion's gain over the input on a sample of the data twice a "
+                          "phase; the last estimate decides the default output (a failed run says so)", default=True)
 
     def resolved(self) -> DBSNConfig:
         if self.preset not in DBSN_PRESETS:

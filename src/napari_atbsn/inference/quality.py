@@ -147,14 +147,21 @@ def calibrate(model: Denoiser, data: Any, axes: str, *, window: int | None = Non
     result is :func:`unmeasured`: the model's plain output, its gain unknown, and the reason."""
     planes, sample = sample_planes(data, axes)
     try:
-        corr, differences = noise_correlation(data, axes)
-        level = estimate_noise_level(planes.astype(np.float64), corr, differences=differences)
+        level, corr = measure_noise(data, axes, planes)
     except ImageError as e:
         return unmeasured(model, str(e))
     if model.kind == "atbsn":
         return calibrate_teacher(model, planes, level, corr, sample, window=window or model.patch,
                                  batch_size=batch_size)
     return calibrate_seeing(model, planes, level, corr, sample, batch_size=batch_size)
+
+
+def measure_noise(data: Any, axes: str, planes: np.ndarray) -> tuple[NoiseLevel, np.ndarray | None]:
+    """The noise of ``data``: its level (variance against signal, per channel), measured on ``planes`` (the
+    calibration's sample, :func:`sample_planes`), and its 2-D correlation (None: uncorrelated). Raises ImageError
+    where it cannot be measured (planes under 64x64, a constant or saturated image, NaN pixels)."""
+    corr, differences = noise_correlation(data, axes)
+    return estimate_noise_level(planes.astype(np.float64), corr, differences=differences), corr
 
 
 def noise_correlation(data: Any, axes: str) -> tuple[np.ndarray | None, bool]:
@@ -284,4 +291,4 @@ def channel_alpha(f: np.ndarray, y: np.ndarray, level: NoiseLevel, leak: np.ndar
 
 
 __all__ = ["Calibration", "calibrate", "calibrate_seeing", "calibrate_teacher", "candidate_ks", "channel_alpha",
-           "correlation_fits", "noise_correlation", "sample_planes", "unmeasured"]
+           "correlation_fits", "measure_noise", "noise_correlation", "sample_planes", "unmeasured"]

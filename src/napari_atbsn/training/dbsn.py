@@ -114,12 +114,11 @@ def signal_grid(level: NoiseLevel, norm: Normalization, n: int = 64) -> torch.Te
     measured curve where the data has few pixels (a fit on the pixels alone read the dimmest ones' noise std
     1.5x too high). Deterministic: no random state, so resuming stays exact."""
     cols = []
-    for c, lv in enumerate(level.levels):
+    for lv in level.levels:
         lo, hi = min(lv), max(lv)
         span = max(hi - lo, abs(hi) * 0.1, 1e-6)
-        data = torch.linspace(lo - span / 2, hi + span / 2, n)
-        cols.append((data - norm.offset[c]) / norm.scale[c])
-    return torch.stack(cols, dim=1).reshape(n, len(cols), 1, 1)
+        cols.append(torch.linspace(lo - span / 2, hi + span / 2, n))
+    return norm.apply(torch.stack(cols, dim=1).reshape(n, len(cols), 1, 1))
 
 
 def phase_loss(model: DBSN, phase: str, guard: LossGuard,
@@ -139,13 +138,12 @@ def phase_loss(model: DBSN, phase: str, guard: LossGuard,
         if phase == "mu":
             return F.mse_loss(mu.float(), x.float())
         var_mu = model.var_mu(mid)
+        var_n = model.var_n(model.noise_input(x, mu.detach()))
         if measured is None:
-            var_n = model.var_n(model.noise_input(x, mu.detach()))
             loss, maha = constrained_nll(x, mu, var_mu, var_n)
         else:
             # sigma_n follows the measured level at mu as mu changes; the likelihood does not move it (it would
             # take mu's own error for noise), so sigma_mu learns mu's error given the measured noise
-            var_n = model.var_n(model.noise_input(x, mu.detach()))
             fit = (torch.log(var_n) - torch.log(measured(mu.detach()))).square().mean()
             if grid is not None and model.noise_model == "poisson-gaussian":  # sigma_n reads the signal per pixel
                 g = grid.to(x.device)

@@ -223,25 +223,20 @@ def _record_loss(spec: LoopSpec, losses: list[float], value: float | None, step:
     return value
 
 
+def _in_eval(model: nn.Module, fn: Callable[[int], Any], done: int) -> Any:
+    """``fn(done)`` with the network in eval mode and no gradient (neither touches random state, so a run that
+    previews or estimates its quality ends with the same weights)."""
+    model.eval()
+    with torch.no_grad():
+        out = fn(done)
+    model.train()
+    return out
+
+
 def _preview(spec: LoopSpec, model: nn.Module, done: int) -> PreviewEvent:
     """The preview crop denoised by the weights after ``done`` steps."""
     assert spec.preview is not None
-    # eval mode and no_grad touch no random state, so a previewed run ends with the same weights
-    model.eval()
-    with torch.no_grad():
-        image = spec.preview(done)
-    model.train()
-    return PreviewEvent(spec.stage, done, image)
-
-
-def _monitor(spec: LoopSpec, model: nn.Module, done: int) -> QualityEvent:
-    """The network's estimated quality after ``done`` steps (eval mode, no gradient: no random state touched)."""
-    assert spec.monitor is not None
-    model.eval()
-    with torch.no_grad():
-        event = spec.monitor(done)
-    model.train()
-    return event
+    return PreviewEvent(spec.stage, done, _in_eval(model, spec.preview, done))
 
 
 def _checkpoint_due(spec: LoopSpec, done: int, stop: bool) -> bool:
@@ -274,7 +269,7 @@ def iter_optimize(spec: LoopSpec, *, resume: bool,
         if spec.preview is not None and (stop or done == spec.iters or done % spec.preview_every == 0):
             yield _preview(spec, model, done)
         if spec.monitor is not None and (done == spec.iters or done % spec.monitor_every == 0):
-            yield _monitor(spec, model, done)
+            yield _in_eval(model, spec.monitor, done)
         if _checkpoint_due(spec, done, stop):
             path = save_checkpoint(spec, opt, sched, done)
             yield CheckpointEvent(done, str(path))

@@ -23,8 +23,9 @@ import numpy as np
 from ..config import BLIND_ESTIMATE
 from ..errors import ImageError
 from ..events import QualityEvent
-from ..inference.quality import Calibration, calibrate_seeing, noise_correlation, sample_planes
-from ..risk import NoiseLevel, estimate_noise_level
+from ..inference.quality import Calibration, calibrate_seeing, sample_planes
+from ..inference.quality import measure_noise as measure_noise_of
+from ..risk import NoiseLevel
 
 if TYPE_CHECKING:
     from ..inference.denoiser import Denoiser
@@ -81,13 +82,11 @@ class QualityMonitor:
 
 def measure_noise(source: PlaneSource) -> tuple[NoiseLevel, np.ndarray | None] | None:
     """The training data's noise level (variance against signal, per channel) and 2-D correlation (None:
-    uncorrelated), measured on the calibration's own sample (8 planes, centre 512x512) as ``denoise`` measures
-    it; None when it cannot be (planes under 64x64, a constant image): the run then trains unmonitored, with
-    the paper's likelihood for the noise model."""
+    uncorrelated), measured as ``denoise`` measures it (:func:`~napari_atbsn.inference.quality.measure_noise`);
+    None when it cannot be (planes under 64x64, a constant image): the run then trains unmonitored, with the
+    paper's likelihood for the noise model."""
     try:
-        corr, differences = noise_correlation(source.data, source.axes)
-        wide, _ = sample_planes(source.data, source.axes)
-        return estimate_noise_level(wide.astype(np.float64), corr, differences=differences), corr
+        return measure_noise_of(source.data, source.axes, sample_planes(source.data, source.axes)[0])
     except ImageError:
         return None
 
