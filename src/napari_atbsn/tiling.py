@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -156,18 +157,24 @@ class PlaneGrid:
 # fn maps a batch of normalised windows (B, C, w, w) to (K, B, C', w, w): K outputs per window
 # (several blind-spot sizes from one backbone pass, or K = 1).
 WindowFn = Callable[[np.ndarray], np.ndarray]
-# read(y0, y1, x0, x1) -> normalised (C, y1 - y0, x1 - x0) float32 pixels of the plane
+# read(y0, y1, x0, x1) -> (C, y1 - y0, x1 - x0) pixels of the plane: normalised float32, or raw pixels of any
+# type when a ``prepare`` normalises each batch
 Reader = Callable[[int, int, int, int], np.ndarray]
+# prepare(tiles) normalises a float32 batch of windows (B, C, w, w) in place
+Prepare = Callable[[np.ndarray], None]
 
 
-def iter_box(fn: WindowFn, read: Reader, grid: PlaneGrid, box: Box, *,
-             batch_size: int) -> Generator[int, None, np.ndarray]:
-    """Compute one chunk: yields the number of windows done after each batch; returns the (K, C', h, w) result.
+def iter_box(fn: WindowFn, read: Reader, grid: PlaneGrid, box: Box, *, batch_size: int,
+             prepare: Prepare | None = None, out: Any = None) -> Generator[int, None, Any]:
+    """Compute one chunk: yields the number of windows done after each batch; returns the (K, C', h, w) result
+    (``out``: K float32 arrays of (C', h, w) to write it into, views of a larger image included; returned).
 
     Windows are read from one region and batched in a fixed (row-major) order,
-    so the same chunk always gives the same bytes. Planes smaller than the
-    window are zero-padded at the bottom/right (zeros, in the normalised space,
-    carry no pixel's own value).
+    so the same chunk always gives the same bytes. With ``prepare``, ``read``
+    gives raw pixels and each batch is cast to float32 and normalised as it is
+    cut (one pass over the pixels, in cache, instead of whole-region copies).
+    Planes smaller than the window are zero-padded at the bottom/right (zeros,
+    in the normalised space, carry no pixel's own value).
     """
     w = grid.window
     ys, xs = grid.windows(box)
@@ -175,14 +182,23 @@ def iter_box(fn: WindowFn, read: Reader, grid: PlaneGrid, box: Box, *,
     ry0, rx0 = rb.y0, rb.x0
     region = read(rb.y0, rb.y1, rb.x0, rb.x1)
     ph, pw = max(w - region.shape[-2], 0), max(w - region.shape[-1], 0)
-    if ph or pw:
+    if ph or pw:  # a plane smaller than the window: normalise it whole, then pad with normalised zeros
+        region = np.array(region, dtype=np.float32)
+        if prepare is not None:
+            prepare(region[None])
+            prepare = None
         region = np.pad(region, ((0, 0), (0, ph), (0, pw)))
     todo = list(itertools.product(ys, xs))
-    out: np.ndarray | None = None
+    y_starts, x_starts = grid.y.starts - ry0, grid.x.starts - rx0
+    buffer = np.empty((min(batch_size, len(todo)), region.shape[0], w, w), dtype=np.float32)
     for i in range(0, len(todo), batch_size):
         batch = todo[i:i + batch_size]
-        tiles = np.stack([region[:, grid.y.starts[iy] - ry0:grid.y.starts[iy] - ry0 + w,
-                                 grid.x.starts[ix] - rx0:grid.x.starts[ix] - rx0 + w] for iy, ix in batch])
+        tiles = buffer[:len(batch)]
+        for b, (iy, ix) in enumerate(batch):
+            sy, sx = y_starts[iy], x_starts[ix]
+            np.copyto(tiles[b], region[:, sy:sy + w, sx:sx + w], casting="unsafe")
+        if prepare is not None:
+            prepare(tiles)
         res = fn(tiles)
         if out is None:
             out = np.empty((res.shape[0], res.shape[2], *box.shape), dtype=np.float32)
@@ -191,15 +207,17 @@ def iter_box(fn: WindowFn, read: Reader, grid: PlaneGrid, box: Box, *,
             ky0, ky1 = max(grid.y.keep_starts[iy], box.y0), min(grid.y.keep_stops[iy], box.y1)
             kx0, kx1 = max(grid.x.keep_starts[ix], box.x0), min(grid.x.keep_stops[ix], box.x1)
             sy, sx = grid.y.starts[iy], grid.x.starts[ix]
-            out[:, :, ky0 - box.y0:ky1 - box.y0, kx0 - box.x0:kx1 - box.x0] = \
-                res[:, b, :, ky0 - sy:ky1 - sy, kx0 - sx:kx1 - sx]
+            for k, d in enumerate(out):
+                d[:, ky0 - box.y0:ky1 - box.y0, kx0 - box.x0:kx1 - box.x0] = \
+                    res[k, b, :, ky0 - sy:ky1 - sy, kx0 - sx:kx1 - sx]
         yield len(batch)
     assert out is not None  # a non-empty box always needs at least one window
     return out
 
 
-def run_box(fn: WindowFn, read: Reader, grid: PlaneGrid, box: Box, *, batch_size: int) -> np.ndarray:
+def run_box(fn: WindowFn, read: Reader, grid: PlaneGrid, box: Box, *, batch_size: int,
+            prepare: Prepare | None = None) -> np.ndarray:
     """:func:`iter_box` without progress."""
     from .events import drain
 
-    return drain(iter_box(fn, read, grid, box, batch_size=batch_size))
+    return drain(iter_box(fn, read, grid, box, batch_size=batch_size, prepare=prepare))

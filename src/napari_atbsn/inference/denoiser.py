@@ -103,11 +103,13 @@ class Denoiser:
             y = network_outputs(self.network, self.kind, t, ks, k_b=self.k_b, gamma=self.gamma)
         return y[:, :1].float().cpu().numpy() if single else y.float().cpu().numpy()
 
-    def undo_output(self, out: np.ndarray, k: int | str | None) -> np.ndarray:
-        """A normalised network output back in the data's units (a noise std scales, an image also shifts)."""
+    def undo_output(self, out: np.ndarray, k: int | str | None, *, in_place: bool = False) -> np.ndarray:
+        """A normalised network output back in the data's units (a noise std scales, an image also shifts);
+        ``in_place`` reuses ``out`` (float32), with the same arithmetic."""
         if k == NOISE_MAP:
-            return out * np.asarray(self.normalization.scale, dtype=np.float32).reshape(-1, 1, 1)
-        return self.normalization.undo(out)
+            scale = np.asarray(self.normalization.scale, dtype=np.float32).reshape(-1, 1, 1)
+            return np.multiply(out, scale, out=out) if in_place else out * scale
+        return self.normalization.undo_(out) if in_place else self.normalization.undo(out)
 
     def fingerprint(self) -> str:
         """SHA-256 of what determines the output: kind, normalisation, window, k_b, gamma and weights."""

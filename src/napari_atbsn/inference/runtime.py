@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -70,31 +70,36 @@ class Runtime:
         if self.on_backoff:
             self.on_backoff(f"out of memory: retrying with --batch-size {self.batch_size}")
 
-    def iter_unit(self, raw: np.ndarray, origin: tuple[int, int], box: Box, *,
-                  plane: int | None = None) -> Generator[int, None, np.ndarray]:
+    def iter_unit(self, raw: np.ndarray, origin: tuple[int, int], box: Box, *, plane: int | None = None,
+                  out: Sequence[np.ndarray] | None = None) -> Generator[int, None, Any]:
         """Denoise ``box`` from ``raw``, the (C, h, w) source pixels at ``origin`` that its windows need
         (``plane``: its plane's number, for messages).
 
-        Yields windows done per batch; returns the (K, C, h, w) float32 result in the data's own range.
+        Yields windows done per batch; returns the (K, C, h, w) float32 result in the data's own range, or
+        writes it into ``out`` (K float32 (C, h, w) arrays, e.g. views of the caller's image) and returns that.
         """
         if not np.all(np.isfinite(raw)):
             index = self.geom.plane_index(plane) if plane is not None else {}
             where = f" in plane {', '.join(f'{a}={i}' for a, i in index.items())}" if index else ""
             raise ImageError(f"the image contains NaN or Inf pixels{where} near rows {box.y0}..{box.y1}, columns "
                              f"{box.x0}..{box.x1}; replace them (e.g. with the local median) before denoising.")
-        norm = self.model.normalization
-        normed = norm.apply(raw.astype(np.float32, copy=False))
         oy, ox = origin
 
         def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-            return normed[:, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+            return raw[:, y0 - oy:y1 - oy, x0 - ox:x1 - ox]
 
-        result = yield from iter_box(self.windows, read, self.grid, box, batch_size=self.batch_size)
-        outs = [self.model.undo_output(r, k) for r, k in zip(result, self.net_ks, strict=True)]
-        if self.calibration is not None:
+        # raw pixels are cast and normalised batch by batch as windows are cut (iter_box), and the result is
+        # mapped back to the data's units in place: no whole-chunk temporaries
+        result = yield from iter_box(self.windows, read, self.grid, box, batch_size=self.batch_size,
+                                     prepare=self.model.normalization.apply_, out=out)
+        for r, k in zip(result, self.net_ks, strict=True):
+            self.model.undo_output(r, k, in_place=True)
+        if self.calibration is not None and AUTO_K_B in self.ks:
             y = raw[:, box.y0 - oy:box.y1 - oy, box.x0 - ox:box.x1 - ox].astype(np.float32, copy=False)
-            outs = [self.calibration.apply(y, o) if k == AUTO_K_B else o for o, k in zip(outs, self.ks, strict=True)]
-        return np.stack(outs)
+            for i, k in enumerate(self.ks):
+                if k == AUTO_K_B:
+                    result[i][...] = self.calibration.apply(y, result[i])
+        return result
 
 
 def counted(gen: Generator[int, None, np.ndarray], done: int, total: int,
@@ -144,12 +149,19 @@ def iter_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Sequence[Outp
     outs.calibration = calibration
     total = geom.n_planes * grid.count(geom.region)
     done = 0
+    # float32 outputs whose channels come before the rows (YX, CYX, ZCYX ...) are written by the windows straight
+    # into the caller's array; channel-last ones (napari's RGB YXC) are assembled per plane and transposed
+    # once, which is faster than scattering each window's core into interleaved channels
+    cyx = [a for a in axes if a in "CYX"]
+    direct = all(o.dtype == np.float32 for o in outs) and cyx[-2:] == ["Y", "X"]
     for n in range(geom.n_planes):
         box = geom.region
         index = geom.source_index(n, 0, geom.height, 0, geom.width)
         raw = geom.to_cyx(read_block(arr, index))
-        result = yield from counted(rt.iter_unit(raw, (0, 0), box, plane=n), done, total)
+        into = [geom.to_cyx(o[index]) for o in outs] if direct else None
+        result = yield from counted(rt.iter_unit(raw, (0, 0), box, plane=n, out=into), done, total)
         done += grid.count(box)
-        for o, res in zip(outs, result, strict=True):
-            o[index] = from_cyx(to_dtype(res, o.dtype), geom)
+        if not direct:
+            for o, res in zip(outs, result, strict=True):
+                o[index] = from_cyx(to_dtype(res, o.dtype), geom)
     return outs

@@ -1,0 +1,153 @@
+"""What the host side costs: the real denoising pipeline with the network replaced by an identity.
+
+Everything but the network runs as users get it: reading, normalisation, window extraction with the halo,
+batching, reassembly, the ``auto`` blend where asked, dtype conversion and writing. The network is a
+module that returns its input, so the MPix/s printed here is the most any network can reach through the
+pipeline on this machine; a GPU that computes faster than this waits for the host.
+
+Two parts, each printed as a table:
+
+* **in memory** (what napari layers and notebooks use, ``Denoiser.denoise``): a 2048² RGB float32 image
+  at windows 128 and 256 and several batch sizes;
+* **files** (``atbsn denoise``, ``inference.run.denoise``): a generated uint16 ZYX BigTIFF written to
+  OME-Zarr, BigTIFF and .npy, at the default chunk and batch sizes.
+
+    python benchmarks/host_overhead.py                 # 16 x 2048² planes (128 MiB)
+    python benchmarks/host_overhead.py --planes 4 --size 1024 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import platform
+import pstats
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_atbsn.inference.denoiser import Denoiser
+from napari_atbsn.inference.run import denoise
+
+
+class Identity(nn.Module):
+    """A network that computes nothing, shaped as a teacher with a fixed k_b (one output per k asked)."""
+
+    def forward(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        return x
+
+    def teachers(self, x: torch.Tensor, ks: list[int]) -> torch.Tensor:
+        return x[None].expand(len(ks), *x.shape)
+
+
+def identity_model(channels: int, window: int, *, offset: float = 0.0, scale: float = 1.0) -> Denoiser:
+    """A fixed k_b, so the pipeline alone is timed; the ``auto`` rows add the calibration (a sample's noise
+    level and correlation, measured once per image or volume) and the blend."""
+    cfg = {"kind": "atbsn", "arch": {"in_channels": channels, "preset": "identity"}, "patch": window, "k_b": 3,
+           "normalization": {"mode": "zscore", "offset": [offset] * channels, "scale": [scale] * channels}}
+    return Denoiser(Identity(), cfg, device="cpu")
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def in_memory(size: int, repeats: int, profile: bool) -> None:
+    image = np.random.default_rng(0).normal(size=(size, size, 3)).astype(np.float32)
+    print(f"\n### In memory: {size}² RGB float32, Denoiser.denoise, identity network\n")
+    print("| window | batch | seconds | MPix/s |")
+    print("|---|---|---|---|")
+    for window, batch in ((128, 8), (128, 64), (256, 8), (256, 32)):
+        model = identity_model(3, window)
+        out = model.denoise(image, "YXC", batch_size=batch)
+        assert np.array_equal(out, image), "the identity pipeline changed the image"
+        secs = best_of(lambda m=model, b=batch: m.denoise(image, "YXC", batch_size=b), repeats)
+        print(f"| {window} | {batch} | {secs:.3f} | {size * size / secs / 1e6:.1f} |")
+    if profile:
+        model = identity_model(3, 128)
+        run_profiled(lambda: model.denoise(image, "YXC", batch_size=8))
+
+
+def files(planes: int, size: int, repeats: int, profile: bool, folder: Path) -> None:
+    import tifffile
+
+    src = folder / "volume.tif"
+    rng = np.random.default_rng(1)
+    vol = rng.integers(900, 1400, size=(planes, size, size), dtype=np.uint16)
+    tifffile.imwrite(src, vol, bigtiff=True, metadata={"axes": "ZYX"})
+    mpix = planes * size * size / 1e6
+    print(f"\n### Files: uint16 ZYX BigTIFF {planes}x{size}² ({vol.nbytes / 2**20:.0f} MiB), identity network "
+          f"(window 128), default chunk and batch\n")
+    print("| output | dtype | seconds | MPix/s |")
+    print("|---|---|---|---|")
+    model = identity_model(1, 128, offset=1000.0, scale=100.0)
+    for suffix in (".ome.zarr", ".tif", ".npy"):
+        for dtype in ("float32", "input"):
+            out = folder / f"out{suffix}"
+
+            def run(out: Path = out, dtype: str = dtype) -> None:
+                res = denoise(src, model, out, dtype=dtype, overwrite=True)
+                assert res.complete
+
+            run()  # also checks the result once
+            check(out, vol)
+            secs = best_of(run, repeats)
+            print(f"| {suffix} | {dtype} | {secs:.2f} | {mpix / secs:.1f} |")
+            if profile and dtype == "float32":
+                run_profiled(run)
+            remove(out)
+
+
+def check(out: Path, vol: np.ndarray) -> None:
+    from napari_atbsn.io.readers import open_image
+
+    got = np.asarray(open_image(out).data)
+    assert np.allclose(got, vol, atol=1e-3), f"{out}: the identity pipeline changed the data"
+
+
+def remove(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p)
+    elif p.exists():
+        p.unlink()
+
+
+def run_profiled(fn) -> None:
+    pr = cProfile.Profile()
+    pr.enable()
+    fn()
+    pr.disable()
+    print()
+    pstats.Stats(pr).sort_stats("cumulative").print_stats(25)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--planes", type=int, default=16)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="print a cProfile of one run of each part")
+    ap.add_argument("--only", choices=("memory", "files"), default=None)
+    ap.add_argument("--tmp", default=None, help="folder for the generated volume and outputs (default: a temp dir)")
+    args = ap.parse_args()
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, numpy {np.__version__}")
+    if args.only in (None, "memory"):
+        in_memory(args.size, args.repeats, args.profile)
+    if args.only in (None, "files"):
+        with tempfile.TemporaryDirectory(dir=args.tmp) as d:
+            files(args.planes, args.size, args.repeats, args.profile, Path(d))
+
+
+if __name__ == "__main__":
+    main()
