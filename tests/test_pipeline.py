@@ -408,3 +408,101 @@ def test_a_different_array_of_the_same_shape_is_not_resumed_into(tmp_path, tiny_
         denoise(b, model, out, axes="ZYX", chunk=32)
     res = denoise(a, model, out, axes="ZYX", chunk=32)  # the same array continues it
     assert res.complete and res.units_resumed >= 1
+
+
+@pytest.mark.parametrize("chunk, unit_levels", [(32, 1), (64, 2), (24, 0), (1024, 3)])
+def test_pyramid_levels_written_by_the_units_equal_the_pyramid_built_at_the_end(
+        tmp_path: Path, tiny_teacher: Path, monkeypatch, chunk: int, unit_levels: int) -> None:
+    """Units write their share of the levels whose chunks their chunk fills (32 px: level 1 at 16 px; 64: levels
+    1-2; 24: none, 24/2 is under the minimum; one unit per plane: all), the rest is built at the end, and
+    every level is what the old build-everything-at-the-end gives, bit for bit, odd sizes included."""
+    import napari_atbsn.io.outputs as outputs
+
+    monkeypatch.setattr(outputs, "PYRAMID_MAX_SIDE", 20)
+    monkeypatch.setattr(outputs, "MIN_UNIT_LEVEL_CHUNK", 16)
+    model = load_model(tiny_teacher)
+    img = _volume((2, 91, 70), seed=12).astype(np.float32)
+    seen: list[int] = []
+    real_prepare = outputs.OutputStore.prepare
+
+    def prepare(self, **kw):
+        seen.append(self.unit_levels())
+        return real_prepare(self, **kw)
+
+    monkeypatch.setattr(outputs.OutputStore, "prepare", prepare)
+    res = denoise(img, model, tmp_path / "o.ome.zarr", axes="ZYX", k_b=3, chunk=chunk)
+    assert seen == [unit_levels]
+    g = zarr.open_group(res.paths[0], mode="r")
+    assert [g[str(i)].shape for i in range(4)] == [(2, 91, 70), (2, 46, 35), (2, 23, 18), (2, 12, 9)]
+    ref = zarr.open_group(tmp_path / "ref.zarr", mode="w", zarr_format=2)
+    ref.create_array("0", data=g["0"][:], chunks=g["0"].chunks)
+    assert outputs.build_pyramid(ref, "ZYX") == 4
+    for level in range(1, 4):
+        np.testing.assert_array_equal(g[str(level)][:], ref[str(level)][:])
+    if unit_levels > 0 and chunk < 91:
+        assert g["1"].chunks == (1, chunk // 2, chunk // 2)  # one level chunk per unit: no two units share one
+
+
+def test_halve_is_the_2x2_mean_of_dask_coarsen_bit_for_bit() -> None:
+    import dask.array as da
+
+    from napari_atbsn.io.outputs import halve, to_dtype
+
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.uint16):
+        x = (rng.lognormal(3, 2, size=(2, 3, 41, 30)) * 50).astype(dtype)
+        prev = da.pad(da.from_array(x, chunks=(1, 3, 16, 16)), [(0, 0), (0, 0), (0, 1), (0, 0)], mode="edge")
+        want = to_dtype(da.coarsen(np.mean, prev.astype(np.float64), {2: 2, 3: 2}), dtype).compute()
+        np.testing.assert_array_equal(halve(x, "ZCYX", dtype), want)
+
+
+def test_a_failed_background_write_stops_the_job_with_its_error_and_leaves_no_false_marker(
+        tmp_path: Path, tiny_teacher: Path, monkeypatch) -> None:
+    """Units are stored by a writer thread while the next one computes: a write that fails (disk full) stops
+    the run with the WriteError, the failed unit has no marker, and the same command then finishes the job
+    identically."""
+    import napari_atbsn.inference.schedulers as schedulers
+
+    model = load_model(tiny_teacher)
+    img = _volume((3, 64, 64), seed=13)
+    real = schedulers.write_unit
+    calls = []
+
+    def failing(spec, stores, n, box, result):
+        calls.append(n)
+        if len(calls) == 2:  # as a full disk fails
+            raise WriteError("could not store a chunk: No space left on device")
+        return real(spec, stores, n, box, result)
+
+    monkeypatch.setattr(schedulers, "write_unit", failing)
+    out = tmp_path / "o.ome.zarr"
+    with pytest.raises(WriteError, match="No space left"):
+        denoise(img, model, out, axes="ZYX", k_b=3, chunk=64)
+    work = tmp_path / ".o.ome.zarr.partial" / ".atbsn-done"
+    assert sorted(p.name for p in work.iterdir()) == ["0_0_0"] and not out.exists()
+    monkeypatch.setattr(schedulers, "write_unit", real)
+    res = denoise(img, model, out, axes="ZYX", k_b=3, chunk=64)
+    assert res.units_resumed == 1 and res.units_computed == 2
+    np.testing.assert_array_equal(_read(out), model.denoise(img, "ZYX", k_b=3))
+
+
+def test_batches_are_normalised_as_they_are_cut_with_the_same_bits_as_the_whole_image(tiny_teacher: Path) -> None:
+    """The windows are cast and normalised batch by batch, and mapped back in place: the same numbers as the
+    normalised whole image run window by window, for integer and channel-last float inputs."""
+    from napari_atbsn.tiling import PlaneGrid, run_box
+
+    model = load_model(tiny_teacher)
+    img = _volume((70, 90), seed=14)
+    norm = model.normalization
+    grid = PlaneGrid.of(70, 90, model.patch, model.halo)
+    whole = norm.apply(img.astype(np.float32)[None])
+
+    def fn(t: np.ndarray) -> np.ndarray:
+        return model.run_windows(t, [3])
+
+    want = norm.undo(run_box(fn, lambda y0, y1, x0, x1: whole[:, y0:y1, x0:x1], grid, Box(0, 70, 0, 90),
+                             batch_size=3)[0])
+    got = model.denoise(img, "YX", k_b=3)
+    np.testing.assert_array_equal(got, want[0])
+    rgb = load_model(tiny_teacher)  # the one-channel model on a channel-last view of the same plane
+    np.testing.assert_array_equal(rgb.denoise(img[..., None].astype(np.float32), "YXC", k_b=3)[..., 0], want[0])

@@ -153,7 +153,8 @@ def start_stores(job: Plan) -> None:
     chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
     for s, resumed, k in zip(job.stores, job.resumed, job.ks, strict=True):
         if not resumed:
-            s.create(job.store_record(k), shape=shape, chunks=chunks, dtype=str(output_dtype(k, job.out_dtype)))
+            s.create(job.store_record(k), shape=shape, chunks=chunks, dtype=str(output_dtype(k, job.out_dtype)),
+                     axes=st_axes)
 
 
 def finish_stores(job: Plan) -> None:

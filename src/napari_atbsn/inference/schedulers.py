@@ -15,7 +15,7 @@ import numpy as np
 from ..config import OutputKey
 from ..errors import ConfigError, ImageError, WriteError
 from ..events import drain
-from ..io.outputs import OutputStore, to_dtype
+from ..io.outputs import OutputStore, halve, to_dtype
 from ..tiling import Box, PlaneGrid
 from .denoiser import load_model
 from .geometry import Geometry, read_block
@@ -82,17 +82,18 @@ class UnitSpec:
 
 
 # Per-process runtimes, keyed by job token: threads share the caller's, worker processes build their own.
-_RUNTIMES: dict[str, tuple[Runtime, list[tuple[OutputStore, Any]]]] = {}
+_RUNTIMES: dict[str, tuple[Runtime, list[tuple[OutputStore, list[Any]]]]] = {}
 _RUNTIMES_LOCK = threading.Lock()
 
 
-def open_stores(spec: UnitSpec) -> list[tuple[OutputStore, Any]]:
-    """Each output's work store with its level-0 array, opened for writing."""
+def open_stores(spec: UnitSpec) -> list[tuple[OutputStore, list[Any]]]:
+    """Each output's work store with its level-0 array and the pyramid levels units write, opened for
+    writing."""
     stores = [OutputStore(p) for p in spec.outputs]
-    return [(s, s.open_array()) for s in stores]
+    return [(s, s.open_arrays()) for s in stores]
 
 
-def runtime_for(spec: UnitSpec) -> tuple[Runtime, list[tuple[OutputStore, Any]]]:
+def runtime_for(spec: UnitSpec) -> tuple[Runtime, list[tuple[OutputStore, list[Any]]]]:
     """This process's runtime and open stores for a job (built on first use: worker processes load the model)."""
     with _RUNTIMES_LOCK:
         if spec.token not in _RUNTIMES:
@@ -121,26 +122,35 @@ def unit_key(n: int, box: Box) -> str:
     return f"{n}_{box.y0}_{box.x0}"
 
 
-def store_index(spec: UnitSpec, n: int, box: Box) -> tuple[Any, ...]:
-    """Where a unit goes in a work store (store axes order, Y/X relative to the region)."""
+def store_index(spec: UnitSpec, n: int, box: Box, level: int = 0, shape: tuple[int, int] | None = None,
+                ) -> tuple[Any, ...]:
+    """Where a unit goes in a work store (store axes order, Y/X relative to the region); at a pyramid
+    ``level``, its ``shape`` (rows, columns) there."""
     plane = spec.geom.plane_index(n)
     r = spec.geom.region
-    spans = {"Y": slice(box.y0 - r.y0, box.y1 - r.y0), "X": slice(box.x0 - r.x0, box.x1 - r.x0), "C": slice(None)}
+    y0, x0 = (box.y0 - r.y0) >> level, (box.x0 - r.x0) >> level
+    h, w = shape or box.shape
+    spans = {"Y": slice(y0, y0 + h), "X": slice(x0, x0 + w), "C": slice(None)}
     return tuple(plane[a] if a in plane else spans[a] for a in spec.store_axes)
 
 
-def write_unit(spec: UnitSpec, stores: list[tuple[OutputStore, Any]], n: int, box: Box, result: np.ndarray) -> None:
-    """Store a unit's result in each output's work store, then mark it done there."""
-    idx = store_index(spec, n, box)
+def write_unit(spec: UnitSpec, stores: list[tuple[OutputStore, list[Any]]], n: int, box: Box,
+               result: np.ndarray) -> None:
+    """Store a unit's result in each output's work store (with its share of the pyramid levels units write),
+    then mark it done there."""
     key = unit_key(n, box)
-    if not np.isfinite(result).all():  # before anything of this unit is stored: a marker never lies
+    if not all(np.isfinite(r).all() for r in result):  # before anything of this unit is stored: a marker never lies
         raise ImageError(f"the model produced NaN or Inf values in plane {n}, rows {box.y0}..{box.y1}, columns "
                          f"{box.x0}..{box.x1} (the input there is finite): its weights are damaged or overflow; with "
                          f"mixed precision on a GPU try --no-amp, else re-train or use another model folder.")
-    for (store, arr), res, k in zip(stores, result, spec.ks, strict=True):
+    for (store, arrays), res, k in zip(stores, result, spec.ks, strict=True):
         data = to_dtype(res, output_dtype(k, np.dtype(spec.out_dtype)))
         try:
-            arr[idx] = data if "C" in spec.store_axes else data[0]
+            for level, arr in enumerate(arrays):
+                if level:
+                    data = halve(data, "CYX", data.dtype)
+                idx = store_index(spec, n, box, level, data.shape[-2:])
+                arr[idx] = data if "C" in spec.store_axes else data[0]
             # the marker comes only after the chunk is fully stored: a marker never lies
             store.mark_done(key)
         except OSError as e:
@@ -166,19 +176,47 @@ def torch_threads(scheduler: str, workers: int) -> int:
 
 def run_sync(job: Plan, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: str, workers: int,
               should_stop: Callable[[], bool], say: Callable[[str], None]) -> Iterator[int]:
-    """In process, unit after unit, with progress after every batch of windows."""
+    """In process, unit after unit, with progress after every batch of windows.
+
+    The next unit's pixels are read and the previous unit's result is stored by two helper threads while
+    this one computes (decompression, compression and the disk release the GIL), so the network waits for
+    neither. At most one result waits to be stored, so memory stays at a few units; a unit is marked done
+    only once stored, and nothing is written after this returns or raises.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     rt = Runtime(job.model, job.ks, job.geom, job.window, job.halo, job.batch_size, on_backoff=say,
                  calibration=job.calibration)
     stores = open_stores(spec)
     data = job.source.data
-    for n, box in todo:
-        if should_stop():
-            return
+
+    def read(n: int, box: Box) -> tuple[np.ndarray, tuple[int, int]]:
         r = rt.grid.read_box(box)
-        raw = job.geom.to_cyx(read_block(data, job.geom.source_index(n, r.y0, r.y1, r.x0, r.x1)))
-        result = yield from rt.iter_unit(raw, (r.y0, r.x0), box, plane=n)
-        write_unit(spec, stores, n, box, result)
-        yield 0  # a unit finished (its windows were counted batch by batch)
+        return job.geom.to_cyx(read_block(data, job.geom.source_index(n, r.y0, r.y1, r.x0, r.x1))), (r.y0, r.x0)
+
+    if not todo:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="atbsn-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="atbsn-write") as writer:
+        reading = reader.submit(read, *todo[0])
+        writing = None
+        try:
+            for i, (n, box) in enumerate(todo):
+                if should_stop():
+                    break
+                raw, origin = reading.result()
+                if i + 1 < len(todo):
+                    reading = reader.submit(read, *todo[i + 1])
+                result = yield from rt.iter_unit(raw, origin, box, plane=n)
+                if writing is not None:
+                    writing.result()  # the previous unit is stored (or its error raised) before the next waits
+                writing = writer.submit(write_unit, spec, stores, n, box, result)
+                yield 0  # a unit finished (its windows were counted batch by batch)
+            if writing is not None:
+                writing.result()
+        finally:
+            reading.cancel()
+            # leaving the pools waits for a read or write still running: nothing is stored after this returns
 
 
 def run_dask(job: Plan, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: str, workers: int,
