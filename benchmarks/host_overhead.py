@@ -10,10 +10,16 @@ Two parts, each printed as a table:
 * **in memory** (what napari layers and notebooks use, ``Denoiser.denoise``): a 2048² RGB float32 image
   at windows 128 and 256 and several batch sizes;
 * **files** (``atbsn denoise``, ``inference.run.denoise``): a generated uint16 ZYX BigTIFF written to
-  OME-Zarr, BigTIFF and .npy, at the default chunk and batch sizes.
+  OME-Zarr, BigTIFF and .npy, at the default chunk size, with 4 windows per network call (the CPU
+  default) and 32 (what a GPU gets).
+
+Rows with k_b 3 time the pipeline; the ``auto`` rows add the default's calibration (the noise level and
+correlation measured on a sample, once per image or volume) and the blend with the input.
+
+Run it against another checkout side by side with ``PYTHONPATH=OTHER/src python benchmarks/host_overhead.py``.
 
     python benchmarks/host_overhead.py                 # 16 x 2048² planes (128 MiB)
-    python benchmarks/host_overhead.py --planes 4 --size 1024 --profile
+    python benchmarks/host_overhead.py --planes 4 --size 1024 --profile --only files
 """
 
 from __future__ import annotations
@@ -64,22 +70,26 @@ def best_of(fn, repeats: int) -> float:
 
 
 def in_memory(size: int, repeats: int, profile: bool) -> None:
-    image = np.random.default_rng(0).normal(size=(size, size, 3)).astype(np.float32)
+    rgb = np.random.default_rng(0).normal(size=(size, size, 3)).astype(np.float32)
     print(f"\n### In memory: {size}² RGB float32, Denoiser.denoise, identity network\n")
-    print("| window | batch | seconds | MPix/s |")
-    print("|---|---|---|---|")
-    for window, batch in ((128, 8), (128, 64), (256, 8), (256, 32)):
-        model = identity_model(3, window)
-        out = model.denoise(image, "YXC", batch_size=batch)
-        assert np.array_equal(out, image), "the identity pipeline changed the image"
-        secs = best_of(lambda m=model, b=batch: m.denoise(image, "YXC", batch_size=b), repeats)
-        print(f"| {window} | {batch} | {secs:.3f} | {size * size / secs / 1e6:.1f} |")
+    print("| layout | window | batch | output | seconds | MPix/s |")
+    print("|---|---|---|---|---|---|")
+    for axes, image in (("YXC", rgb), ("CYX", np.ascontiguousarray(rgb.transpose(2, 0, 1)))):
+        for window, batch, k_b in ((128, 8, 3), (128, 64, 3), (256, 8, 3), (128, 8, "auto")):
+            model = identity_model(3, window)
+            out = model.denoise(image, axes, batch_size=batch, k_b=k_b)
+            if k_b != "auto":
+                assert np.array_equal(out, image), "the identity pipeline changed the image"
+            secs = best_of(lambda m=model, b=batch, a=axes, im=image, k=k_b: m.denoise(im, a, batch_size=b, k_b=k),
+                           repeats)
+            what = "k_b 3" if k_b != "auto" else "auto (calibration + blend)"
+            print(f"| {axes} | {window} | {batch} | {what} | {secs:.3f} | {size * size / secs / 1e6:.1f} |")
     if profile:
         model = identity_model(3, 128)
-        run_profiled(lambda: model.denoise(image, "YXC", batch_size=8))
+        run_profiled(lambda: model.denoise(rgb, "YXC", batch_size=8, k_b=3))
 
 
-def files(planes: int, size: int, repeats: int, profile: bool, folder: Path) -> None:
+def files(planes: int, size: int, repeats: int, profile: bool, folder: Path, batches: list[int]) -> None:
     import tifffile
 
     src = folder / "volume.tif"
@@ -88,25 +98,28 @@ def files(planes: int, size: int, repeats: int, profile: bool, folder: Path) -> 
     tifffile.imwrite(src, vol, bigtiff=True, metadata={"axes": "ZYX"})
     mpix = planes * size * size / 1e6
     print(f"\n### Files: uint16 ZYX BigTIFF {planes}x{size}² ({vol.nbytes / 2**20:.0f} MiB), identity network "
-          f"(window 128), default chunk and batch\n")
-    print("| output | dtype | seconds | MPix/s |")
-    print("|---|---|---|---|")
+          f"(window 128), default chunk\n")
+    print("| output | dtype | batch | output | seconds | MPix/s |")
+    print("|---|---|---|---|---|---|")
     model = identity_model(1, 128, offset=1000.0, scale=100.0)
-    for suffix in (".ome.zarr", ".tif", ".npy"):
-        for dtype in ("float32", "input"):
-            out = folder / f"out{suffix}"
+    cases = [(suffix, dtype, batch, 3) for batch in batches for suffix in (".ome.zarr", ".tif", ".npy")
+             for dtype in ("float32", "input")] + [(".ome.zarr", "float32", batches[0], "auto")]
+    for suffix, dtype, batch, k_b in cases:
+        out = folder / f"out{suffix}"
 
-            def run(out: Path = out, dtype: str = dtype) -> None:
-                res = denoise(src, model, out, dtype=dtype, overwrite=True)
-                assert res.complete
+        def run(out: Path = out, dtype: str = dtype, batch: int = batch, k_b: int | str = k_b) -> None:
+            res = denoise(src, model, out, dtype=dtype, overwrite=True, batch_size=batch, k_b=k_b)
+            assert res.complete
 
-            run()  # also checks the result once
+        run()
+        if k_b != "auto":
             check(out, vol)
-            secs = best_of(run, repeats)
-            print(f"| {suffix} | {dtype} | {secs:.2f} | {mpix / secs:.1f} |")
-            if profile and dtype == "float32":
-                run_profiled(run)
-            remove(out)
+        secs = best_of(run, repeats)
+        what = "k_b 3" if k_b != "auto" else "auto (calibration + blend)"
+        print(f"| {suffix} | {dtype} | {batch} | {what} | {secs:.2f} | {mpix / secs:.1f} |")
+        if profile and dtype == "float32" and k_b != "auto":
+            run_profiled(run)
+        remove(out)
 
 
 def check(out: Path, vol: np.ndarray) -> None:
@@ -139,6 +152,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one run of each part")
     ap.add_argument("--only", choices=("memory", "files"), default=None)
+    ap.add_argument("--batch", type=int, nargs="+", default=[4, 32],
+                    help="windows per network call for the file rows (4: the CPU default; GPUs get up to 64)")
     ap.add_argument("--tmp", default=None, help="folder for the generated volume and outputs (default: a temp dir)")
     args = ap.parse_args()
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, numpy {np.__version__}")
@@ -146,7 +161,7 @@ def main() -> None:
         in_memory(args.size, args.repeats, args.profile)
     if args.only in (None, "files"):
         with tempfile.TemporaryDirectory(dir=args.tmp) as d:
-            files(args.planes, args.size, args.repeats, args.profile, Path(d))
+            files(args.planes, args.size, args.repeats, args.profile, Path(d), args.batch)
 
 
 if __name__ == "__main__":

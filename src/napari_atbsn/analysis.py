@@ -28,6 +28,7 @@ first lag where it falls below 0.1), and the recommendation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,18 +207,37 @@ def _autocovariance(x: np.ndarray, lag: int) -> np.ndarray:
     """Autocovariance of zero-mean blocks (n, h, w) at lags -lag..lag."""
     x = x - x.mean(axis=(-2, -1), keepdims=True)
     out = np.zeros((2 * lag + 1, 2 * lag + 1))
-    h, w = x.shape[-2:]
     for dy in range(-lag, lag + 1):
         for dx in range(-lag, lag + 1):
-            a = x[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
-            b = x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-            out[dy + lag, dx + lag] = np.mean(a * b)
+            if (dy, dx) < (0, 0):
+                continue  # the mirror lag below: the same products in the same order, so the same bits
+            out[dy + lag, dx + lag] = out[lag - dy, lag - dx] = _lag_product(x, dy, dx)
     return out
 
 
+def _lag_product(x: np.ndarray, dy: int, dx: int) -> float:
+    """Mean of x · (x shifted by (dy, dx)) over the overlap of zero-mean blocks (n, h, w)."""
+    h, w = x.shape[-2:]
+    a = x[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
+    b = x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return float(np.mean(a * b))
+
+
+def _axis_correlations(x: np.ndarray, lags: Sequence[int]) -> dict[int, float]:
+    """The normalised autocorrelation at (0, lag) and (lag, 0), averaged in magnitude, for each lag: the
+    entries of :func:`_acf2d` a same-scene test reads, without the whole (2L+1)² table."""
+    x = x - x.mean(axis=(-2, -1), keepdims=True)
+    var = _lag_product(x, 0, 0)
+    if var <= 0:
+        raise ImageError("the noise estimate is constant (a blank or saturated image?); nothing to analyse.")
+    return {lag: (abs(_lag_product(x, 0, lag) / var) + abs(_lag_product(x, lag, 0) / var)) / 2 for lag in lags}
+
+
 def analyze_noise(data: Any, axes: str | None = None, *, max_planes: int = 16, max_side: int = 512,
-                  seed: int = 0) -> NoiseAnalysis:
-    """Measure the noise's spatial autocorrelation of an image or stack (any array-like or LazyImage)."""
+                  seed: int = 0, level: bool = True) -> NoiseAnalysis:
+    """Measure the noise's spatial autocorrelation of an image or stack (any array-like or LazyImage), and
+    with ``level`` its variance against signal (``noise_level``; callers that measure it on a sample of
+    their own leave it out: it is the larger part of the cost)."""
     from .sampling import plane_source
 
     source = plane_source(data, axes)
@@ -235,15 +255,13 @@ def analyze_noise(data: Any, axes: str | None = None, *, max_planes: int = 16, m
         diffs = np.stack([(a - b) / np.sqrt(2.0) for a, b in pairs])  # (P, C, h, w), the noise's own variance
         if not np.all(np.isfinite(diffs)):
             raise ImageError("the image contains NaN or Inf pixels; replace them before analysing.")
-        far = _acf2d(diffs, max(SAME_SCENE_LAGS))
-        c = far.shape[0] // 2
-        long_range = max(abs(far[c, c + lag]) + abs(far[c + lag, c]) for lag in SAME_SCENE_LAGS) / 2
+        long_range = max(_axis_correlations(diffs, SAME_SCENE_LAGS).values())
         if long_range < SAME_SCENE_BELOW:
             acf = _acf2d(diffs, MAX_LAG)
             std = float(np.sqrt(_autocovariance(diffs, 0)[0, 0]))  # each pair's mean removed (bleaching, drift)
             seq = np.stack([p for pair in pairs for p in pair]).astype(np.float64)  # (2P, C, h, w), one scene
             return NoiseAnalysis("plane differences", _radial(acf, MAX_LAG), acf, std, 2 * len(pairs),
-                                 source.channels, notes, _level(seq, acf, differences=True))
+                                 source.channels, notes, _level(seq, acf, differences=True) if level else None)
         notes.append(f"neighbouring planes differ in content (long-range correlation {long_range:.2f} of their "
                      f"difference), so residuals of single planes were used")
     rng = np.random.default_rng(seed)
@@ -255,7 +273,7 @@ def analyze_noise(data: Any, axes: str | None = None, *, max_planes: int = 16, m
     flat = _flat_blocks(planes - smooth, smooth)
     acf, var = _deconvolve_residual_acf(_autocovariance(flat, RESIDUAL_MEASURED), RESIDUAL_SIGMA, RESIDUAL_SUPPORT)
     return NoiseAnalysis("residuals", _radial(acf, RESIDUAL_SUPPORT), acf, float(np.sqrt(var)), len(idx),
-                         source.channels, notes, _level(planes, acf, differences=False))
+                         source.channels, notes, _level(planes, acf, differences=False) if level else None)
 
 
 def _level(planes: np.ndarray, acf: np.ndarray, *, differences: bool) -> NoiseLevel | None:

@@ -167,7 +167,7 @@ def measure_noise(data: Any, axes: str, planes: np.ndarray) -> tuple[NoiseLevel,
 def noise_correlation(data: Any, axes: str) -> tuple[np.ndarray | None, bool]:
     """The noise's measured 2-D autocorrelation (None: uncorrelated, as risk.correlation_length decides), and
     whether it came from differences of planes of one scene."""
-    noise = analyze_noise(data, axes)
+    noise = analyze_noise(data, axes, level=False)  # the level is measured on the calibration's own sample
     corr = noise.autocorrelation_2d if noise.neighbour >= LENGTH_THRESHOLD else None
     return corr, noise.method == "plane differences"
 

@@ -203,15 +203,11 @@ class OutputStore:
 
     def open_array(self) -> Any:
         """The level-0 array of the work store, opened for writing units into (``r+``)."""
-        import zarr
-
-        return zarr.open_array(str(self.array_path), mode="r+")
+        return open_for_writing(self.array_path)
 
     def open_arrays(self) -> list[Any]:
         """Level 0 and the pyramid levels the units write (:meth:`unit_levels`), opened for writing."""
-        import zarr
-
-        return [self.open_array()] + [zarr.open_array(str(self.work / str(level)), mode="r+")
+        return [self.open_array()] + [open_for_writing(self.work / str(level))
                                       for level in range(1, self.unit_levels() + 1)]
 
     def mark_done(self, key: str) -> None:
@@ -269,6 +265,16 @@ class OutputStore:
         return self.final
 
 
+def open_for_writing(path: Path) -> Any:
+    """A zarr array opened to store denoised chunks in. Every chunk is written, even one that equals the fill
+    value: zarr's test for such chunks costs as much as compressing them, and a denoised chunk is never
+    empty."""
+    import zarr
+
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        return zarr.open_array(str(path), mode="r+")
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst``; an old ``dst`` is only deleted once ``src`` is in place."""
     old = dst.with_name(f".{dst.name}.old")
@@ -314,7 +320,8 @@ def build_pyramid(group: Any, axes: str, start: int = 1) -> int:
         small = da.coarsen(np.mean, prev.astype(np.float64), {yi: 2, xi: 2})
         small = to_dtype(small, base.dtype)
         target = group.create_array(str(level), shape=shapes[level], chunks=base.chunks, dtype=base.dtype,
-                                    fill_value=0, overwrite=True, compressors=compressor())
+                                    fill_value=0, overwrite=True, compressors=compressor(),
+                                    config={"write_empty_chunks": True})
         da.store(small.rechunk(base.chunks), target, lock=False, scheduler="threads")
     return len(shapes)
 
@@ -347,17 +354,21 @@ def halve(block: np.ndarray, axes: str, dtype: Any) -> np.ndarray:
     yi, xi = axes.index("Y"), axes.index("X")
     pad = [(0, 0)] * block.ndim
     pad[yi], pad[xi] = (0, block.shape[yi] % 2), (0, block.shape[xi] % 2)
-    x = block.astype(np.float64)
-    if any(p[1] for p in pad):
-        x = np.pad(x, pad, mode="edge")
+    x = np.pad(block, pad, mode="edge") if any(p[1] for p in pad) else block
+
     def part(dy: int, dx: int) -> np.ndarray:
         index = [slice(None)] * x.ndim
         index[yi], index[xi] = slice(dy, None, 2), slice(dx, None, 2)
         return x[tuple(index)]
 
     # four float32-exact values sum exactly in float64 and /4 is exact: the same bits as np.mean over the
-    # 2x2 blocks (dask's coarsen), at a fraction of its strided reduction's cost
-    return to_dtype((part(0, 0) + part(0, 1) + part(1, 0) + part(1, 1)) / 4, dtype)
+    # 2x2 blocks (dask's coarsen), at a fraction of its strided reduction's cost; summed in place, each
+    # quarter converted as it is added
+    total = part(0, 0).astype(np.float64)
+    for dy, dx in ((0, 1), (1, 0), (1, 1)):
+        np.add(total, part(dy, dx), out=total)
+    total /= 4
+    return to_dtype(total, dtype)
 
 
 def multiscales(axes: str, levels: int, scale: dict[str, float], name: str) -> dict[str, Any]:
