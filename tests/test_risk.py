@@ -237,3 +237,22 @@ def test_bad_inputs_are_named() -> None:
         rk.blend_weights(np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 8, 9)), rk.NoiseLevel.constant(1.0))
     with pytest.raises(ImageError):
         rk.blend_weights(np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 8, 8)), rk.NoiseLevel.constant(1.0), window=4)
+
+
+def test_variance_maps_are_reused_only_inside_a_calibration_and_only_for_the_same_arrays() -> None:
+    from napari_atbsn.risk import NoiseLevel, noise_variance_map, reusing_variance_maps
+
+    rng = np.random.default_rng(5)
+    y = rng.normal(100, 5, size=(2, 1, 40, 40))
+    f, g = y + rng.normal(size=y.shape), y - 1.0
+    level = NoiseLevel(((0.0, 200.0),), ((4.0, 30.0),), 1)
+    plain = noise_variance_map(f, y, level)
+    assert noise_variance_map(f, y, level) is not plain  # outside the block nothing is kept
+    with reusing_variance_maps():
+        first = noise_variance_map(f, y, level)
+        assert noise_variance_map(f, y, level) is first
+        np.testing.assert_array_equal(first, plain)
+        other = noise_variance_map(g, y, level)  # another output: computed, not the first's
+        assert other is not first and not np.array_equal(other, first)
+        assert noise_variance_map(f.copy(), y, level) is not first  # equal values, another array: computed
+    assert noise_variance_map(f, y, level) is not first

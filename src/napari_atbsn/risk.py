@@ -36,6 +36,9 @@ This module is a leaf of the package: numpy only.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -346,7 +349,41 @@ def _local_mean_without_centre(x: np.ndarray, window: int, hole: int) -> np.ndar
     return (_box(x, window) * window**2 - _box(x, hole) * hole**2) / (window**2 - hole**2)
 
 
+_REUSE = threading.local()
+
+
+@contextlib.contextmanager
+def reusing_variance_maps() -> Iterator[None]:
+    """Within this block, :func:`noise_variance_map` computes each (f, y, noise level) once: a calibration
+    asks for the same map five times per candidate (its weight, risks and gains). Keyed by the objects
+    themselves, so only for arrays nobody changes in place meanwhile (the calibration's own)."""
+    outer = getattr(_REUSE, "maps", None)
+    _REUSE.maps = [] if outer is None else outer
+    try:
+        yield
+    finally:
+        _REUSE.maps = outer
+
+
 def noise_variance_map(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel) -> np.ndarray:
+    """σ_i² at every pixel (:func:`_noise_variance_map`); computed once per (f, y, level) inside
+    :func:`reusing_variance_maps`. Callers must not change the returned array."""
+    maps = getattr(_REUSE, "maps", None)
+    if maps is None:
+        return _noise_variance_map(f, y, noise_level)
+    for ff, yy, lv, var in maps:
+        if ff is f and yy is y and lv is noise_level:
+            return var
+    var = _noise_variance_map(f, y, noise_level)
+    maps.append((f, y, noise_level, var))
+    del maps[:-MAPS_KEPT]
+    return var
+
+
+MAPS_KEPT = 16  # a calibration's candidates (7 blind spots, their probes) and then some
+
+
+def _noise_variance_map(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel) -> np.ndarray:
     """σ_i² at every pixel, evaluated at f corrected by the local mean of y − f around i.
 
     Not at y (it holds n_i) and not at f alone: a network trained with an L1 loss estimates the

@@ -29,6 +29,7 @@ from ..risk import (
     leak,
     noise_probe,
     noise_variance_map,
+    reusing_variance_maps,
     risk,
     valid_blind_spots,
 )
@@ -150,10 +151,11 @@ def calibrate(model: Denoiser, data: Any, axes: str, *, window: int | None = Non
         level, corr = measure_noise(data, axes, planes)
     except ImageError as e:
         return unmeasured(model, str(e))
-    if model.kind == "atbsn":
-        return calibrate_teacher(model, planes, level, corr, sample, window=window or model.patch,
-                                 batch_size=batch_size)
-    return calibrate_seeing(model, planes, level, corr, sample, batch_size=batch_size)
+    with reusing_variance_maps():
+        if model.kind == "atbsn":
+            return calibrate_teacher(model, planes, level, corr, sample, window=window or model.patch,
+                                     batch_size=batch_size)
+        return calibrate_seeing(model, planes, level, corr, sample, batch_size=batch_size)
 
 
 def measure_noise(data: Any, axes: str, planes: np.ndarray) -> tuple[NoiseLevel, np.ndarray | None]:
