@@ -5,13 +5,16 @@ batching, reassembly, the ``auto`` blend where asked, dtype conversion and writi
 module that returns its input, so the MPix/s printed here is the most any network can reach through the
 pipeline on this machine; a GPU that computes faster than this waits for the host.
 
-Two parts, each printed as a table:
+Three parts, each printed as a table:
 
 * **in memory** (what napari layers and notebooks use, ``Denoiser.denoise``): a 2048² RGB float32 image
   at windows 128 and 256 and several batch sizes;
 * **files** (``atbsn denoise``, ``inference.run.denoise``): a generated uint16 ZYX BigTIFF written to
   OME-Zarr, BigTIFF and .npy, at the default chunk size, with 4 windows per network call (the CPU
   default) and 32 (what a GPU gets).
+
+* **the training sampler**: batches of 8 normalised 128² patches per second, from memory and from a TIFF,
+  against the 52 steps/s an H200 trains the paper preset at.
 
 Rows with k_b 3 time the pipeline; the ``auto`` rows add the default's calibration (the noise level and
 correlation measured on a sample, once per image or volume) and the blend with the input.
@@ -122,6 +125,38 @@ def files(planes: int, size: int, repeats: int, profile: bool, folder: Path, bat
         remove(out)
 
 
+SAMPLER_BATCHES = 200
+
+
+def sampler(folder: Path, planes: int, size: int, repeats: int) -> None:
+    """Training batches per second from the patch sampler (what every training step waits for before the
+    network runs), against what a GPU asks: 52 steps/s on an H200 at the paper's settings (issue 19)."""
+    import tifffile
+
+    from napari_atbsn.io.readers import open_image
+    from napari_atbsn.normalization import Normalization
+    from napari_atbsn.sampling import in_memory, plane_source, sample_batch
+
+    vol = np.random.default_rng(2).integers(900, 1400, size=(planes, size, size), dtype=np.uint16)
+    path = folder / "train.tif"
+    tifffile.imwrite(path, vol, bigtiff=True, metadata={"axes": "ZYX"})
+    norm = Normalization("zscore", (1000.0,), (100.0,))
+    print(f"\n### Training sampler: batches of 8 patches of 128² from {planes}x{size}² uint16, normalised\n")
+    print("| source | batches/s | ms per batch | share of a 52 it/s GPU step |")
+    print("|---|---|---|---|")
+    t0 = time.perf_counter()
+    loaded = in_memory(plane_source(open_image(path), "ZYX"), 1 << 62)
+    load = time.perf_counter() - t0
+    rows = (("in memory (numpy)", plane_source(vol, "ZYX")),
+            ("TIFF, patch by patch (training data over a quarter of the free memory)",
+             plane_source(open_image(path), "ZYX")),
+            (f"TIFF read into memory first (training's default where it fits; the read took {load:.2f} s)", loaded))
+    for name, source in rows:
+        secs = best_of(lambda src=source: [norm.apply(sample_batch(src, i, seed=0, batch=8, patch=128))
+                                           for i in range(SAMPLER_BATCHES)], repeats) / SAMPLER_BATCHES
+        print(f"| {name} | {1 / secs:.0f} | {secs * 1e3:.2f} | {secs * 52:.0%} |")
+
+
 def check(out: Path, vol: np.ndarray) -> None:
     from napari_atbsn.io.readers import open_image
 
@@ -151,7 +186,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one run of each part")
-    ap.add_argument("--only", choices=("memory", "files"), default=None)
+    ap.add_argument("--only", choices=("memory", "files", "sampler"), default=None)
     ap.add_argument("--batch", type=int, nargs="+", default=[4, 32],
                     help="windows per network call for the file rows (4: the CPU default; GPUs get up to 64)")
     ap.add_argument("--tmp", default=None, help="folder for the generated volume and outputs (default: a temp dir)")
@@ -162,6 +197,9 @@ def main() -> None:
     if args.only in (None, "files"):
         with tempfile.TemporaryDirectory(dir=args.tmp) as d:
             files(args.planes, args.size, args.repeats, args.profile, Path(d), args.batch)
+    if args.only in (None, "sampler"):
+        with tempfile.TemporaryDirectory(dir=args.tmp) as d:
+            sampler(Path(d), args.planes, args.size, args.repeats)
 
 
 if __name__ == "__main__":

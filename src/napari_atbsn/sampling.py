@@ -70,6 +70,25 @@ class PlaneSource:
         return np.stack([self.read(int(p), y0, x0, h, w) for p in planes])
 
 
+#: Lazily read training data at most this share of the free memory is read into memory once: from a file, each
+#: patch is a read of its own (13 ms per batch of 8 from a TIFF, 0.5 ms from memory; docs/benchmarks.md).
+IN_MEMORY_FRACTION = 0.25
+
+
+def in_memory(source: PlaneSource, available: int) -> PlaneSource:
+    """``source`` read whole into memory when it is a lazily read file (a LazyImage's dask array) and takes at
+    most :data:`IN_MEMORY_FRACTION` of ``available`` bytes; else ``source`` itself (larger data keeps being read
+    patch by patch, so memory stays bounded). The pixels and their type are the file's, so the batches are
+    the same."""
+    data = source.data
+    if not hasattr(data, "dask") or int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize > \
+            IN_MEMORY_FRACTION * available:
+        return source
+    with damaged_input("the training data (read whole into memory)"):
+        loaded = data.compute(scheduler="threads")
+    return PlaneSource(np.asarray(loaded), source.axes)
+
+
 def plane_source(data: Any, axes: str | None = None) -> PlaneSource:
     """A :class:`PlaneSource` over an array or a lazily opened :class:`~napari_atbsn.io.readers.LazyImage`."""
     from .axes import guess_axes

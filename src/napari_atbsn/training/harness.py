@@ -25,11 +25,12 @@ from ..errors import ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, StepEvent, drain
 from ..inference.denoiser import Denoiser
 from ..inference.inmemory import iter_denoise_outputs
+from ..inference.plan import available_memory
 from ..io.fs import overlap, refuse_overlap
 from ..io.readers import check_chunks
 from ..modelio import CONFIG, read_config, save_folder
 from ..normalization import Normalization, fit_normalization
-from ..sampling import PlaneSource, check_patch_fits, plane_source
+from ..sampling import PlaneSource, check_patch_fits, in_memory, plane_source
 from .loop import CHECKPOINT_DIR, CHECKPOINT_OLD, CHECKPOINT_PARTIAL, LoopSpec, iter_optimize, recover_checkpoint
 
 
@@ -181,7 +182,8 @@ def prepare_data(data: Any, axes: str | None, cfg: Any, out_dir: str | Path | No
     else:
         norm = fit_normalization(source.sample_pixels(np.random.default_rng(cfg.seed)), cfg.normalization)
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
-    return source, device, out, norm, record
+    # every step samples patches: from memory where the data fits, not one file read per patch
+    return in_memory(source, available_memory()), device, out, norm, record
 
 
 def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: Callable[[int], dict[str, Any]],
