@@ -56,3 +56,13 @@ def test_psd_for_bm3d_matches_the_true_noise_psd() -> None:
     assert abs(psd.mean() / true.mean() - 1) < 0.15  # total power = variance x pixels
     # the shape: low frequencies carry more power than high ones, as in the truth
     assert np.corrcoef(psd.ravel(), true.ravel())[0, 1] > 0.9
+
+
+def test_host_overhead_benchmark_runs_and_checks_the_identity_pipeline_is_exact() -> None:
+    """The script asserts every identity output equals its input; at small sizes it runs in seconds."""
+    out = subprocess.run([sys.executable, str(BENCH / "host_overhead.py"), "--planes", "2", "--size", "256",
+                          "--repeats", "1", "--batch", "4"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for table in ("### In memory", "### Files", "### Training sampler"):
+        assert table in out.stdout
+    assert out.stdout.count("| .ome.zarr |") == 3 and "auto (calibration + blend)" in out.stdout
