@@ -506,3 +506,50 @@ def test_batches_are_normalised_as_they_are_cut_with_the_same_bits_as_the_whole_
     np.testing.assert_array_equal(got, want[0])
     rgb = load_model(tiny_teacher)  # the one-channel model on a channel-last view of the same plane
     np.testing.assert_array_equal(rgb.denoise(img[..., None].astype(np.float32), "YXC", k_b=3)[..., 0], want[0])
+
+
+def identity_model(channels: int, patch: int, *, offset: float, scale: float):
+    """A teacher-shaped network that returns its input: the pipeline's output is then the input, exactly."""
+    import torch
+
+    from napari_atbsn.inference.denoiser import Denoiser
+
+    class Identity(torch.nn.Module):
+        def forward(self, x, k=None):
+            return x
+
+        def teachers(self, x, ks):
+            return x[None].expand(len(ks), *x.shape)
+
+    cfg = {"kind": "atbsn", "arch": {"in_channels": channels, "preset": "identity"}, "patch": patch, "k_b": 3,
+           "normalization": {"mode": "zscore", "offset": [offset] * channels, "scale": [scale] * channels}}
+    return Denoiser(Identity(), cfg, device="cpu")
+
+
+def test_tiff_outputs_keep_the_inputs_axes_pixel_sizes_and_colour(tmp_path: Path) -> None:
+    """An ImageJ hyperstack ZCYX with 0.2 µm pixels comes back as OME-TIFF with its axes, type and pixel sizes
+    (as tifffile, napari and our reader read them); an RGB image comes back RGB (interleaved samples,
+    photometric RGB), not as three grey pages."""
+    hyper = np.random.default_rng(0).integers(900, 1100, size=(4, 2, 64, 70)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "hs.tif", hyper, imagej=True, resolution=(5.0, 5.0),
+                     metadata={"axes": "ZCYX", "spacing": 1.5, "unit": "um"})
+    res = denoise(tmp_path / "hs.tif", identity_model(2, 32, offset=1000.0, scale=50.0), tmp_path / "o.tif",
+                  k_b=3, dtype="input")
+    with tifffile.TiffFile(res.paths[0]) as tf:
+        assert tf.is_ome and tf.pages[0].is_tiled and tf.series[0].axes == "ZCYX"
+        np.testing.assert_array_equal(tf.series[0].asarray(), hyper)
+        assert "PhysicalSizeX=\"0.2\"" in tf.ome_metadata and "PhysicalSizeZ=\"1.5\"" in tf.ome_metadata
+    back = open_image(res.paths[0])
+    assert back.axes == "ZCYX" and back.dtype == np.uint16 and back.scale == {"X": 0.2, "Y": 0.2, "Z": 1.5}
+
+    rgb = np.random.default_rng(1).integers(0, 255, size=(50, 60, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    res = denoise(tmp_path / "rgb.tif", identity_model(3, 32, offset=100.0, scale=50.0), tmp_path / "orgb.tif",
+                  k_b=3, dtype="input")
+    with tifffile.TiffFile(res.paths[0]) as tf:
+        assert tf.pages[0].photometric == tifffile.PHOTOMETRIC.RGB and tf.series[0].axes == "YXS"
+        np.testing.assert_array_equal(tf.series[0].asarray(), rgb)
+    assert open_image(res.paths[0]).axes == "YXC"
+    napari_builtins = pytest.importorskip("napari_builtins.io")
+    layer_data = napari_builtins.imread(str(res.paths[0]))
+    assert layer_data.shape == (50, 60, 3) and layer_data.dtype == np.uint8

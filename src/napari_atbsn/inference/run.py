@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ReadError, WriteError
 from ..events import drain
-from ..io.outputs import file_axes
+from ..io.outputs import file_axes, tiff_axes
 from ..io.readers import open_image
 from .denoiser import load_model
 from .lazy import lazy_denoise
@@ -161,7 +161,8 @@ def finish_stores(job: Plan) -> None:
     """Every unit is done: build the final outputs; in two steps, so one output failing to write (disk full)
     leaves all of them resumable."""
     for s in job.stores:
-        s.prepare(axes=job.record["axes"], out_axes=file_axes(job.geom.axes), scale=job.source.scale,
+        out_axes = tiff_axes(job.geom.axes, job.geom.channels) if s.kind == "tiff" else file_axes(job.geom.axes)
+        s.prepare(axes=job.record["axes"], out_axes=out_axes, scale=job.source.scale,
                   name=s.final.name)
     for s in job.stores:
         s.commit()
