@@ -7,6 +7,7 @@ import pytest
 
 from napari_atbsn import risk as rk
 from napari_atbsn.errors import ImageError
+from napari_atbsn.filters import gaussian_kernel, separable
 from napari_atbsn.sample_data import make_clean
 
 RNG = np.random.default_rng(0)
@@ -20,7 +21,7 @@ def clean() -> np.ndarray:
 
 
 def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    return rk._separable(x, rk._gaussian_kernel(sigma))
+    return separable(x, gaussian_kernel(sigma))
 
 
 def test_noise_level_model_round_trips_and_holds_its_ends() -> None:
@@ -73,10 +74,10 @@ def test_poisson_gaussian_noise_level_within_10_percent_and_never_above_2x(clean
 
 def test_correlated_noise_level_with_the_measured_correlation(clean) -> None:
     """Noise blurred to a 0.67 neighbour correlation: the residual loses part of it, the acf restores it."""
-    k = rk._gaussian_kernel(0.8)
+    k = gaussian_kernel(0.8)
     k = k / np.sqrt((k**2).sum())               # keeps the variance
     white = RNG.normal(0, 6.0, (2, 1, *clean.shape[1:]))
-    noise = rk._separable(white, k)
+    noise = separable(white, k)
     # its autocorrelation, as analysis.py would measure it (exactly: the kernel's autocorrelation)
     kk = np.outer(k, k)
     acf = np.zeros((7, 7))
@@ -114,10 +115,10 @@ def test_sure_measures_the_noise_an_output_keeps_of_its_pixel(clean, correlated)
     more when neighbours' noise is correlated), which the probe measures; with it the risk is the true MSE,
     and without it (the blind-spot formula) the risk is underestimated."""
     x = clean[:, None]
-    k = rk._gaussian_kernel(0.8)
+    k = gaussian_kernel(0.8)
     k = k / np.sqrt((k**2).sum())
     white = RNG.normal(0, 6.0, x.shape)
-    noise = rk._separable(white, k) if correlated else white
+    noise = separable(white, k) if correlated else white
     acf = None
     if correlated:
         kk = np.pad(np.outer(k, k), 3)
@@ -128,7 +129,7 @@ def test_sure_measures_the_noise_an_output_keeps_of_its_pixel(clean, correlated)
     box = np.ones(3) / 3
 
     def f_of(img: np.ndarray) -> np.ndarray:
-        return rk._separable(img, box)
+        return separable(img, box)
 
     f = f_of(y)
     probe = rk.noise_probe(f, y, nl, acf)

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageError
+from .filters import box_mean, gaussian_kernel, separable
 
 #: Factor on σ̂² in the blend weights (not in the reported risk). The blend is safe while factor ·
 #: σ̂²/σ² < 2; the largest σ̂²/σ² measured is 1.30 (light noise over fine texture; 0.27-1.01 on PolyU,
@@ -158,34 +159,6 @@ def valid_blind_spots(ks: Any, length: int) -> list[int]:
 
 # ------------------------------------------------------------------------------------ the estimator
 
-def _gaussian_kernel(sigma: float) -> np.ndarray:
-    r = max(1, int(3 * sigma))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    return k / k.sum()
-
-
-def _separable(x: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """'Same' filtering of the last two axes with reflect padding."""
-    r = len(k) // 2
-    pad = [(0, 0)] * (x.ndim - 2)
-    p = np.pad(x, [*pad, (r, r), (0, 0)], mode="reflect")
-    x = sum(k[i] * p[..., i:i + x.shape[-2], :] for i in range(len(k)))
-    p = np.pad(x, [*pad, (0, 0), (r, r)], mode="reflect")
-    return sum(k[i] * p[..., :, i:i + x.shape[-1]] for i in range(len(k)))
-
-
-def _box(x: np.ndarray, window: int) -> np.ndarray:
-    """Local mean over a window x window square (reflect padding), via cumulative sums."""
-    r = window // 2
-    pad = [(0, 0)] * (x.ndim - 2)
-    p = np.pad(x, [*pad, (r + 1, r), (r + 1, r)], mode="reflect")
-    c = p.cumsum(-2).cumsum(-1)
-    h, w = x.shape[-2:]
-    s = c[..., window:window + h, window:window + w] - c[..., :h, window:window + w] \
-        - c[..., window:window + h, :w] + c[..., :h, :w]
-    return s / window**2
-
-
 def _whitener(correlation: np.ndarray | None, patch: int) -> np.ndarray:
     """Ρ^(-1/2) for the patch's noise correlation matrix Ρ (from the normalised 2-D autocorrelation).
 
@@ -233,10 +206,10 @@ def _channel_patches(ch: np.ndarray, differences: bool, patch: int) -> tuple[np.
     if differences:
         d = (ch[1:] - ch[:-1]) / np.sqrt(2.0)
         values = d - d.mean(axis=(-2, -1), keepdims=True)
-        signal = _separable((ch[1:] + ch[:-1]) / 2, _gaussian_kernel(SIGNAL_SIGMA))
+        signal = separable((ch[1:] + ch[:-1]) / 2, gaussian_kernel(SIGNAL_SIGMA))
         raw = _patches(ch[1:], patch)
     else:
-        values, signal = ch, _separable(ch, _gaussian_kernel(SIGNAL_SIGMA))
+        values, signal = ch, separable(ch, gaussian_kernel(SIGNAL_SIGMA))
         raw = _patches(ch, patch)
     # saturated or zero-clipped patches carry no noise
     ok = (raw.min(-1) > ch.min()) & (raw.max(-1) < ch.max())
@@ -345,8 +318,8 @@ def _check_pair(f: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _local_mean_without_centre(x: np.ndarray, window: int, hole: int) -> np.ndarray:
     """Mean over a window x window square minus its central hole x hole square."""
     if hole <= 0:
-        return _box(x, window)
-    return (_box(x, window) * window**2 - _box(x, hole) * hole**2) / (window**2 - hole**2)
+        return box_mean(x, window)
+    return (box_mean(x, window) * window**2 - box_mean(x, hole) * hole**2) / (window**2 - hole**2)
 
 
 _REUSE = threading.local()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ReadError, WriteError
 from ..events import drain
-from ..io.outputs import file_axes, tiff_axes
+from ..io.filewriters import file_axes, tiff_axes
 from ..io.readers import open_image
 from .denoiser import load_model
 from .lazy import lazy_denoise
