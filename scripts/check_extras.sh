@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Each install set of the README on its own, in a fresh virtual environment: the core alone (no Qt, no
-# napari), the [export] extra alone, the [napari] extra alone. The [dev] union the tests run in can hide a
+# napari), the [export] extra alone, the [napari] extra alone, the [cluster] extra alone. The [dev] union the tests run in can hide a
 # missing or conflicting dependency of one extra (pydantic 2.14 broke bioimageio exports that way). Each
 # environment gets the pinned CPU torch first, then the package, then a smoke test of what the set is for.
-#   bash scripts/check_extras.sh            # all three (a few minutes: each set is downloaded and installed)
-#   bash scripts/check_extras.sh export     # one of: core export napari
+#   bash scripts/check_extras.sh            # all four (a few minutes: each set is downloaded and installed)
+#   bash scripts/check_extras.sh export     # one of: core export napari cluster
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
@@ -52,7 +52,33 @@ EOF
   "${run[@]}" "$WORK/widgets.py"
 }
 
-for set in ${@:-core export napari}; do
+check_cluster() {
+  local py; py="$(venv cluster "[cluster]")"
+  echo "[extras] [cluster] alone: a denoise on a dask.distributed cluster (a local one, worker processes)"
+  (cd "$WORK" && "$WORK/cluster/bin/atbsn" demo -o "$WORK/cl" --preset tiny --device cpu >/dev/null)
+  cat > "$WORK/cluster.py" <<'EOF'
+import sys
+
+import numpy as np
+from distributed import LocalCluster
+
+from napari_atbsn.inference.run import denoise
+from napari_atbsn.io.readers import open_image
+
+work = sys.argv[1]
+if __name__ == "__main__":
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        denoise(f"{work}/cl/noisy.tif", f"{work}/cl/student", f"{work}/c.ome.zarr", chunk=64, device="cpu",
+                scheduler=cluster.scheduler_address)
+    denoise(f"{work}/cl/noisy.tif", f"{work}/cl/student", f"{work}/s.ome.zarr", chunk=64, device="cpu")
+    a, b = (np.asarray(open_image(f"{work}/{n}.ome.zarr").data) for n in "cs")
+    assert a.shape == b.shape and np.allclose(a, b, atol=1e-3), float(np.abs(a - b).max())
+    print("[extras] the cluster's denoise equals the in-process one")
+EOF
+  "$py" "$WORK/cluster.py" "$WORK"
+}
+
+for set in ${@:-core export napari cluster}; do
   "check_$set"
 done
-echo "[extras] ok: ${*:-core export napari}"
+echo "[extras] ok: ${*:-core export napari cluster}"

@@ -527,9 +527,9 @@ def identity_model(channels: int, patch: int, *, offset: float, scale: float):
 
 
 def test_tiff_outputs_keep_the_inputs_axes_pixel_sizes_and_colour(tmp_path: Path) -> None:
-    """An ImageJ hyperstack ZCYX with 0.2 µm pixels comes back as OME-TIFF with its axes, type and pixel sizes
-    (as tifffile, napari and our reader read them); an RGB image comes back RGB (interleaved samples,
-    photometric RGB), not as three grey pages."""
+    """R77 (docs/reliability.md): an ImageJ hyperstack ZCYX with 0.2 µm pixels comes back as OME-TIFF with its
+    axes, type and pixel sizes (as tifffile, napari and our reader read them); an RGB image comes back RGB
+    (interleaved samples, photometric RGB), not as three grey pages."""
     hyper = np.random.default_rng(0).integers(900, 1100, size=(4, 2, 64, 70)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "hs.tif", hyper, imagej=True, resolution=(5.0, 5.0),
                      metadata={"axes": "ZCYX", "spacing": 1.5, "unit": "um"})
