@@ -553,3 +553,37 @@ def test_tiff_outputs_keep_the_inputs_axes_pixel_sizes_and_colour(tmp_path: Path
     napari_builtins = pytest.importorskip("napari_builtins.io")
     layer_data = napari_builtins.imread(str(res.paths[0]))
     assert layer_data.shape == (50, 60, 3) and layer_data.dtype == np.uint8
+
+
+def test_pixel_sizes_are_read_in_their_unit_and_written_as_micrometres(tmp_path: Path) -> None:
+    """R78: a 200 nm pixel is 0.2 µm whether an OME-TIFF, an ImageJ TIFF or an OME-Zarr says it in nanometres
+    (it came back as 200 µm), ImageJ's uncalibrated ``pixel`` unit gives no size (it gave 1 µm), and outputs say
+    micrometres explicitly."""
+    data = np.random.default_rng(2).integers(900, 1100, size=(3, 64, 64)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "nm.ome.tif", data, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 200, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 200,
+        "PhysicalSizeYUnit": "nm", "PhysicalSizeZ": 0.5})
+    tifffile.imwrite(tmp_path / "ij_nm.tif", data, imagej=True, resolution=(1 / 200, 1 / 200),
+                     metadata={"axes": "ZYX", "spacing": 500, "unit": "nm"})
+    tifffile.imwrite(tmp_path / "ij_px.tif", data, imagej=True, resolution=(1.0, 1.0),
+                     metadata={"axes": "ZYX", "unit": "pixel"})
+    want = {"X": 0.2, "Y": 0.2, "Z": 0.5}
+    for name in ("nm.ome.tif", "ij_nm.tif"):
+        assert open_image(tmp_path / name).scale == pytest.approx(want), name
+    assert open_image(tmp_path / "ij_px.tif").scale == {}
+    model = identity_model(1, 32, offset=1000.0, scale=50.0)
+    z = denoise(tmp_path / "nm.ome.tif", model, tmp_path / "o.ome.zarr", k_b=3).paths[0]
+    axes = json.loads((z / ".zattrs").read_text())["multiscales"][0]["axes"]
+    assert [a.get("unit") for a in axes] == ["micrometer"] * 3
+    assert open_image(z).scale == pytest.approx(want)
+    t = denoise(z, model, tmp_path / "o.tif", k_b=3).paths[0]  # an OME-Zarr in, a TIFF out
+    with tifffile.TiffFile(t) as tf:
+        assert 'PhysicalSizeXUnit="µm"' in tf.ome_metadata
+    assert open_image(t).scale == pytest.approx(want)
+    ngff = json.loads((z / ".zattrs").read_text())
+    for a in ngff["multiscales"][0]["axes"]:
+        a["unit"] = "nanometer"
+    for d in ngff["multiscales"][0]["datasets"]:
+        d["coordinateTransformations"][0]["scale"] = [500.0, 200.0 * 2 ** int(d["path"]), 200.0 * 2 ** int(d["path"])]
+    (z / ".zattrs").write_text(json.dumps(ngff))
+    assert open_image(z).scale == pytest.approx(want)

@@ -466,8 +466,9 @@ def test_documented_cases_match_the_tests() -> None:
 
 
 # -- the Python API -------------------------------------------------------------------------------
-# rows of the second round tested by their own functions (named in the tests' docstrings and comments)
-ROUND2_TESTS = ["R69", "R71", "R72", "R73", "R74", "R75", "R76", "R77"]  # R77: test_pipeline.py (TIFF metadata)
+# rows of the second round tested by their own functions (named in the tests' docstrings and comments; R77 and
+# R78, the TIFF metadata and the units of pixel sizes, in test_pipeline.py)
+ROUND2_TESTS = ["R69", "R71", "R72", "R73", "R74", "R75", "R76", "R77", "R78"]
 API_IDS = ["A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A09", "A10", "A11", "A12", "A13", "A14",
            "A15", "A16", "A17", "A18"]
 

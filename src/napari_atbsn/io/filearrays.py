@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import ImageError, ReadError
 from .chunking import SCALE_LETTERS, Opened, contiguous_dims, grow_chunks, lazy_array
 from .files import map_tiff_axes
+from .units import to_micrometres
 
 __all__ = ["open_nifti", "open_npy", "open_tiff", "tiff_series_count"]
 
@@ -332,19 +333,27 @@ def _ome_tiff_scale(xml: str | None, series: int) -> dict[str, float]:
     out = {}
     for a in SCALE_LETTERS:
         v = pixels.get(f"PhysicalSize{a}")
-        if v is not None and float(v) > 0:
-            out[a] = float(v)
+        um = to_micrometres(float(v), pixels.get(f"PhysicalSize{a}Unit")) if v is not None else None
+        if um is not None and um > 0:
+            out[a] = um
     return out
 
 
 def _imagej_scale(meta: dict[str, Any], page: Any) -> dict[str, float]:
-    out = {}
+    """ImageJ's pixels per unit and slice spacing, in micrometres. ImageJ calls an uncalibrated image's unit
+    ``pixel``: no sizes then; (1, 1) without a unit is uncalibrated too; another unit without one is taken as
+    micrometres (what microscopes write)."""
+    unit = meta.get("unit")
+    out: dict[str, float] = {}
     xres, yres = page.resolution
-    # ImageJ stores pixels per unit; (1, 1) without a unit means "not calibrated".
-    if xres > 0 and yres > 0 and ("unit" in meta or (xres, yres) != (1, 1)):
-        out["X"], out["Y"] = 1.0 / xres, 1.0 / yres
+    if xres > 0 and yres > 0 and (unit is not None or (xres, yres) != (1, 1)):
+        x, y = to_micrometres(1.0 / xres, unit), to_micrometres(1.0 / yres, unit)
+        if x is not None and y is not None:
+            out["X"], out["Y"] = x, y
     if float(meta.get("spacing", 0) or 0) > 0:
-        out["Z"] = float(meta["spacing"])
+        z = to_micrometres(float(meta["spacing"]), unit)
+        if z is not None:
+            out["Z"] = z
     return out
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .fs import fsync_file
+from .units import OME_UNIT
 
 TIFF_TILE = 256
 BAND_BYTES = 256 << 20  # the most a TIFF or .npy output reads from its work store at once
@@ -100,7 +101,9 @@ def _tiff_metadata(out_ax: str, scale: dict[str, float]) -> tuple[bool, dict[str
     ome = "I" not in tif_axes
     metadata: dict[str, Any] = {"axes": tif_axes}
     if ome:
-        metadata.update({f"PhysicalSize{a}": float(scale[a]) for a in "XYZ" if a in scale})
+        for a in "XYZ":  # micrometres, said explicitly (io/units.py)
+            if a in scale:
+                metadata.update({f"PhysicalSize{a}": float(scale[a]), f"PhysicalSize{a}Unit": OME_UNIT})
     extra: dict[str, Any] = {}
     if scale.get("X", 0) > 0 and scale.get("Y", 0) > 0:  # pixels per cm, the pixel sizes being micrometres
         extra = {"resolution": (1e4 / scale["X"], 1e4 / scale["Y"]), "resolutionunit": "CENTIMETER"}

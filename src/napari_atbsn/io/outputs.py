@@ -30,6 +30,7 @@ from ..config import NOISE_MAP
 from ..errors import AxesError, WriteError
 from .filewriters import write_npy_banded, write_tiff_tiled
 from .fs import check_writable
+from .units import NGFF_UNIT
 
 
 def compressor() -> Any:
@@ -384,5 +385,6 @@ def multiscales(axes: str, levels: int, scale: dict[str, float], name: str) -> d
         if level:
             transforms.append({"type": "translation", "translation": t})
         datasets.append({"path": str(level), "coordinateTransformations": transforms})
-    return {"version": NGFF_VERSION, "name": name, "axes": ngff_axes(axes), "datasets": datasets,
+    units = {a: NGFF_UNIT for a in "ZYX" if a in scale}  # our pixel sizes are micrometres (io/units.py)
+    return {"version": NGFF_VERSION, "name": name, "axes": ngff_axes(axes, units), "datasets": datasets,
             "type": "mean", "metadata": {"method": "2x2 mean of the level above", "software": "napari-atbsn"}}

@@ -15,6 +15,7 @@ import dask.array as da
 
 from ..errors import AxesError, ReadError
 from .chunking import SCALE_LETTERS, Opened, check_single_image, grow_chunks, lazy_array
+from .units import to_micrometres
 
 __all__ = ["ZARR_MARKERS", "missing_chunks", "open_zarr_node", "open_zarr_path", "zarr_arrays_in"]
 
@@ -133,7 +134,14 @@ def _ngff_scale(ds: dict[str, Any], ms: dict[str, Any], axes: str) -> dict[str, 
     whole = scale_of(ms.get("coordinateTransformations"))
     if whole is not None and len(whole) == len(axes):
         level = [a * b for a, b in zip(level, whole)]
-    return {a: v for a, v in zip(axes, level) if a in SCALE_LETTERS and v > 0}
+    units = [a.get("unit") if isinstance(a, dict) else None for a in ms.get("axes") or []]
+    units += [None] * (len(axes) - len(units))
+    out = {}
+    for a, v, unit in zip(axes, level, units):
+        um = to_micrometres(v, unit) if a in SCALE_LETTERS else None  # NGFF's unit names; none: micrometres
+        if um is not None and um > 0:
+            out[a] = um
+    return out
 
 
 # -- chunks that are not there -------------------------------------------------------------------------------
