@@ -587,3 +587,16 @@ def test_pixel_sizes_are_read_in_their_unit_and_written_as_micrometres(tmp_path:
         d["coordinateTransformations"][0]["scale"] = [500.0, 200.0 * 2 ** int(d["path"]), 200.0 * 2 ** int(d["path"])]
     (z / ".zattrs").write_text(json.dumps(ngff))
     assert open_image(z).scale == pytest.approx(want)
+
+
+def test_tiff_and_npy_outputs_read_their_work_store_in_whole_chunk_rows() -> None:
+    """Each chunk is decompressed once: bands are whole chunk rows as far as 64 MiB allows, in TIFF tiles."""
+    from types import SimpleNamespace
+
+    from napari_atbsn.io.filewriters import band_rows
+
+    store = SimpleNamespace(chunks=(1, 320, 320))
+    assert band_rows(store, 1, 2048 * 4) == 25 * 320  # 8192 rows of 8 KiB fit in 64 MiB: 25 whole chunk rows
+    assert band_rows(store, 1, 2048 * 4, 256) == 16 * 512  # in tiles, a chunk row is rounded up to 512 rows
+    assert band_rows(store, 1, 300_000 * 4, 256) == 256  # a chunk row of a 300k-wide plane does not fit
+    assert band_rows(store, 1, 300_000 * 4) == 55

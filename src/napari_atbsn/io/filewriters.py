@@ -13,12 +13,22 @@ from .fs import fsync_file
 from .units import OME_UNIT
 
 TIFF_TILE = 256
-BAND_BYTES = 256 << 20  # the most a TIFF or .npy output reads from its work store at once
+BAND_BYTES = 64 << 20  # the most a TIFF or .npy output reads from its work store at once
 
 
 def file_axes(axes: str) -> str:
     """Axes of a TIFF/.npy output: the input's order with Y and X moved last (TIFF stores 2-D pages)."""
     return "".join(a for a in axes if a not in "YX") + "YX"
+
+
+def band_rows(arr: Any, yi: int, row_bytes: int, step: int = 1) -> int:
+    """Rows a TIFF or .npy output reads from its work store at once: as many whole storage chunk rows as fit
+    :data:`BAND_BYTES` (each chunk is decompressed once, not once per band), in multiples of ``step`` (the TIFF
+    tile); fewer than one chunk row only where a chunk row of a very wide plane does not fit."""
+    chunk_rows = arr.chunks[yi] if hasattr(arr, "chunks") else step
+    unit = max(step, -(-chunk_rows // step) * step)
+    fit = max(step, BAND_BYTES // max(1, row_bytes) // step * step)
+    return fit // unit * unit if unit <= fit else fit
 
 
 def _pages(arr: Any, store_ax: str, out_ax: str) -> Iterator[tuple[tuple[Any, ...], tuple[int, ...]]]:
@@ -60,17 +70,13 @@ def write_tiff_tiled(path: Path, arr: Any, store_ax: str, out_ax: str, scale: di
     samples = (arr.shape[ci],) if ci is not None else ()
     page_ax = out_ax[:-1] if rgb else out_ax
 
-    # Bands of whole storage chunk rows (each chunk is decompressed once, not once per row of tiles), cut to
-    # a multiple of the tile; smaller where a chunk row of a very wide plane would exceed BAND_BYTES.
-    chunk_rows = arr.chunks[yi] if hasattr(arr, "chunks") else tile
-    fit = max(tile, BAND_BYTES // max(1, w * arr.dtype.itemsize * int(np.prod(samples))) // tile * tile)
-    band_rows = min(max(tile, -(-chunk_rows // tile) * tile), fit)
+    rows = band_rows(arr, yi, w * arr.dtype.itemsize * int(np.prod(samples)), tile)
 
     def tiles() -> Iterator[np.ndarray]:
         for idx, _ in _pages(arr, store_ax, page_ax):
-            for y0 in range(0, h, band_rows):
+            for y0 in range(0, h, rows):
                 band_idx = list(idx)
-                band_idx[yi] = slice(y0, min(y0 + band_rows, h))
+                band_idx[yi] = slice(y0, min(y0 + rows, h))
                 band = np.asarray(arr[tuple(band_idx)])  # (rows, w), or (C, rows, w) for RGB (store order)
                 if rgb:
                     band = np.moveaxis(band, 0, -1)
@@ -117,12 +123,12 @@ def write_npy_banded(path: Path, arr: Any, store_ax: str, out_ax: str) -> None:
     shape = tuple(arr.shape[store_ax.index(a)] for a in out_ax)
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=arr.dtype, shape=shape)
     try:
-        band_rows = max(1, (64 << 20) // max(1, arr.shape[store_ax.index("X")] * arr.dtype.itemsize))
+        rows = band_rows(arr, yi, arr.shape[store_ax.index("X")] * arr.dtype.itemsize)
         for idx, page in _pages(arr, store_ax, out_ax):
-            for y in range(0, h, band_rows):
+            for y in range(0, h, rows):
                 band_idx = list(idx)
-                band_idx[yi] = slice(y, min(y + band_rows, h))
-                mm[(*page, slice(y, min(y + band_rows, h)))] = np.asarray(arr[tuple(band_idx)])
+                band_idx[yi] = slice(y, min(y + rows, h))
+                mm[(*page, slice(y, min(y + rows, h)))] = np.asarray(arr[tuple(band_idx)])
         mm.flush()
     finally:
         del mm

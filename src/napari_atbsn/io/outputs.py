@@ -32,13 +32,6 @@ from .filewriters import write_npy_banded, write_tiff_tiled
 from .fs import check_writable
 from .units import NGFF_UNIT
 
-
-def compressor() -> Any:
-    """The codec of work stores and OME-Zarr outputs."""
-    from numcodecs import Blosc
-
-    return Blosc(cname="lz4", clevel=1, shuffle=Blosc.BITSHUFFLE)
-
 ZARR_FORMAT = 2  # OME-NGFF 0.4 sits on zarr v2: what napari-ome-zarr, Fiji (MoBIE/n5-viewer) and QuPath read today
 NGFF_VERSION = "0.4"
 DONE_DIR = ".atbsn-done"
@@ -50,6 +43,13 @@ PYRAMID_MAX_SIDE = 1024  # add half-resolution levels until the image fits this
 MIN_UNIT_LEVEL_CHUNK = 64
 
 _NGFF_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+
+
+def compressor() -> Any:
+    """The codec of work stores and OME-Zarr outputs."""
+    from numcodecs import Blosc
+
+    return Blosc(cname="lz4", clevel=1, shuffle=Blosc.BITSHUFFLE)
 
 
 def output_kind(path: str | os.PathLike) -> str:
@@ -149,14 +149,18 @@ class OutputStore:
         check_writable(self.final.parent)
 
     # -- the work store --------------------------------------------------------------
+    def _record(self) -> dict[str, Any]:
+        """What the work store records under :data:`ATTR` (its job, whether complete, its unit levels); empty
+        if there is no store or it is unreadable."""
+        try:
+            meta = json.loads((self.work / ".zattrs").read_text())[ATTR]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
     def job(self) -> dict[str, Any] | None:
         """The job recorded in an existing work store; None if there is none or it is unreadable."""
-        attrs = self.work / ".zattrs"
-        try:
-            meta = json.loads(attrs.read_text())
-            job = meta[ATTR]["job"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        job = self._record().get("job")
         return job if isinstance(job, dict) and self.array_path.is_dir() else None
 
     def has_partial(self) -> bool:
@@ -186,10 +190,9 @@ class OutputStore:
 
     def unit_levels(self) -> int:
         """How many pyramid levels (beyond level 0) the units of this work store write themselves."""
-        attrs = self.work / ".zattrs"
         try:
-            return int(json.loads(attrs.read_text())[ATTR].get("unit_levels", 0))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return int(self._record().get("unit_levels", 0))
+        except (TypeError, ValueError):
             return 0
 
     def discard(self) -> None:
