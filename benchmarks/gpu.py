@@ -6,7 +6,11 @@ Measures, side by side in one run and through the same code users run (``iter_tr
 * teacher training: iterations per second and peak GPU memory at the paper's settings
   (paper preset, batch 8, patch 128, k_a 9);
 * distillation: the same for student C from a paper-size teacher, Ks {0, 1, 3, 5, 7, 9, 11};
-* inference: megapixels per second for the teacher (k_b 3) and student C at several window sizes.
+* inference: megapixels per second for the teacher (k_b 3) and student C at several window sizes, with the
+  windows cut, normalised and reassembled on the GPU (the default there) and, side by side, on the host;
+* end to end (``--e2e-gb``, 4 by default; 0 skips it): a generated uint16 ZYX BigTIFF of that size denoised
+  to OME-Zarr by ``inference.run.denoise`` (what ``atbsn denoise`` runs) with student C and the teacher,
+  reading, the network, the pyramid and writing included.
 
 Each is run in float32 (``amp=False``, contiguous), with mixed precision (bf16, or fp16 with loss
 scaling where bf16 is unsupported), with mixed precision and channels-last (the default on CUDA), and,
@@ -19,12 +23,14 @@ allocator's pool, closer to what nvidia-smi shows minus the CUDA context of ~0.5
     python benchmarks/gpu.py                    # on a CUDA machine
     python benchmarks/gpu.py --compile          # adds the torch.compile rows
     python benchmarks/gpu.py --device cpu --quick   # smoke test of the script itself (small, CPU)
+    python benchmarks/gpu.py --only inference,e2e --e2e-gb 1
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +41,7 @@ import torch
 from napari_atbsn.config import DistillConfig, TrainConfig
 from napari_atbsn.events import StepEvent
 from napari_atbsn.inference.denoiser import Denoiser
+from napari_atbsn.inference.runtime import auto_batch_size
 from napari_atbsn.modelio import arch_dict
 from napari_atbsn.models import ATBSN, Student
 from napari_atbsn.training import iter_distill, iter_train, train
@@ -91,24 +98,78 @@ def bench_inference(image: np.ndarray, args, device: torch.device) -> list[tuple
     rows = []
     nets = [("teacher (k_b 3)", lambda: ATBSN(3, args.preset)),
             (f"student {args.student}", lambda: Student(args.student, 3))]
+    cases = [(name, opts, None) for name, opts in variants(args.compile)]
+    # the default arithmetic with the windows handled on the host, as before issue 19: the side-by-side ratio
+    cases.append(("default, windows on the host", {"amp": True, "channels_last": None}, False))
     for window in args.windows:
         for net_name, make in nets:
-            for name, opts in variants(args.compile):
+            for name, opts, on_device in cases:
                 net = make().eval()  # a fresh network per variant: compile and channels-last change it in place
                 cfg = {"kind": "atbsn" if isinstance(net, ATBSN) else "student", "arch": arch_dict(net),
                        "patch": window, "k_b": 3,
                        "normalization": {"mode": "zscore", "offset": [0.0] * 3, "scale": [1.0] * 3}}
                 den = Denoiser(net, cfg, device=device, amp=opts["amp"], channels_last=opts["channels_last"],
-                               compile=opts.get("compile", False))
+                               compile=opts.get("compile", False), windows_on_device=on_device)
+                batch = args.infer_batch or auto_batch_size(den)
                 # warm-up on the same image: every batch shape (the last one too) is autotuned/compiled before
-                den.denoise(image, "YXC", batch_size=args.infer_batch)
+                den.denoise(image, "YXC", batch_size=batch)
                 reset(device)
                 t0 = time.perf_counter()
-                den.denoise(image, "YXC", batch_size=args.infer_batch)
+                den.denoise(image, "YXC", batch_size=batch)
                 secs = time.perf_counter() - t0
                 mpix = image.shape[0] * image.shape[1] / secs / 1e6
-                rows.append((f"{net_name}, window {window}", name, mpix, *peak(device)))
+                rows.append((f"{net_name}, window {window}", name, batch, mpix, *peak(device)))
     return rows
+
+
+def bench_end_to_end(args, device: torch.device, folder: Path) -> list[tuple]:
+    """A uint16 ZYX BigTIFF of ``args.e2e_gb`` GB through ``denoise`` to OME-Zarr, student and teacher (1 channel,
+    untrained weights: the arithmetic is the trained networks')."""
+    from napari_atbsn.inference.run import denoise
+
+    rows = []
+    nets = ((f"student {args.student}", Student(args.student, 1), args.e2e_gb),
+            ("teacher (k_b 3)", ATBSN(1, args.preset), args.e2e_teacher_gb or args.e2e_gb))
+    for name, net, size in nets:
+        src = make_volume(folder, size, args.e2e_size)
+        planes, side = tifffile_shape(src)
+        cfg = {"kind": "atbsn" if isinstance(net, ATBSN) else "student", "arch": arch_dict(net.eval()),
+               "patch": args.e2e_window, "k_b": 3,
+               "normalization": {"mode": "zscore", "offset": [1000.0], "scale": [100.0]}}
+        den = Denoiser(net, cfg, device=device)
+        out = folder / "out.ome.zarr"
+        t0 = time.perf_counter()
+        res = denoise(src, den, out, axes="ZYX", overwrite=True)
+        secs = time.perf_counter() - t0
+        assert res.complete
+        shutil.rmtree(out)
+        src.unlink()
+        gb = planes * side * side * 2 / 1e9
+        rows.append((name, f"{planes}x{side}² uint16 ({gb:.2f} GB)", secs, planes * side * side / secs / 1e6))
+    return rows
+
+
+def tifffile_shape(path: Path) -> tuple[int, int]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        shape = tf.series[0].shape
+    return int(shape[0]), int(shape[-1])
+
+
+def make_volume(folder: Path, gb: float, side: int) -> Path:
+    """A uint16 ZYX BigTIFF of about ``gb`` GB, written plane by plane (it never sits whole in memory)."""
+    import tifffile
+
+    planes = max(1, round(gb * 1e9 / (2 * side * side)))
+    src = folder / "volume.tif"
+    vol = tifffile.memmap(src, shape=(planes, side, side), dtype=np.uint16, bigtiff=True, metadata={"axes": "ZYX"})
+    base = np.random.default_rng(0).integers(900, 1400, size=(side, side), dtype=np.uint16)
+    for z in range(planes):  # plane by plane: the volume never sits whole in memory
+        vol[z] = np.roll(base, 7 * z, axis=1)
+    vol.flush()
+    del vol
+    return src
 
 
 def main() -> None:
@@ -122,13 +183,21 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=15, help="untimed steps first (cuDNN autotuning, compile)")
     ap.add_argument("--windows", type=lambda t: [int(v) for v in t.split(",")], default=[128, 256, 512])
     ap.add_argument("--image", type=int, default=2048, help="side of the RGB image denoised for inference")
-    ap.add_argument("--infer-batch", type=int, default=8)
+    ap.add_argument("--infer-batch", type=int, default=None,
+                    help="windows per network call (default: sized from the free GPU memory, as users get it)")
+    ap.add_argument("--only", default="train,inference,e2e", help="comma list of train, inference, e2e")
+    ap.add_argument("--e2e-gb", type=float, default=4.0, help="size of the end-to-end volume (0: skip)")
+    ap.add_argument("--e2e-teacher-gb", type=float, default=None, help="the teacher's volume (default: --e2e-gb)")
+    ap.add_argument("--e2e-size", type=int, default=4096, help="its planes' side")
+    ap.add_argument("--e2e-window", type=int, default=256, help="the window the end-to-end models run in")
     ap.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    ap.add_argument("--tmp", default=None, help="folder for the end-to-end volume (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="small sizes: checks the script, not the GPU")
     args = ap.parse_args()
     if args.quick:
         args.preset, args.student, args.patch, args.batch = "tiny", "tiny", 32, 2
         args.steps, args.warmup, args.windows, args.image = 4, 2, [32, 64], 128
+        args.e2e_gb, args.e2e_size, args.e2e_window = 0.0005, 128, 64
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run on a GPU machine, or --device cpu --quick to check the script")
@@ -142,21 +211,30 @@ def main() -> None:
     amp = ("bf16" if bf16_native(device) else "fp16 + loss scaling") if device.type == "cuda" else "n/a"
     print(f"{gpu}; torch {torch.__version__}; preset {args.preset}, batch {args.batch}, patch {args.patch}; "
           f"mixed precision = {amp}\n")
-    with tempfile.TemporaryDirectory() as tmp:
-        teacher_dir = Path(tmp) / "teacher"
-        train(data, "SYXC", TrainConfig(preset=args.preset, iters=2, patch=args.patch, batch=args.batch,
-                                        device=str(device), checkpoint_every=0), teacher_dir)
-        rows = bench_training(data, args, device, teacher_dir)
-    print("| stage | arithmetic | it/s | peak allocated (GB) | peak reserved (GB) | paper, RTX 3080 |")
-    print("|---|---|---|---|---|---|")
-    for stage, name, rate, alloc, res in rows:
-        key = "train" if stage.startswith("teacher") else "distill"
-        paper = f"{PAPER[key][0]} it/s, {PAPER[key][1]} GB"
-        print(f"| {stage} | {name} | {rate:.2f} | {alloc:.2f} | {res:.2f} | {paper} |")
-    print(f"\n| network, window | arithmetic | MPix/s ({args.image}² RGB) | peak allocated (GB) | "
-          f"peak reserved (GB) |\n|---|---|---|---|---|")
-    for what, name, mpix, alloc, res in bench_inference(image, args, device):
-        print(f"| {what} | {name} | {mpix:.2f} | {alloc:.2f} | {res:.2f} |")
+    parts = set(args.only.split(","))
+    if "train" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            teacher_dir = Path(tmp) / "teacher"
+            train(data, "SYXC", TrainConfig(preset=args.preset, iters=2, patch=args.patch, batch=args.batch,
+                                            device=str(device), checkpoint_every=0), teacher_dir)
+            rows = bench_training(data, args, device, teacher_dir)
+        print("| stage | arithmetic | it/s | peak allocated (GB) | peak reserved (GB) | paper, RTX 3080 |")
+        print("|---|---|---|---|---|---|")
+        for stage, name, rate, alloc, res in rows:
+            key = "train" if stage.startswith("teacher") else "distill"
+            paper = f"{PAPER[key][0]} it/s, {PAPER[key][1]} GB"
+            print(f"| {stage} | {name} | {rate:.2f} | {alloc:.2f} | {res:.2f} | {paper} |", flush=True)
+    if "inference" in parts:
+        print(f"\n| network, window | arithmetic | batch | MPix/s ({args.image}² RGB) | peak allocated (GB) | "
+              f"peak reserved (GB) |\n|---|---|---|---|---|---|", flush=True)
+        for what, name, batch, mpix, alloc, res in bench_inference(image, args, device):
+            print(f"| {what} | {name} | {batch} | {mpix:.2f} | {alloc:.2f} | {res:.2f} |", flush=True)
+    if "e2e" in parts and args.e2e_gb > 0:
+        print(f"\n| end to end, TIFF -> OME-Zarr (window {args.e2e_window}, float32 output) | volume | seconds "
+              f"| MPix/s |\n|---|---|---|---|", flush=True)
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            for name, vol, secs, mpix in bench_end_to_end(args, device, Path(tmp)):
+                print(f"| {name} | {vol} | {secs:.1f} | {mpix:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

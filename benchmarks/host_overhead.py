@@ -55,12 +55,13 @@ class Identity(nn.Module):
         return x[None].expand(len(ks), *x.shape)
 
 
-def identity_model(channels: int, window: int, *, offset: float = 0.0, scale: float = 1.0) -> Denoiser:
+def identity_model(channels: int, window: int, *, offset: float = 0.0, scale: float = 1.0,
+                   device: str = "cpu") -> Denoiser:
     """A fixed k_b, so the pipeline alone is timed; the ``auto`` rows add the calibration (a sample's noise
     level and correlation, measured once per image or volume) and the blend."""
     cfg = {"kind": "atbsn", "arch": {"in_channels": channels, "preset": "identity"}, "patch": window, "k_b": 3,
            "normalization": {"mode": "zscore", "offset": [offset] * channels, "scale": [scale] * channels}}
-    return Denoiser(Identity(), cfg, device="cpu")
+    return Denoiser(Identity(), cfg, device=device)
 
 
 def best_of(fn, repeats: int) -> float:
@@ -72,14 +73,14 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def in_memory(size: int, repeats: int, profile: bool) -> None:
+def in_memory(size: int, repeats: int, profile: bool, device: str = "cpu") -> None:
     rgb = np.random.default_rng(0).normal(size=(size, size, 3)).astype(np.float32)
     print(f"\n### In memory: {size}² RGB float32, Denoiser.denoise, identity network\n")
     print("| layout | window | batch | output | seconds | MPix/s |")
     print("|---|---|---|---|---|---|")
     for axes, image in (("YXC", rgb), ("CYX", np.ascontiguousarray(rgb.transpose(2, 0, 1)))):
         for window, batch, k_b in ((128, 8, 3), (128, 64, 3), (256, 8, 3), (128, 8, "auto")):
-            model = identity_model(3, window)
+            model = identity_model(3, window, device=device)
             out = model.denoise(image, axes, batch_size=batch, k_b=k_b)
             if k_b != "auto":
                 assert np.array_equal(out, image), "the identity pipeline changed the image"
@@ -88,11 +89,12 @@ def in_memory(size: int, repeats: int, profile: bool) -> None:
             what = "k_b 3" if k_b != "auto" else "auto (calibration + blend)"
             print(f"| {axes} | {window} | {batch} | {what} | {secs:.3f} | {size * size / secs / 1e6:.1f} |")
     if profile:
-        model = identity_model(3, 128)
+        model = identity_model(3, 128, device=device)
         run_profiled(lambda: model.denoise(rgb, "YXC", batch_size=8, k_b=3))
 
 
-def files(planes: int, size: int, repeats: int, profile: bool, folder: Path, batches: list[int]) -> None:
+def files(planes: int, size: int, repeats: int, profile: bool, folder: Path, batches: list[int],
+          device: str = "cpu") -> None:
     import tifffile
 
     src = folder / "volume.tif"
@@ -104,7 +106,7 @@ def files(planes: int, size: int, repeats: int, profile: bool, folder: Path, bat
           f"(window 128), default chunk\n")
     print("| output | dtype | batch | output | seconds | MPix/s |")
     print("|---|---|---|---|---|---|")
-    model = identity_model(1, 128, offset=1000.0, scale=100.0)
+    model = identity_model(1, 128, offset=1000.0, scale=100.0, device=device)
     cases = [(suffix, dtype, batch, 3) for batch in batches for suffix in (".ome.zarr", ".tif", ".npy")
              for dtype in ("float32", "input")] + [(".ome.zarr", "float32", batches[0], "auto")]
     for suffix, dtype, batch, k_b in cases:
@@ -189,14 +191,17 @@ def main() -> None:
     ap.add_argument("--only", choices=("memory", "files", "sampler"), default=None)
     ap.add_argument("--batch", type=int, nargs="+", default=[4, 32],
                     help="windows per network call for the file rows (4: the CPU default; GPUs get up to 64)")
+    ap.add_argument("--device", default="cpu", help="where the identity network runs (cuda: windows are cut, "
+                    "normalised and reassembled on the GPU)")
     ap.add_argument("--tmp", default=None, help="folder for the generated volume and outputs (default: a temp dir)")
     args = ap.parse_args()
-    print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, numpy {np.__version__}")
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, numpy {np.__version__}, "
+          f"device {args.device}")
     if args.only in (None, "memory"):
-        in_memory(args.size, args.repeats, args.profile)
+        in_memory(args.size, args.repeats, args.profile, args.device)
     if args.only in (None, "files"):
         with tempfile.TemporaryDirectory(dir=args.tmp) as d:
-            files(args.planes, args.size, args.repeats, args.profile, Path(d), args.batch)
+            files(args.planes, args.size, args.repeats, args.profile, Path(d), args.batch, args.device)
     if args.only in (None, "sampler"):
         with tempfile.TemporaryDirectory(dir=args.tmp) as d:
             sampler(Path(d), args.planes, args.size, args.repeats)

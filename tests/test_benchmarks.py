@@ -21,10 +21,22 @@ def test_gpu_benchmark_runs_on_cpu_in_quick_mode() -> None:
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
-    # header + 3 arithmetic variants x (training, distillation); header + 3 x 2 networks x 2 windows
+    # header + 3 arithmetic variants x (training, distillation); header + (3 + the host-windows row) x 2 networks
+    # x 2 windows; the end-to-end rows, student and teacher
     assert sum("teacher training |" in r for r in rows) == 3 and sum("distillation |" in r for r in rows) == 3
-    assert sum(r.startswith(("| teacher (k_b 3), window ", "| student tiny, window ")) for r in rows) == 12
+    assert sum(r.startswith(("| teacher (k_b 3), window ", "| student tiny, window ")) for r in rows) == 16
+    assert sum("| default, windows on the host |" in r for r in rows) == 4
+    assert sum(r.startswith(("| student tiny | ", "| teacher (k_b 3) | ")) and "uint16" in r for r in rows) == 2
     assert "8.3 it/s, 5.7 GB" in out.stdout and "11.1 it/s, 2.4 GB" in out.stdout
+
+
+def test_gpu_profile_runs_on_cpu_in_quick_mode() -> None:
+    out = subprocess.run([sys.executable, str(BENCH / "gpu_profile.py"), "--device", "cpu", "--quick", "--trace"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| student |", "| teacher |"))]
+    assert len(rows) == 2 and all(len(r.split("|")) == 10 for r in rows), rows
+    assert out.stdout.count("operators by host time") == 2
 
 
 def test_gpu_benchmark_refuses_a_missing_gpu_clearly() -> None:

@@ -239,8 +239,11 @@ def test_amp_training_matches_fp32(precision, sample_stack, tmp_path, monkeypatc
 
 @pytest.mark.gpu
 @needs_cuda
-def test_cuda_fast_path_settings(tiny_teacher) -> None:
-    d = _fresh(tiny_teacher, device="cuda")
+def test_cuda_fast_path_settings(tiny_teacher, tiny_student) -> None:
+    teacher = _fresh(tiny_teacher, device="cuda")
+    assert teacher.amp and not teacher.channels_last  # NHWC slowed the teacher's rotations and shifts
+    assert teacher.windows_on_device
+    d = _fresh(tiny_student, device="cuda")
     assert d.channels_last and d.amp
     assert torch.backends.cudnn.benchmark
     w = next(p for p in d.network.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1)

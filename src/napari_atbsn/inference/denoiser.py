@@ -36,7 +36,7 @@ class Denoiser:
 
     def __init__(self, network: nn.Module, config: dict[str, Any], *, device: str | torch.device = "cpu",
                  path: Path | None = None, amp: bool = True, channels_last: bool | None = None,
-                 compile: bool = False) -> None:
+                 compile: bool = False, windows_on_device: bool | None = None) -> None:
         from ..device import place_network, resolve_device, use_channels_last
 
         self.config = config
@@ -55,9 +55,17 @@ class Denoiser:
         # The GPU path (device.py): mixed precision and channels-last on CUDA, cuDNN autotuning for the fixed
         # window shape, optionally torch.compile. On the CPU the arithmetic is plain float32.
         self.amp = bool(amp)
+        if channels_last is None and self.kind == "atbsn":
+            # channels-last pays for the students' and D-BSN's plain convolutions on CUDA, not for a teacher,
+            # whose rotations, row shifts and pads then copy NHWC tensors: on an H200 the paper teacher ran at
+            # 6.82 MPix/s without it and 5.67 with it (benchmarks/gpu.py, window 256, side by side)
+            channels_last = False
         self.channels_last = use_channels_last(self.device, channels_last)
         self.network = place_network(network.eval(), self.device, channels_last=self.channels_last, compile=compile)
         self.in_channels: int = int(config["arch"]["in_channels"])
+        #: Whether windows are cut, normalised and reassembled on the device (inference.device_windows):
+        #: None (auto) on CUDA, where the host-side loop would starve the GPU; the host path elsewhere.
+        self.windows_on_device = self.device.type == "cuda" if windows_on_device is None else bool(windows_on_device)
 
     @property
     def compiled(self) -> bool:
@@ -91,9 +99,18 @@ class Denoiser:
         A teacher computes the rotated UNet features once and applies the head
         for each k (None: the model's own k_b); a student has one output.
         """
-        from ..device import autocast, compile_errors_named, to_device
+        from ..device import to_device
 
-        t = to_device(x, self.device, channels_last=self.channels_last)
+        y = self.forward_windows(to_device(x, self.device), ks)
+        return y.float().cpu().numpy()
+
+    @torch.no_grad()
+    def forward_windows(self, t: torch.Tensor, ks: Sequence[int | None]) -> torch.Tensor:
+        """Normalised (B, C, w, w) windows already on the device -> (K, B, C, w, w) there (the autocast
+        dtype on CUDA), without waiting for the result."""
+        from ..device import autocast, compile_errors_named
+
+        t = t.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         # PyTorch's CPU kernels take another code path for a batch of one, whose rounding differs; pairing a
         # lone window with a copy keeps every window's result independent of how windows are batched.
         single = t.shape[0] == 1
@@ -101,7 +118,7 @@ class Denoiser:
             t = torch.cat([t, t])
         with compile_errors_named(), autocast(self.device, self.amp):
             y = network_outputs(self.network, self.kind, t, ks, k_b=self.k_b, gamma=self.gamma)
-        return y[:, :1].float().cpu().numpy() if single else y.float().cpu().numpy()
+        return y[:, :1] if single else y
 
     def undo_output(self, out: np.ndarray, k: int | str | None, *, in_place: bool = False) -> np.ndarray:
         """A normalised network output back in the data's units (a noise std scales, an image also shifts);
@@ -128,17 +145,18 @@ class Denoiser:
         return torch.from_numpy(y) if is_torch else y
 
     def iter_denoise(self, image: Any, axes: str | None = None, *, k_b: int | None = None,
-                     batch_size: int = 4, dtype: str = "float32") -> Iterator[tuple[int, int]]:
+                     batch_size: int | None = None, dtype: str = "float32") -> Iterator[tuple[int, int]]:
         """Generator: denoise ``image``; yields (windows_done, total); returns the result.
 
         ``dtype`` is ``float32`` or ``input`` (the input's dtype, rounded and
-        clipped to its range).
+        clipped to its range); ``batch_size`` (windows per network call) defaults to what the device's free
+        memory allows (4 on a CPU).
         """
         from .inmemory import iter_denoise
 
         return (yield from iter_denoise(self, image, axes, k_b=k_b, batch_size=batch_size, dtype=dtype))
 
-    def denoise(self, image: Any, axes: str | None = None, *, k_b: int | None = None, batch_size: int = 4,
+    def denoise(self, image: Any, axes: str | None = None, *, k_b: int | None = None, batch_size: int | None = None,
                 dtype: str = "float32") -> np.ndarray:
         """Denoise a whole image (2-D, stack, channels) and return it in its own layout."""
         from ..events import drain

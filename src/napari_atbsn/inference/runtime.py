@@ -78,11 +78,26 @@ class Runtime:
         Yields windows done per batch; returns the (K, C, h, w) float32 result in the data's own range, or
         writes it into ``out`` (K float32 (C, h, w) arrays, e.g. views of the caller's image) and returns that.
         """
-        if not np.all(np.isfinite(raw)):
+        # integers cannot be NaN or Inf: only floating-point sources pay for the check
+        if raw.dtype.kind in "fc" and not np.all(np.isfinite(raw)):
             index = self.geom.plane_index(plane) if plane is not None else {}
             where = f" in plane {', '.join(f'{a}={i}' for a, i in index.items())}" if index else ""
             raise ImageError(f"the image contains NaN or Inf pixels{where} near rows {box.y0}..{box.y1}, columns "
                              f"{box.x0}..{box.x1}; replace them (e.g. with the local median) before denoising.")
+        oy, ox = origin
+        if self.model.windows_on_device:
+            result = yield from self._iter_unit_on_device(raw, origin, box, out)
+        else:
+            result = yield from self._iter_unit_on_host(raw, origin, box, out)
+        if self.calibration is not None and AUTO_K_B in self.ks:
+            y = raw[:, box.y0 - oy:box.y1 - oy, box.x0 - ox:box.x1 - ox].astype(np.float32, copy=False)
+            for i, k in enumerate(self.ks):
+                if k == AUTO_K_B:
+                    result[i][...] = self.calibration.apply(y, result[i])
+        return result
+
+    def _iter_unit_on_host(self, raw: np.ndarray, origin: tuple[int, int], box: Box,
+                           out: Sequence[np.ndarray] | None) -> Generator[int, None, Any]:
         oy, ox = origin
 
         def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -94,12 +109,20 @@ class Runtime:
                                      prepare=self.model.normalization.apply_, out=out)
         for r, k in zip(result, self.net_ks, strict=True):
             self.model.undo_output(r, k, in_place=True)
-        if self.calibration is not None and AUTO_K_B in self.ks:
-            y = raw[:, box.y0 - oy:box.y1 - oy, box.x0 - ox:box.x1 - ox].astype(np.float32, copy=False)
-            for i, k in enumerate(self.ks):
-                if k == AUTO_K_B:
-                    result[i][...] = self.calibration.apply(y, result[i])
         return result
+
+    def _iter_unit_on_device(self, raw: np.ndarray, origin: tuple[int, int], box: Box,
+                             out: Sequence[np.ndarray] | None) -> Generator[int, None, Any]:
+        """The same unit with its windows cut, run and reassembled on the model's device (device_windows)."""
+        from .device_windows import iter_box_on_device, staging_for
+
+        staging = staging_for(self.model.device)
+        oy, ox = origin
+        rb = self.grid.read_box(box)
+        region = raw[:, rb.y0 - oy:rb.y1 - oy, rb.x0 - ox:rb.x1 - ox]
+        return (yield from iter_box_on_device(self.model, self.net_ks, self.grid, region, (rb.y0, rb.x0), box,
+                                              batch_size=lambda: self.batch_size, on_oom=self._back_off,
+                                              staging=staging, out=out))
 
 
 def counted(gen: Generator[int, None, np.ndarray], done: int, total: int,
@@ -113,8 +136,17 @@ def counted(gen: Generator[int, None, np.ndarray], done: int, total: int,
         return stop.value
 
 
+#: At most this many window pixels per network call on a GPU (32 windows of 256², 128 of 128²). On an H200
+#: student C computed 41.6, 47.5 and 48.5 output MPix/s at 8, 32 and 128 windows of 256² (benchmarks/
+#: gpu_profile.py): beyond this a larger batch no longer shortens the time per pixel, and it lengthens
+#: cuDNN's autotuning of each new shape and the last, partial batch of a plane.
+MAX_BATCH_PIXELS = 2 ** 21
+MAX_BATCH = 512
+
+
 def auto_batch_size(model: Denoiser) -> int:
-    """Windows per network call: a few on CPU (no gain beyond), as many as half the free GPU memory allows."""
+    """Windows per network call: a few on CPU (no gain beyond); on a GPU as many as half its free memory
+    allows, up to :data:`MAX_BATCH_PIXELS`."""
     import torch
 
     if model.device.type != "cuda":
@@ -127,7 +159,8 @@ def auto_batch_size(model: Denoiser) -> int:
     base = torch.cuda.memory_allocated(model.device)
     model.run_windows(probe, [None])
     per_window = max(1, torch.cuda.max_memory_allocated(model.device) - base)
-    return int(max(1, min(64, free * 0.5 // per_window)))
+    cap = min(MAX_BATCH, max(1, MAX_BATCH_PIXELS // model.patch ** 2))
+    return int(max(1, min(cap, free * 0.5 // per_window)))
 
 
 class Denoised(list):
@@ -151,9 +184,10 @@ def iter_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Sequence[Outp
     done = 0
     # float32 outputs whose channels come before the rows (YX, CYX, ZCYX ...) are written by the windows straight
     # into the caller's array; channel-last ones (napari's RGB YXC) are assembled per plane and transposed
-    # once, which is faster than scattering each window's core into interleaved channels
+    # once, which is faster than scattering each window's core into interleaved channels. On the device
+    # path every float32 output is written in place: the device puts the result in the array's own order.
     cyx = [a for a in axes if a in "CYX"]
-    direct = all(o.dtype == np.float32 for o in outs) and cyx[-2:] == ["Y", "X"]
+    direct = all(o.dtype == np.float32 for o in outs) and (cyx[-2:] == ["Y", "X"] or model.windows_on_device)
     for n in range(geom.n_planes):
         box = geom.region
         index = geom.source_index(n, 0, geom.height, 0, geom.width)
