@@ -289,3 +289,66 @@ def test_training_data_from_a_file_is_read_into_memory_once_when_it_fits_with_th
     assert in_memory(lazy, available=3 * data.nbytes) is lazy  # over a quarter of the memory: stays lazy
     array = plane_source(data, "ZYX")
     assert in_memory(array, available=10 * data.nbytes) is array  # already in memory: no copy
+
+
+# ------------------------------------------------------------------ batches sampled ahead (issue 19)
+
+
+def test_prefetched_batches_train_the_same_weights(monkeypatch, tmp_path: Path) -> None:
+    """A helper thread samples the next batches while the device computes: batches depend only on the step, so
+    the run ends with the same weights, bit for bit, as one that samples in turn."""
+    import threading
+
+    from napari_atbsn import sampling
+    from napari_atbsn.training import loop
+
+    data = np.random.default_rng(0).normal(size=(3, 48, 48)).astype(np.float32)
+    cfg = TrainConfig(iters=6, checkpoint_every=0, **TINY)
+    threads: list[str] = []
+    sample = sampling.sample_batch
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return sample(*args, **kwargs)
+
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("napari_atbsn.training.train"), "sample_batch", recording)
+    train(data, "ZYX", cfg, tmp_path / "ahead")
+    assert len(threads) == 6 and all(t.startswith("atbsn-batches") for t in threads)
+    monkeypatch.setattr(loop, "PREFETCH_BATCHES", 0)
+    threads.clear()
+    train(data, "ZYX", cfg, tmp_path / "in_turn")
+    assert threads == [threading.current_thread().name] * 6
+    a, b = _weights(tmp_path / "ahead"), _weights(tmp_path / "in_turn")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_prefetcher_raises_a_bad_batch_at_its_own_step_and_stops_reading_on_close() -> None:
+    import threading
+
+    from napari_atbsn.training.loop import BatchPrefetcher
+
+    calls: list[int] = []
+
+    def batch_fn(step: int) -> np.ndarray:
+        calls.append(step)
+        return np.full((1, 1, 4, 4), np.nan if step == 3 else float(step), np.float32)
+
+    p = BatchPrefetcher(batch_fn, 0, 10, ahead=2)
+    assert [float(p.get(s)[0, 0, 0, 0]) for s in range(3)] == [0.0, 1.0, 2.0]
+    with pytest.raises(ImageError, match="step 4"):  # sampled early, raised when step 3 (the 4th) is reached
+        p.get(3)
+    p.close()
+    assert max(calls) <= 5 and not any(t.name.startswith("atbsn-batches") for t in threading.enumerate())
+    assert BatchPrefetcher(batch_fn, 0, 10, ahead=0).get(7)[0, 0, 0, 0] == 7.0  # in turn: no thread
+
+
+def test_a_stopped_run_leaves_no_sampling_thread() -> None:
+    import threading
+
+    data = np.random.default_rng(0).normal(size=(2, 40, 40)).astype(np.float32)
+    res = drain(iter_train(data, "ZYX", TrainConfig(iters=50, **TINY), should_stop=lambda: True))
+    assert res.stopped and res.steps == 1
+    assert not any(t.name.startswith("atbsn-batches") for t in threading.enumerate())

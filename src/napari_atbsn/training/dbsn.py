@@ -434,7 +434,8 @@ def iter_distill_dbsn(data: Any, teacher: str | Path, axes: str | None = None, *
                     unpaired_loss(student, teacher_net, gamma, cfg.real_weight, batches),
                     cfg.checkpoint_every, out, config_fn, should_stop,
                     **preview_runner(preview, student, config_fn, device, amp=cfg.amp,
-                                     channels_last=cfg.channels_last), **gpu_options(cfg, device))
+                                     channels_last=cfg.channels_last), **gpu_options(cfg, device),
+                    prefetch=0)  # the batches record the step whose synthetic noise the loss draws: in order
     return (yield from iter_training_run(spec, out, config_fn, resume=resume))
 
 
