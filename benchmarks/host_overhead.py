@@ -214,7 +214,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one run of each part")
     ap.add_argument("--only", choices=("memory", "files", "sampler"), default=None)
     ap.add_argument("--batch", type=int, nargs="+", default=[4, 32],
-                    help="windows per network call for the file rows (4: the CPU default; GPUs get up to 64)")
+                    help="windows per network call for the file rows (4: the CPU default; GPUs more)")
     ap.add_argument("--device", default="cpu", help="where the identity network runs (cuda: windows are cut, "
                     "normalised and reassembled on the GPU)")
     ap.add_argument("--tmp", default=None, help="folder for the generated volume and outputs (default: a temp dir)")
