@@ -115,3 +115,18 @@ def test_chunk_boxes_tile_a_region_anchored_at_its_corner() -> None:
     for b in boxes:
         cover[b.y0:b.y1, b.x0:b.x1] += 1
     assert cover[10:75, 3:40].min() == 1 and cover.sum() == 65 * 37
+
+
+def test_default_halo_is_a_quarter_for_teachers_and_an_eighth_for_students(tiny_teacher, tiny_student) -> None:
+    """A student loses nothing measurable at an eighth (benchmarks/halo.py), and computes 1.78x its output
+    instead of 4x; a teacher keeps its quarter. A halo stored in the model folder wins over both."""
+    from napari_atbsn.inference.denoiser import Denoiser, load_model
+    from napari_atbsn.modelio import load_network
+    from napari_atbsn.tiling import default_halo
+
+    assert default_halo(128) == default_halo(128, "atbsn") == default_halo(128, "dbsn") == 32
+    assert default_halo(128, "student") == 16
+    teacher, student = load_model(tiny_teacher), load_model(tiny_student)
+    assert (teacher.patch, teacher.halo) == (32, 8) and (student.patch, student.halo) == (32, 4)
+    net, cfg = load_network(tiny_student)
+    assert Denoiser(net, {**cfg, "halo": 8}).halo == 8

@@ -279,7 +279,7 @@ def cmd_info(args: argparse.Namespace) -> int:
              f"kind           {kind}",
              f"preset         {arch['preset']}  ({n_params:,} parameters, {arch['in_channels']} channel(s))",
              f"window         {cfg['patch']} px (training patch), "
-             f"halo {cfg.get('halo', default_halo(cfg['patch']))} px"]
+             f"halo {cfg.get('halo', default_halo(cfg['patch'], cfg['kind']))} px"]
     if cfg["kind"] == "atbsn":
         lines.append(f"blind spots    k_a={cfg.get('k_a')} (training), k_b={cfg.get('k_b')} (default inference)")
     elif cfg["kind"] == "dbsn":

@@ -43,7 +43,7 @@ class Denoiser:
         self.path = path
         self.kind: str = config["kind"]
         self.patch: int = int(config["patch"])
-        self.halo: int = int(config.get("halo", default_halo(self.patch)))
+        self.halo: int = int(config.get("halo", default_halo(self.patch, self.kind)))
         stored = config.get("k_b", FIXED_K_B)
         #: What a teacher outputs when no k_b is asked for: "auto" (chosen from the data and blended with the
         #: input) or the size stored at training. Students and D-BSN models have their one image.

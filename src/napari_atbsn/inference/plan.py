@@ -67,7 +67,7 @@ def resolve_target(source: Any, model: Denoiser, *, axes: str | None, k_b: int |
     if dtype not in OUTPUT_DTYPES:
         raise ConfigError(f"dtype={dtype!r}; choose float32 or input.")
     window = model.patch if window is None else window
-    halo = (model.halo if window == model.patch else default_halo(window)) if halo is None else halo
+    halo = (model.halo if window == model.patch else default_halo(window, model.kind)) if halo is None else halo
     check_window(window, halo)
     for k in ks:
         # The shift s = (k + 1) // 2 must leave pixels in each window (the network refuses later otherwise,
