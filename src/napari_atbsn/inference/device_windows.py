@@ -135,10 +135,11 @@ def iter_box_on_device(model: Denoiser, ks: Sequence[OutputKey], grid: PlaneGrid
     todo = list(itertools.product(ys, xs))
     # one autocast region for the whole unit: autocast keeps its low-precision copies of the weights until
     # the outermost region ends, so they are cast once per unit instead of once per batch
+    # made before the unit's work is queued: a small copy from pageable memory waits for the device's queue
+    off = torch.tensor(norm.offset, dtype=torch.float32, device=device).view(-1, 1, 1)
+    sc = torch.tensor(norm.scale, dtype=torch.float32, device=device).view(-1, 1, 1)
     with torch.no_grad(), autocast(device, model.amp):
         result = _run_unit(model, ks, grid, region, read_origin, box, todo, batch_size, on_oom, staging)
-        off = torch.tensor(norm.offset, dtype=torch.float32, device=device).view(-1, 1, 1)
-        sc = torch.tensor(norm.scale, dtype=torch.float32, device=device).view(-1, 1, 1)
         for r, k in zip(result, ks, strict=True):
             r.mul_(sc)
             if k != NOISE_MAP:  # a noise standard deviation scales; an image also shifts
