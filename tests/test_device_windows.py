@@ -91,12 +91,12 @@ def test_file_pipeline_on_device_writes_the_host_bytes(tmp_path) -> None:
 
 
 def test_upload_keeps_integers_and_never_writes_into_the_callers_array() -> None:
-    from napari_atbsn.inference.device_windows import normalise_on_device
+    from napari_atbsn.inference.device_windows import channel_constants, normalise_on_device
 
     region = RNG.normal(size=(1, 8, 9)).astype(np.float32)
     kept = region.copy()
     t = upload(region, torch.device("cpu"), StagingBuffers(torch.device("cpu")))
-    normalise_on_device(t, [1.0], [2.0])
+    normalise_on_device(t, *channel_constants([1.0], [2.0], torch.device("cpu")))
     assert np.array_equal(region, kept)  # normalised in a copy on the CPU
     assert upload(np.zeros((1, 2, 2), np.uint16), torch.device("cpu"), StagingBuffers(torch.device("cpu"))).dtype \
         == torch.uint16  # half the bytes of float32 cross the bus

@@ -158,6 +158,15 @@ class PlaneGrid:
         x0, x1 = self.x.read_range(xs.start, xs.stop)
         return Box(y0, y1, x0, x1)
 
+    def core_in(self, box: Box, iy: int, ix: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+        """Where window (iy, ix)'s kept core meets ``box``: its (rows, columns) in the chunk, then in the
+        window (what the host and device paths both copy from a window's result into the chunk's)."""
+        ky0, ky1 = max(self.y.keep_starts[iy], box.y0), min(self.y.keep_stops[iy], box.y1)
+        kx0, kx1 = max(self.x.keep_starts[ix], box.x0), min(self.x.keep_stops[ix], box.x1)
+        sy, sx = self.y.starts[iy], self.x.starts[ix]
+        return ((slice(ky0 - box.y0, ky1 - box.y0), slice(kx0 - box.x0, kx1 - box.x0)),
+                (slice(ky0 - sy, ky1 - sy), slice(kx0 - sx, kx1 - sx)))
+
     def count(self, box: Box) -> int:
         ys, xs = self.windows(box)
         return len(ys) * len(xs)
@@ -212,13 +221,9 @@ def iter_box(fn: WindowFn, read: Reader, grid: PlaneGrid, box: Box, *, batch_siz
         if out is None:
             out = np.empty((res.shape[0], res.shape[2], *box.shape), dtype=np.float32)
         for b, (iy, ix) in enumerate(batch):
-            # the part of this window's kept core that lies in the chunk
-            ky0, ky1 = max(grid.y.keep_starts[iy], box.y0), min(grid.y.keep_stops[iy], box.y1)
-            kx0, kx1 = max(grid.x.keep_starts[ix], box.x0), min(grid.x.keep_stops[ix], box.x1)
-            sy, sx = grid.y.starts[iy], grid.x.starts[ix]
+            (dy, dx), (sy, sx) = grid.core_in(box, iy, ix)  # the part of its kept core in the chunk
             for k, d in enumerate(out):
-                d[:, ky0 - box.y0:ky1 - box.y0, kx0 - box.x0:kx1 - box.x0] = \
-                    res[k, b, :, ky0 - sy:ky1 - sy, kx0 - sx:kx1 - sx]
+                d[:, dy, dx] = res[k, b, :, sy, sx]
         yield len(batch)
     assert out is not None  # a non-empty box always needs at least one window
     return out

@@ -103,13 +103,18 @@ def upload(region: np.ndarray, device: torch.device, staging: StagingBuffers) ->
     return host.to(device, non_blocking=True).permute(inverse(order))
 
 
-def normalise_on_device(x: torch.Tensor, offset: Sequence[float], scale: Sequence[float]) -> torch.Tensor:
-    """float32 ``(x - offset) / scale`` per channel of a (C, h, w) tensor: the host path's arithmetic."""
+def channel_constants(offset: Sequence[float], scale: Sequence[float], device: torch.device,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation's per-channel offset and scale as float32 (C, 1, 1) tensors on ``device``."""
+    return tuple(torch.tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1)  # type: ignore[return-value]
+                 for v in (offset, scale))
+
+
+def normalise_on_device(x: torch.Tensor, off: torch.Tensor, sc: torch.Tensor) -> torch.Tensor:
+    """float32 ``(x - off) / sc`` per channel of a (C, h, w) tensor (:func:`channel_constants`): the host
+    path's arithmetic."""
     # a copy on the CPU, where the tensor may share the caller's memory; on CUDA it is the upload's own
-    x = x.to(torch.float32, copy=x.device.type == "cpu")
-    off = torch.tensor(offset, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-    sc = torch.tensor(scale, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-    return x.sub_(off).div_(sc)
+    return x.to(torch.float32, copy=x.device.type == "cpu").sub_(off).div_(sc)
 
 
 def iter_box_on_device(model: Denoiser, ks: Sequence[OutputKey], grid: PlaneGrid, region: np.ndarray,
@@ -133,13 +138,13 @@ def iter_box_on_device(model: Denoiser, ks: Sequence[OutputKey], grid: PlaneGrid
     norm = model.normalization
     ys, xs = grid.windows(box)
     todo = list(itertools.product(ys, xs))
+    # made before the unit's work is queued: a small copy from pageable memory waits for the device's queue
+    off, sc = channel_constants(norm.offset, norm.scale, device)
     # one autocast region for the whole unit: autocast keeps its low-precision copies of the weights until
     # the outermost region ends, so they are cast once per unit instead of once per batch
-    # made before the unit's work is queued: a small copy from pageable memory waits for the device's queue
-    off = torch.tensor(norm.offset, dtype=torch.float32, device=device).view(-1, 1, 1)
-    sc = torch.tensor(norm.scale, dtype=torch.float32, device=device).view(-1, 1, 1)
     with torch.no_grad(), autocast(device, model.amp):
-        result = _run_unit(model, ks, grid, region, read_origin, box, todo, batch_size, on_oom, staging)
+        x = normalise_on_device(upload(region, device, staging), off, sc)
+        result = _run_unit(model, ks, grid, x, read_origin, box, todo, batch_size, on_oom)
         for r, k in zip(result, ks, strict=True):
             r.mul_(sc)
             if k != NOISE_MAP:  # a noise standard deviation scales; an image also shifts
@@ -149,13 +154,13 @@ def iter_box_on_device(model: Denoiser, ks: Sequence[OutputKey], grid: PlaneGrid
     return values
 
 
-def _run_unit(model: Denoiser, ks: Sequence[OutputKey], grid: PlaneGrid, region: np.ndarray,
+def _run_unit(model: Denoiser, ks: Sequence[OutputKey], grid: PlaneGrid, x: torch.Tensor,
               read_origin: tuple[int, int], box: Box, todo: list[tuple[int, int]], batch_size: Callable[[], int],
-              on_oom: Callable[[BaseException, int], None], staging: StagingBuffers) -> torch.Tensor:
-    """Queue the unit's windows through the network; the (K, C', h, w) float32 result, still normalised."""
+              on_oom: Callable[[BaseException, int], None]) -> torch.Tensor:
+    """Queue the unit's windows, cut from its normalised source region ``x`` (C, h, w) on the device, through
+    the network; the (K, C', h, w) float32 result, still normalised."""
     device = model.device
     w = grid.window
-    x = normalise_on_device(upload(region, device, staging), model.normalization.offset, model.normalization.scale)
     ph, pw = max(w - x.shape[-2], 0), max(w - x.shape[-1], 0)
     if ph or pw:  # a plane smaller than the window: padded with normalised zeros, as on the host
         x = torch.nn.functional.pad(x, (0, pw, 0, ph))
@@ -184,12 +189,8 @@ def _run_unit(model: Denoiser, ks: Sequence[OutputKey], grid: PlaneGrid, region:
         if result is None:
             result = torch.empty((res.shape[0], res.shape[2], *box.shape), dtype=torch.float32, device=device)
         for n, (wy, wx) in enumerate(batch):
-            # the part of this window's kept core that lies in the chunk
-            ky0, ky1 = max(grid.y.keep_starts[wy], box.y0), min(grid.y.keep_stops[wy], box.y1)
-            kx0, kx1 = max(grid.x.keep_starts[wx], box.x0), min(grid.x.keep_stops[wx], box.x1)
-            sy, sx = grid.y.starts[wy], grid.x.starts[wx]
-            result[:, :, ky0 - box.y0:ky1 - box.y0, kx0 - box.x0:kx1 - box.x0] = \
-                res[:, n, :, ky0 - sy:ky1 - sy, kx0 - sx:kx1 - sx]
+            (dy, dx), (sy, sx) = grid.core_in(box, wy, wx)  # the part of its kept core in the chunk
+            result[:, :, dy, dx] = res[:, n, :, sy, sx]
         i += len(batch)
     assert result is not None  # a non-empty box always needs at least one window
     return result

@@ -36,9 +36,9 @@ from ..io.fs import fsync_dir
 from ..modelio import CONFIG, OPTIMIZER, load_tensors, read_config, save_folder
 
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_PARTIAL, CHECKPOINT_OLD = "checkpoint.partial", "checkpoint.old"
 #: Batches sampled ahead of the step being computed (:class:`BatchPrefetcher`).
 PREFETCH_BATCHES = 2
-CHECKPOINT_PARTIAL, CHECKPOINT_OLD = "checkpoint.partial", "checkpoint.old"
 
 
 @dataclass
@@ -227,9 +227,7 @@ class BatchPrefetcher:
         return self.pending.pop(step).result()
 
     def close(self) -> None:
-        if self.pool is not None:
-            for future in self.pending.values():
-                future.cancel()
+        if self.pool is not None:  # batches not started are dropped; the one in flight is waited for
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
