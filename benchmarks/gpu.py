@@ -94,6 +94,16 @@ def bench_training(data: np.ndarray, args, device: torch.device, teacher_dir: Pa
     return rows
 
 
+def untrained(net: torch.nn.Module, window: int, *, offset: float = 0.0, scale: float = 1.0, **options) -> Denoiser:
+    """``net`` with untrained weights as a model run in windows of ``window`` (a trained one's arithmetic and cost);
+    ``options`` are Denoiser's (device, amp, channels_last, compile, windows_on_device)."""
+    arch = arch_dict(net.eval())
+    c = int(arch["in_channels"])
+    cfg = {"kind": "atbsn" if isinstance(net, ATBSN) else "student", "arch": arch, "patch": window, "k_b": 3,
+           "normalization": {"mode": "zscore", "offset": [offset] * c, "scale": [scale] * c}}
+    return Denoiser(net, cfg, **options)
+
+
 def bench_inference(image: np.ndarray, args, device: torch.device) -> list[tuple]:
     rows = []
     nets = [("teacher (k_b 3)", lambda: ATBSN(3, args.preset)),
@@ -104,12 +114,9 @@ def bench_inference(image: np.ndarray, args, device: torch.device) -> list[tuple
     for window in args.windows:
         for net_name, make in nets:
             for name, opts, on_device in cases:
-                net = make().eval()  # a fresh network per variant: compile and channels-last change it in place
-                cfg = {"kind": "atbsn" if isinstance(net, ATBSN) else "student", "arch": arch_dict(net),
-                       "patch": window, "k_b": 3,
-                       "normalization": {"mode": "zscore", "offset": [0.0] * 3, "scale": [1.0] * 3}}
-                den = Denoiser(net, cfg, device=device, amp=opts["amp"], channels_last=opts["channels_last"],
-                               compile=opts.get("compile", False), windows_on_device=on_device)
+                # a fresh network per variant: compile and channels-last change it in place
+                den = untrained(make(), window, device=device, amp=opts["amp"], channels_last=opts["channels_last"],
+                                compile=opts.get("compile", False), windows_on_device=on_device)
                 batch = args.infer_batch or auto_batch_size(den)
                 # warm-up on the same image: every batch shape (the last one too) is autotuned/compiled before
                 den.denoise(image, "YXC", batch_size=batch)
@@ -133,10 +140,7 @@ def bench_end_to_end(args, device: torch.device, folder: Path) -> list[tuple]:
     for name, net, size in nets:
         src = make_volume(folder, size, args.e2e_size)
         planes, side = tifffile_shape(src)
-        cfg = {"kind": "atbsn" if isinstance(net, ATBSN) else "student", "arch": arch_dict(net.eval()),
-               "patch": args.e2e_window, "k_b": 3,
-               "normalization": {"mode": "zscore", "offset": [1000.0], "scale": [100.0]}}
-        den = Denoiser(net, cfg, device=device)
+        den = untrained(net, args.e2e_window, offset=1000.0, scale=100.0, device=device)
         out = folder / "out.ome.zarr"
         t0 = time.perf_counter()
         res = denoise(src, den, out, axes="ZYX", overwrite=True)

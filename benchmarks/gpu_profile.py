@@ -21,22 +21,23 @@ host and device time (and writes a Chrome trace when ``--trace-dir`` is given).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu import untrained
 from napari_atbsn.inference.denoiser import Denoiser
-from napari_atbsn.modelio import arch_dict
 from napari_atbsn.models import ATBSN, Student
 
 
 def make_denoiser(net_name: str, args, device: torch.device) -> Denoiser:
-    net = (ATBSN(3, args.preset) if net_name == "teacher" else Student(args.student, 3)).eval()
-    cfg = {"kind": "atbsn" if net_name == "teacher" else "student", "arch": arch_dict(net), "patch": args.window,
-           "k_b": 3, "normalization": {"mode": "zscore", "offset": [0.0] * 3, "scale": [1.0] * 3}}
-    return Denoiser(net, cfg, device=device, amp=not args.fp32, compile=args.compile)
+    net = ATBSN(3, args.preset) if net_name == "teacher" else Student(args.student, 3)
+    return untrained(net, args.window, device=device, amp=not args.fp32, compile=args.compile)
 
 
 def sync(device: torch.device) -> None:
