@@ -17,7 +17,12 @@ Methods (each runs in its own process, so wall time and peak memory are its own)
 * ``students``: the distilled students A and C (default: blended targets) of a teacher with the
   recommended k_a; to keep the budget equal, each student's budget is split: a teacher trained for
   half of it (shared by A and C), then distillation for half;
-* ``dbsn``: D-BSN (Poisson-Gaussian noise model), Bayes-fused output.
+* ``dbsn``: D-BSN (Poisson-Gaussian noise model), Bayes-fused output;
+* ``atbsn-context``: ``atbsn-auto`` with stack context (issue 18): the same teacher given the
+  neighbouring planes along Z (``--context auto``: as many as the stack allows, up to 2 on each side,
+  where their noise is measured independent), default output (k_b=auto, blended). The scored planes
+  are denoised with their real neighbours (the stack is cut just past the last scored plane); on
+  stacks without Z/T (PolyU, W2S) it is ``atbsn-auto`` again.
 
 Equal budget: every trained method gets ``--budget`` seconds of training wall time. CAREamics
 stops through Lightning's ``max_time``. napari-atbsn's runs are cosine-annealed over a fixed
@@ -57,7 +62,7 @@ from real_data import load  # the datasets and their conventions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compare"
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "images"
-METHODS = ("bm3d-sigma", "bm3d-psd", "n2v", "structn2v", "atbsn", "atbsn-auto", "students", "dbsn")
+METHODS = ("bm3d-sigma", "bm3d-psd", "n2v", "structn2v", "atbsn", "atbsn-auto", "students", "dbsn", "atbsn-context")
 KB_SWEEP = (0, 1, 3, 5, 7, 9, 11)
 TABLE_KBS = (0, 1, 3, 5, 9)
 ENSEMBLE_KS = (0, 1, 3, 5, 7, 9, 11)
@@ -120,7 +125,7 @@ def recommended_k_a(noisy: np.ndarray, axes: str) -> int:
 
 
 def run_atbsn_teacher(noisy: np.ndarray, axes: str, args: Any, seconds: float, out: Path,
-                      k_a: int = 9) -> tuple[Any, dict]:
+                      k_a: int = 9, context: int | str = 0) -> tuple[Any, dict]:
     from napari_atbsn.config import TrainConfig
     from napari_atbsn.events import drain
     from napari_atbsn.training import iter_train
@@ -129,14 +134,14 @@ def run_atbsn_teacher(noisy: np.ndarray, axes: str, args: Any, seconds: float, o
 
     def cfg(iters: int) -> TrainConfig:
         return TrainConfig(preset=args.preset, k_a=k_a, iters=iters, patch=args.patch, batch=args.batch,
-                           device=args.device, checkpoint_every=0)
+                           device=args.device, checkpoint_every=0, context=context)
 
     iters, rate = steps_for(lambda n: iter_train(noisy, axes, cfg(n)), budget)
     # A hard stop at the budget if the machine runs slower than calibrated (the run then ends late in its
     # cosine schedule, at a small learning rate); the steps done are reported.
     res = drain(iter_train(noisy, axes, cfg(iters), out, overwrite=True, should_stop=lambda: budget.left() <= 0))
     return res.model, {"steps": res.steps, "planned_steps": iters, "train_s": budget.spent(), "calibrated_it_s": rate,
-                       "k_a": k_a}
+                       "k_a": k_a, "context": res.model.context}
 
 
 def run_atbsn(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
@@ -173,6 +178,26 @@ def run_atbsn_auto(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]
         results[f"AT-BSN k_a={k_a} k_b={kb}"] = out
         infos[f"AT-BSN k_a={k_a} k_b={kb}"] = {**info, "estimated_gain_db": cal.gain_of(kb), "infer_s": t_sweep,
                                                "infer_note": f"all {len(KB_SWEEP)} k_b from one backbone pass"}
+    return results, infos
+
+
+def run_atbsn_context(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, dict]:
+    from napari_atbsn.events import drain
+    from napari_atbsn.inference.inmemory import iter_denoise_outputs
+
+    k_a = recommended_k_a(noisy, axes)
+    model, info = run_atbsn_teacher(noisy, axes, args, args.budget, work / "teacher", k_a=k_a, context="auto")
+    n = model.context
+    # the scored planes lead the stack: denoise them with their real neighbours, which follow them
+    stack = noisy[:len(ev_noisy) + n] if n and axes[0] in "ZT" else ev_noisy
+    t0 = time.perf_counter()
+    outs = drain(iter_denoise_outputs(model, stack, axes, ks=["auto", 3], batch_size=8, dtype="float32"))
+    cal = outs.calibration
+    name = f"AT-BSN stack context {n}: auto k_b={cal.k_b}, blended (k_a={k_a})"
+    results = {name: outs[0][:len(ev_noisy)], f"AT-BSN stack context {n}: k_a={k_a} k_b=3": outs[1][:len(ev_noisy)]}
+    infos = {key: {**info, "infer_s": time.perf_counter() - t0, "estimated_gain_db": cal.gain_db if key == name
+                   else cal.gain_of(3), "quality": cal.to_record(),
+                   "context_choice": model.config.get("context_choice")} for key in results}
     return results, infos
 
 
@@ -359,7 +384,8 @@ def worker(args: Any) -> None:
           "atbsn": lambda: run_atbsn(noisy, axes, ev_noisy, args, work),
           "atbsn-auto": lambda: run_atbsn_auto(noisy, axes, ev_noisy, args, work),
           "students": lambda: run_students(noisy, axes, ev_noisy, args, work),
-          "dbsn": lambda: run_dbsn(noisy, axes, ev_noisy, args, work)}[args.worker]
+          "dbsn": lambda: run_dbsn(noisy, axes, ev_noisy, args, work),
+          "atbsn-context": lambda: run_atbsn_context(noisy, axes, ev_noisy, args, work)}[args.worker]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     results, infos = fn()

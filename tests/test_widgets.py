@@ -542,3 +542,22 @@ def test_export_button_writes_the_model_file(viewer, qtbot, tmp_path, tiny_stude
     w.out_dir.value = str(tmp_path)  # not a model folder
     w.export_button.click()
     assert "has no config.json" in errors[-1]
+
+
+def test_train_widget_trains_a_stack_context_model_and_denoise_uses_it(viewer, qtbot, tmp_path, errors) -> None:
+    """Issue 18: the Z/T context is a setting of the Train widget; the model it writes reads the neighbouring
+    planes, and the Denoise widget runs it on the stack like any model."""
+    from napari_atbsn._widgets import TrainWidget
+
+    w = dock(viewer, TrainWidget(viewer))
+    configure_train(w, tmp_path / "teacher", iters=6, preview_every=3)  # no preview: a crop has no neighbours
+    w.context.value = 1
+    w.run_button.click()
+    wait_done(qtbot, w)
+    assert errors == []
+    model = load_model(tmp_path / "teacher")
+    assert model.context == 1 and model.config["train"]["context"] == 1
+    stack = np.asarray(viewer.layers["cells"].data)
+    assert model.denoise(stack, "ZYX", k_b=3).shape == stack.shape
+    w.method.value = "dbsn"
+    assert not w.context.visible  # D-BSN takes no context

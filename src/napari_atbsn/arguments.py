@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from .config import AUTO_K_B, DBSNConfig, DistillConfig, TrainConfig, UnpairedConfig, config_fields_help
+from .config import AUTO_CONTEXT, AUTO_K_B, DBSNConfig, DistillConfig, TrainConfig, UnpairedConfig, config_fields_help
 from .version import __version__
 
 TRAIN_HELP = config_fields_help(TrainConfig)
@@ -39,6 +39,18 @@ def _k_b(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid k_b {text!r}: give an odd size such as 3, 0, or 'auto'") from None
+
+
+def _context(text: str) -> int | str:
+    """A number of neighbouring planes on each side, or 'auto' (from the measured independence of the planes'
+    noise)."""
+    if text.strip().lower() == AUTO_CONTEXT:
+        return AUTO_CONTEXT
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid context {text!r}: give a number of planes on each side such as "
+                                         f"0, 1, 2, or 'auto'") from None
 
 
 def _typed(p: argparse.ArgumentParser, helps: dict[str, str], specs: Sequence[tuple[str, type]]) -> None:
@@ -109,8 +121,8 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--phases", type=_phases, help="dbsn only: " + DBSN_HELP["phases"])
     t.add_argument("--sigma-fit", choices=["measured", "likelihood"],
                    help="dbsn only: " + DBSN_HELP["sigma_fit"] + " (default measured)")
-    _typed(t, TRAIN_HELP, [("k-a", int), ("k-b", _k_b), ("iters", int), ("patch", int), ("batch", int),
-                           ("lr", float), ("seed", int), ("checkpoint-every", int)])
+    _typed(t, TRAIN_HELP, [("k-a", int), ("k-b", _k_b), ("context", _context), ("iters", int), ("patch", int),
+                           ("batch", int), ("lr", float), ("seed", int), ("checkpoint-every", int)])
     t.add_argument("--normalization", choices=["range255", "zscore", "range1"],
                    help=TRAIN_HELP["normalization"] + "; dbsn default range1")
     _run_control(t)

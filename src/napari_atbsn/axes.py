@@ -107,3 +107,65 @@ def check_image(data: Any, name: str = "image") -> None:
                          f"(complex, boolean and object images are not supported).")
     if arr.ndim < 2:
         raise ImageError(f"{name} is {arr.ndim}-D; an image needs at least 2 dimensions (Y and X).")
+
+
+# -- neighbouring planes as context (Z-stacks and time-lapses) ---------------------------------------------------
+#: Axes along which neighbouring planes may serve as context, in order of preference: Z (depth), else T (time).
+#: S (independent samples) never: its planes need not show the same structures.
+CONTEXT_LETTERS = "ZT"
+#: The most neighbouring planes a model may take on each side.
+MAX_CONTEXT = 4
+
+
+def context_axis(axes: str) -> str | None:
+    """The axis whose neighbouring planes give context: Z if ``axes`` has it, else T, else None."""
+    return next((a for a in CONTEXT_LETTERS if a in axes), None)
+
+
+def context_offsets(context: int) -> list[int]:
+    """Plane offsets of the context, in the order the networks take them: -1, +1, -2, +2, ... (the centre plane,
+    offset 0, comes first and is not listed)."""
+    return [s * d for d in range(1, context + 1) for s in (-1, 1)]
+
+
+def check_context_length(axes: str, shape: Sequence[int], context: int) -> str | None:
+    """The context axis of an image with ``axes`` and ``shape`` for a model taking ``context`` planes on each side
+    (None for a 2-D model); refuses an image that has no such axis or too few planes along it."""
+    if context == 0:
+        return None
+    axis = context_axis(axes)
+    if axis is None:
+        raise AxesError(f"the model takes {context} neighbouring plane(s) on each side along Z or T, but the image "
+                        f"(axes {axes!r}) has neither: denoise the whole stack, check --axes, or use a model trained "
+                        f"with --context 0.")
+    length = int(shape[axes.index(axis)])
+    if length < 2 * context + 1:
+        raise AxesError(f"the model takes {context} neighbouring plane(s) on each side along {axis}, so it needs at "
+                        f"least {2 * context + 1} planes along {axis}; the image has {length}. Use a model trained "
+                        f"with --context {max(0, (length - 1) // 2)}.")
+    return axis
+
+
+def neighbour_planes(plane: int, plane_axes: str, plane_shape: Sequence[int], context: int,
+                     axis: str | None) -> list[int]:
+    """Plane numbers (in the row-major order of ``plane_axes``) of plane ``plane`` and its context: itself, then its
+    neighbours at :func:`context_offsets` along ``axis``. At the stack's ends a missing neighbour is mirrored about
+    the centre (offset -d becomes +d), never the centre itself, whose noise must not reach the network unmasked;
+    :func:`check_context_length` guarantees the mirror lies inside the stack."""
+    if context == 0 or axis is None:
+        return [plane]
+    index = list(np.unravel_index(plane, tuple(plane_shape)))
+    a = plane_axes.index(axis)
+    length = int(plane_shape[a])
+    if length < 2 * context + 1:
+        raise AxesError(f"{length} plane(s) along {axis} cannot give {context} neighbour(s) on each side; "
+                        f"at least {2 * context + 1} are needed.")
+    out = [plane]
+    for d in context_offsets(context):
+        j = int(index[a]) + d
+        if not 0 <= j < length:
+            j = int(index[a]) - d
+        index_d = list(index)
+        index_d[a] = j
+        out.append(int(np.ravel_multi_index(index_d, tuple(plane_shape))))
+    return out

@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                           overwrite=args.overwrite, should_stop=stop),
                              "train", args.output)
     cfg = TrainConfig(device=args.device, **gpu_settings(args), **_overrides(args, ["preset"]),
-                      **_overrides(args, ["k_a", "k_b", *common]))
+                      **_overrides(args, ["k_a", "k_b", "context", *common]))
     return _run_training(lambda stop: iter_train(data, axes, cfg, args.output, resume=args.resume,
                                                  overwrite=args.overwrite, should_stop=stop), "train", args.output)
 
@@ -125,7 +125,8 @@ def _check_resumed_preset(args: argparse.Namespace) -> None:
 
 
 def _check_method_flags(args: argparse.Namespace) -> None:
-    wrong = {"atbsn": ["noise_model", "gamma", "phases", "sigma_fit"], "dbsn": ["k_a", "k_b"]}[args.method]
+    wrong = {"atbsn": ["noise_model", "gamma", "phases", "sigma_fit"],
+             "dbsn": ["k_a", "k_b", "context"]}[args.method]
     given = [f"--{n.replace('_', '-')}" for n in wrong if getattr(args, n, None) is not None]
     if given:
         other = "dbsn" if args.method == "atbsn" else "atbsn"
@@ -188,6 +189,9 @@ def _report_run(res: Any, output: str) -> int:
           f"atbsn: wrote {output}", file=sys.stderr)
     # the run's own estimate: a distilled student's against the blended teacher on held-out rows, a D-BSN's
     # default output on a sample of the data
+    choice = res.model.config.get("context_choice")
+    if choice:  # --context auto: what the stack's planes allowed, and why
+        print(f"atbsn: stack context {res.model.context}: {choice}", file=sys.stderr)
     quality = res.model.config.get("quality", {})
     if quality.get("line"):
         print(quality["line"])
@@ -291,6 +295,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         kind = "mean-teacher" if cfg.get("mean_teacher") else "multi-teacher"
         lines.append(f"teachers       Ks={cfg.get('ks')} ({kind})")
+    context = int(arch.get("context", 0))
+    lines.append(f"stack context  {context} neighbouring plane(s) on each side along Z (else T)" if context else
+                 "stack context  none (2-D: plane by plane)")
     norm = cfg["normalization"]
     lines += [f"normalization  {norm['mode']} offset={[round(v, 4) for v in norm['offset']]} "
               f"scale={[round(v, 4) for v in norm['scale']]}",

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .axes import guess_axes, validate_axes
+from .axes import check_context_length, guess_axes, neighbour_planes, validate_axes
 from .config import AUTO_K_B
 from .errors import ConfigError, ImageError
 from .events import drain
@@ -29,6 +29,7 @@ from .inference.denoiser import Denoiser
 from .inference.inmemory import iter_denoise_outputs
 from .inference.output_kinds import resolve_ks
 from .inference.quality import Calibration, calibrate
+from .inference.runtime import iter_array
 
 PLANE_AXES = "TZ"
 
@@ -147,8 +148,11 @@ class ComparisonStack:
         for rows, ks in done.values():
             model = self.versions[rows[0]].model
             cal = next((self.versions[r].calibration for r in rows if self.versions[r].calibration), None)
-            res = drain(iter_denoise_outputs(model, raw, self.plane_axes, ks=ks, batch_size=self.batch_size,
-                                             dtype="float32", calibration=cal))
+            if model.context:
+                res = self._with_context(model, key, ks, cal)
+            else:
+                res = drain(iter_denoise_outputs(model, raw, self.plane_axes, ks=ks, batch_size=self.batch_size,
+                                                 dtype="float32", calibration=cal))
             for r, img in zip(rows, res, strict=True):
                 out[r] = img
         with self._lock:
@@ -157,6 +161,32 @@ class ComparisonStack:
             while len(self._cache) > self.cache_planes:
                 self._cache.popitem(last=False)
         return out
+
+    def _with_context(self, model: Denoiser, key: tuple[int, ...], ks: list[Any],
+                      cal: Calibration | None) -> list[np.ndarray]:
+        """One plane's outputs from a stack-context model: the plane read with its neighbouring planes along Z
+        (else T), assembled in the channels as the network reads them (axes.neighbour_planes)."""
+        axis = check_context_length(self.axes, self.data.shape, model.context)
+        assert axis is not None  # a context model always has one, or the check refused the image
+        pos = self.plane_dims.index(self.axes.index(axis))
+        length = int(self.data.shape[self.axes.index(axis)])
+        rest = self.plane_axes
+        cpos = rest.index("C") if "C" in rest else rest.index("Y")  # where the channels are (or go)
+        blocks = []
+        for j in neighbour_planes(key[pos], axis, (length,), model.context, axis):
+            src: list[Any] = [slice(None)] * len(self.axes)
+            for d, i in zip(self.plane_dims, key, strict=True):
+                src[d] = i
+            src[self.axes.index(axis)] = j
+            block = np.asarray(self.data[tuple(src)], dtype=np.float32)
+            blocks.append(block if "C" in rest else np.expand_dims(block, cpos))
+        axes = rest if "C" in rest else rest[:cpos] + "C" + rest[cpos:]
+        unit = np.concatenate(blocks, axis=cpos)
+        if AUTO_K_B in ks and cal is None:
+            cal = calibrate(model, self.data, self.axes)
+        outs = drain(iter_array(model, unit, axes, ks=ks, batch_size=self.batch_size, dtype="float32",
+                                calibration=cal, assembled=True))
+        return [o if "C" in rest else np.squeeze(o, cpos) for o in outs]
 
     def cached(self, index: Sequence[int]) -> np.ndarray | None:
         """The plane's versions if already computed, else None (never computes: for cursor read-outs)."""

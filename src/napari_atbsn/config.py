@@ -76,6 +76,9 @@ AUTO_K_B = "auto"
 #: The blind spot a teacher falls back on where one must be fixed without data to choose from (an export, an
 #: output asked for as "the model's own" of a folder that stores "auto"): the paper's k_b.
 FIXED_K_B = 3
+#: Stack context chosen from the data: as many neighbouring planes as the stack allows (up to 2 on each side)
+#: where their noise is measured independent of the plane's, else 0 (napari_atbsn.analysis).
+AUTO_CONTEXT = "auto"
 #: D-BSN's weight of the noise term in the Bayes fusion when a model folder does not say (1: exact posterior).
 DEFAULT_GAMMA = 1.0
 
@@ -192,6 +195,10 @@ class TrainConfig:
     k_b: int | str = _help("default blind spot for inference, stored with the model: 'auto' (chosen from the "
                            "data and blended with the input, never worse than it) or a size such as 3",
                            default=AUTO_K_B)
+    context: int | str = _help("neighbouring planes on each side along Z (or T) given to the network beside the "
+                               "blind-spot plane: 0 (a 2-D model, plane by plane), N, or 'auto' (chosen from the "
+                               "stack: their noise must be independent of the plane's; atbsn analyze measures it)",
+                               default=0)
     iters: int | None = _help("training iterations (default: preset's)", default=None)
     patch: int | None = _help("square training patch side in pixels; inference windows use the same size",
                               default=None)
@@ -223,6 +230,8 @@ class TrainConfig:
                                  "or 1/3 for nearly pixel-independent noise.")
         if self.k_b != AUTO_K_B:
             check_k(self.k_b, name="k_b")
+        if self.context != AUTO_CONTEXT:
+            check_context(self.context)
         _positive("iters", self.iters)
         _positive("batch", self.batch)
         _check_seed(self.seed)
@@ -282,6 +291,16 @@ class DistillConfig:
         if not (cfg.lr and cfg.lr > 0):
             raise ConfigError(f"lr={cfg.lr} must be a positive number such as 3e-4.")
         return cfg
+
+
+def check_context(value: Any) -> int:
+    """Validate a number of context planes on each side: 0 (a 2-D model) to MAX_CONTEXT."""
+    from .axes import MAX_CONTEXT
+
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CONTEXT:
+        raise ConfigError(f"context={value!r} must be a whole number of neighbouring planes on each side, from 0 "
+                          f"(plane by plane) to {MAX_CONTEXT}; 1 or 2 suit most stacks.")
+    return value
 
 
 def _check_seed(value: Any) -> None:
@@ -442,6 +461,8 @@ def resume_config(current: Any, saved: dict[str, Any]) -> Any:
         old = tuple(saved[f.name]) if isinstance(saved[f.name], list) else saved[f.name]
         if f.name in RESUME_FREE:
             merged[f.name] = old if cur is None else cur
+        elif f.name == "context" and cur == AUTO_CONTEXT:
+            merged[f.name] = old  # the checkpoint's context is what "auto" chose when the run began
         elif cur is not None and cur != getattr(defaults, f.name) and cur != old:
             flag = "--" + f.name.replace("_", "-")
             raise ConfigError(f"{flag} {cur} differs from the checkpoint's {old}; a resumed run keeps the "

@@ -205,12 +205,14 @@ def build_model(cfg: dict[str, Any]) -> nn.Module:
             if arch["preset"] not in ATBSN_PRESETS:
                 raise ConfigError(f"unknown preset {arch['preset']!r}")
             return ATBSN(int(arch["in_channels"]), arch["preset"], width=int(arch["width"]),
-                         dec_width=int(arch["dec_width"]), depth=int(arch["depth"]))
+                         dec_width=int(arch["dec_width"]), depth=int(arch["depth"]),
+                         context=arch.get("context", 0))
         if cfg["kind"] == "dbsn":
             return DBSN(int(arch["in_channels"]), arch["preset"], noise_model=arch["noise_model"])
         if arch["preset"] not in STUDENT_PRESETS:
             raise ConfigError(f"unknown student preset {arch['preset']!r}")
-        return Student(arch["preset"], int(arch["in_channels"]), blend=arch.get("blend"))
+        return Student(arch["preset"], int(arch["in_channels"]), blend=arch.get("blend"),
+                       context=arch.get("context", 0))
     except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as e:
         raise ModelFolderError(f"invalid 'arch' entry {arch!r} in the model config ({e}).") from None
 
@@ -219,14 +221,17 @@ def arch_dict(model: nn.Module) -> dict[str, Any]:
     """The ``arch`` config entry describing ``model``."""
     from .models import ATBSN, DBSN
 
+    # stack context is recorded only where there is some: 2-D folders keep their exact config (and fingerprint)
+    context = {"context": model.context} if getattr(model, "context", 0) else {}
     if isinstance(model, DBSN):
         return {"preset": model.preset, "in_channels": model.in_channels, "noise_model": model.noise_model}
     if isinstance(model, ATBSN):
         a: UNetArch = model.arch
         return {"preset": model.preset, "in_channels": model.in_channels, "width": a.width,
-                "dec_width": a.dec_width, "depth": a.depth}
+                "dec_width": a.dec_width, "depth": a.depth, **context}
     blend = getattr(model, "blend_weights", None)
-    return {"preset": model.preset, "in_channels": model.in_channels, **({"blend": list(blend)} if blend else {})}
+    return {"preset": model.preset, "in_channels": model.in_channels, **({"blend": list(blend)} if blend else {}),
+            **context}
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -73,6 +73,11 @@ class Normalization:
         np.add(x, off, out=x)
         return x
 
+    def tiled(self, planes: int) -> Normalization:
+        """The same constants for an input of ``planes`` planes' channels side by side (a plane and its
+        context): what a stack-context network's input is normalised with; its output keeps :meth:`apply`'s."""
+        return Normalization(self.mode, self.offset * planes, self.scale * planes)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .axes import PLANE_LETTERS, check_image, validate_axes
+from .axes import PLANE_LETTERS, check_context_length, check_image, neighbour_planes, validate_axes
 from .errors import ImageError, damaged_input
 
 
@@ -60,6 +60,18 @@ class PlaneSource:
         if "C" not in kept:
             crop, kept = crop[None], ["C", *kept]
         return np.transpose(crop, [kept.index(a) for a in "CYX"])
+
+    def read_unit(self, plane: int, y0: int = 0, x0: int = 0, h: int | None = None, w: int | None = None,
+                  context: int = 0) -> np.ndarray:
+        """Crop of a plane followed by the same crop of its ``context`` neighbouring planes on each side along Z
+        (else T), as float32 (C * (2 * context + 1), h, w): what a stack-context network reads
+        (axes.neighbour_planes: mirrored at the stack's ends)."""
+        if context == 0:
+            return self.read(plane, y0, x0, h, w)
+        axis = check_context_length(self.axes, self.data.shape, context)
+        plane_axes = "".join(self.axes[d] for d in self.plane_dims)
+        planes = neighbour_planes(plane, plane_axes, self.plane_shape, context, axis)
+        return np.concatenate([self.read(p, y0, x0, h, w) for p in planes], axis=0)
 
     def sample_pixels(self, rng: np.random.Generator, max_planes: int = 16, max_side: int = 512) -> np.ndarray:
         """A (n, C, h, w) sample of whole planes (or centred crops) for fitting normalisation."""
@@ -113,19 +125,21 @@ def check_patch_fits(source: PlaneSource, patch: int) -> None:
 
 
 def sample_batch(source: PlaneSource, step: int, *, seed: int, batch: int, patch: int,
-                 augment: bool = True, rows: int | None = None) -> np.ndarray:
+                 augment: bool = True, rows: int | None = None, context: int = 0) -> np.ndarray:
     """Random (batch, C, patch, patch) float32 patches for training step ``step``, from the first ``rows`` rows
-    of each plane (default: all; the rest is held out)."""
+    of each plane (default: all; the rest is held out). With ``context`` each patch is followed by the same
+    crop of its neighbouring planes (C * (2 * context + 1) channels), all turned alike; the draws are those of
+    a 2-D run, so the centre patches are the same."""
     check_patch_fits(source, patch)
     rows = source.height if rows is None else rows
     if not patch <= rows <= source.height:
         raise ImageError(f"rows={rows}: patches of {patch} must come from 1 to {source.height} rows.")
     rng = np.random.default_rng([seed, step])
-    out = np.empty((batch, source.channels, patch, patch), dtype=np.float32)
+    out = np.empty((batch, source.channels * (2 * context + 1), patch, patch), dtype=np.float32)
     for b in range(batch):
         plane = int(rng.integers(source.n_planes))
         y0 = int(rng.integers(rows - patch + 1))
         x0 = int(rng.integers(source.width - patch + 1))
-        crop = source.read(plane, y0, x0, patch, patch)
+        crop = source.read_unit(plane, y0, x0, patch, patch, context)
         out[b] = dihedral(crop, int(rng.integers(8))) if augment else crop
     return out

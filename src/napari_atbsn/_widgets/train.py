@@ -6,8 +6,10 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, SpinBox
 
+from ..axes import MAX_CONTEXT
 from ..config import (
     ATBSN_PRESETS,
+    AUTO_CONTEXT,
     AUTO_K_B,
     DBSN_PRESETS,
     DBSN_TRAIN_DEFAULTS,
@@ -26,6 +28,8 @@ from ._source import SourcePicker
 HELP = config_fields_help(TrainConfig)
 DBSN_HELP = config_fields_help(DBSNConfig)
 K_B_CHOICES = [("auto (from the data, blended, never worse)", AUTO_K_B), *[(str(k), k) for k in DEFAULT_KS]]
+CONTEXT_CHOICES = [("auto (from the stack's planes)", AUTO_CONTEXT), ("0 (plane by plane)", 0),
+                   *[(f"{n} plane(s) each side", n) for n in range(1, MAX_CONTEXT + 1)]]
 METHODS = [("AT-BSN (spatially correlated noise)", "atbsn"), ("D-BSN (pixel-independent noise)", "dbsn")]
 
 
@@ -45,13 +49,15 @@ class TrainWidget(RunWidget):
                                tooltip=HELP["preset"])
         self.k_a = SpinBox(label="k_a", min=1, max=31, step=2, value=defaults.k_a, tooltip=HELP["k_a"])
         self.k_b = ComboBox(label="k_b", choices=K_B_CHOICES, value=defaults.k_b, tooltip=HELP["k_b"])
+        self.context = ComboBox(label="Z/T context", choices=CONTEXT_CHOICES, value=defaults.context,
+                                tooltip=HELP["context"])
         self.iters = SpinBox(label="iterations", min=1, max=10_000_000, tooltip=HELP["iters"])
         self.patch = SpinBox(label="patch", min=32, max=1024, step=32, tooltip=HELP["patch"])
         self.batch = SpinBox(label="batch", min=1, max=256, tooltip=HELP["batch"])
         self.device = ComboBox(label="device", choices=device_choices(), value="auto",
                                tooltip="where to train: each CUDA GPU by name and memory, Apple MPS, or the CPU")
-        self.form.extend([*self.source.fields, self.method, self.preset, self.k_a, self.k_b, self.iters, self.patch,
-                          self.batch, self.device, self.out_dir, self.overwrite, self.preview_every,
+        self.form.extend([*self.source.fields, self.method, self.preset, self.k_a, self.k_b, self.context, self.iters,
+                          self.patch, self.batch, self.device, self.out_dir, self.overwrite, self.preview_every,
                           *self.export_fields])
         self.method.changed.connect(self._method_changed)
         self.preset.changed.connect(self._fill_defaults)
@@ -62,7 +68,7 @@ class TrainWidget(RunWidget):
         presets = list(DBSN_PRESETS if dbsn else ATBSN_PRESETS)
         self.preset.choices = presets
         self.preset.value = (DBSNConfig() if dbsn else TrainConfig()).preset
-        self.k_a.visible = self.k_b.visible = not dbsn
+        self.k_a.visible = self.k_b.visible = self.context.visible = not dbsn
         self._fill_defaults()
 
     def _fill_defaults(self, *_: Any) -> None:
@@ -86,7 +92,7 @@ class TrainWidget(RunWidget):
             common = {"preset": self.preset.value, "iters": self.iters.value, "patch": self.patch.value,
                       "batch": self.batch.value, "device": self.device.value}
             config = DBSNConfig(**common) if method == "dbsn" else \
-                TrainConfig(k_a=self.k_a.value, k_b=self.k_b.value, **common)
+                TrainConfig(k_a=self.k_a.value, k_b=self.k_b.value, context=self.context.value, **common)
             config.resolved()  # settings errors now, before anything runs
         preview = self.make_preview(src, self.patch.value)
         fn = iter_train_dbsn if method == "dbsn" else iter_train

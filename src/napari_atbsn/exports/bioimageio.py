@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..axes import context_offsets
 from ..errors import ConfigError, WriteError
 from ..inference.denoiser import Denoiser
 from ..io.fs import new_file_target, write_file_atomically
@@ -41,26 +42,47 @@ CITATIONS = {
 
 def sample_plane(model: Denoiser, sample: np.ndarray | None = None) -> np.ndarray:
     """A raw (C, Y, X) sample plane: ``sample`` (Y, X or C, Y, X), or the generated cells mapped into the
-    model's data range through its normalisation."""
-    p, c = model.patch, model.in_channels
+    model's data range through its normalisation.
+
+    A stack-context model reads a plane with its neighbours: the result is then the middle plane's unit
+    (C * (2n + 1), Y, X), from ``sample`` given as a stack (Z, Y, X or Z, C, Y, X) or from generated planes."""
+    p, c, n = model.patch, model.in_channels, model.context
     if sample is None:
         from ..sample_data import make_sample
 
-        noisy, _ = make_sample(planes=1, size=max(256, p), seed=11)
-        plane = noisy[0].astype(np.float32)
-        lo, hi = np.percentile(plane, [0.5, 99.5])
-        unit = (plane - lo) / max(hi - lo, 1e-6)  # ~0..1, then into the range the model was trained on
+        noisy, _ = make_sample(planes=2 * n + 1, size=max(256, p), seed=11)
+        planes = noisy.astype(np.float32)
+        lo, hi = np.percentile(planes[n], [0.5, 99.5])
+        unit = (planes - lo) / max(hi - lo, 1e-6)  # ~0..1, then into the range the model was trained on
         norm = model.normalization
         top = 255.0 if norm.mode == "range255" else 1.0
         if norm.mode == "zscore":
-            unit, top = (unit - unit.mean()) / max(unit.std(), 1e-6), 1.0
-        sample = np.stack([unit * top * sc + off for off, sc in zip(norm.offset, norm.scale, strict=True)])
+            unit, top = (unit - unit[n].mean()) / max(unit[n].std(), 1e-6), 1.0
+        sample = np.stack([unit * top * sc + off for off, sc in zip(norm.offset, norm.scale, strict=True)], axis=1)
+        sample = sample[0] if n == 0 else sample  # (C, Y, X), or the (Z, C, Y, X) stack
     x = np.asarray(sample, dtype=np.float32)
+    if n:
+        return _context_unit(x, model)
     if x.ndim == 2:
         x = np.repeat(x[None], c, axis=0)
     if x.ndim != 3 or x.shape[0] != c or min(x.shape[-2:]) < p:
         raise ConfigError(f"the sample must be (Y, X) or ({c}, Y, X) with sides >= {p}; got {x.shape}.")
     return x
+
+
+def _context_unit(stack: np.ndarray, model: Denoiser) -> np.ndarray:
+    """The middle plane of a (Z, Y, X) or (Z, C, Y, X) stack with its context planes, as the network reads it."""
+    from ..axes import neighbour_planes
+
+    p, c, n = model.patch, model.in_channels, model.context
+    if stack.ndim == 3 and c == 1:
+        stack = stack[:, None]
+    if stack.ndim != 4 or stack.shape[1] != c or stack.shape[0] < 2 * n + 1 or min(stack.shape[-2:]) < p:
+        raise ConfigError(f"the model takes {n} neighbouring plane(s) on each side: the sample must be a stack "
+                          f"(Z, Y, X) or (Z, {c}, Y, X) of at least {2 * n + 1} planes with sides >= {p}; got "
+                          f"{stack.shape}.")
+    mid = stack.shape[0] // 2
+    return np.concatenate([stack[i] for i in neighbour_planes(mid, "Z", (stack.shape[0],), n, "Z")], axis=0)
 
 
 def _centre(x: np.ndarray, size: int) -> np.ndarray:
@@ -87,7 +109,10 @@ def _documentation(model: Denoiser, k_b: int | None, path: Path) -> None:
              "Self-supervised denoiser trained on noisy data only, with napari-atbsn.", "",
              "## Use", "",
              f"- Input: one window of {model.patch} x {model.patch} pixels, {model.in_channels} channel(s), "
-             f"float32 in the data's own units.",
+             f"float32 in the data's own units" + (
+                 f", followed by the same window of its {2 * model.context} neighbouring planes along Z (else T) "
+                 f"at offsets {list(context_offsets(model.context))}, mirrored about the plane at the stack's ends "
+                 f"({model.input_channels} input channels in all)." if model.context else "."),
              "- Pre-processing: `scale_linear` along the channel axis (the normalisation fitted on the training "
              "data); post-processing: its inverse, so the output is in the input's units.",
              f"- Tiling: run overlapping windows of {model.patch} pixels and keep each window's centre; the "
@@ -123,7 +148,7 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
     x = _centre(plane, model.patch)[None]
     y = np.asarray(model(x, k_b), dtype=np.float32)
     crop = _centre(plane, 256)  # the cover: the model's own result on a larger crop, tiled as usual
-    cover = (crop, model.denoise(crop, "CYX", k_b=k_b))
+    cover = (crop[:model.in_channels], _denoise_unit(model, crop, k_b))
     core = RawWindowModel(model, k_b, normalize=False).cpu()
     with tempfile.TemporaryDirectory(prefix="atbsn-bmz-") as d:
         work = Path(d)
@@ -131,10 +156,21 @@ def to_bioimageio(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = 
         np.save(work / "test_output.npy", y)
         _cover(*cover, work / "cover.png")
         _documentation(model, k_b, work / "README.md")
-        _write_weights(core, torch.from_numpy(model.normalization.apply(x).astype(np.float32)), work)
+        _write_weights(core, torch.from_numpy(model.input_normalization.apply(x).astype(np.float32)), work)
         descr = _model_descr(model, k_b, work, name=name, authors=authors, license=license)
         write_file_atomically(target, lambda tmp: save_bioimageio_package(descr, output_path=tmp))
     return target
+
+
+def _denoise_unit(model: Denoiser, unit: np.ndarray, k_b: int | None) -> np.ndarray:
+    """A (C', Y, X) unit (a plane, with its context for a stack-context model) denoised in windows as usual."""
+    from ..events import drain
+    from ..inference.runtime import iter_array
+
+    if not model.context:
+        return model.denoise(unit, "CYX", k_b=k_b)
+    return drain(iter_array(model, unit[None], "SCYX", ks=[k_b], batch_size=4, dtype="float32",
+                            assembled=True))[0][0]
 
 
 def _write_weights(core: torch.nn.Module, example: torch.Tensor, work: Path) -> None:
@@ -156,10 +192,17 @@ def _weights_descr(work: Path) -> Any:
         onnx=OnnxWeightsDescr(source=work / "weights.onnx", opset_version=ONNX_OPSET, parent="torchscript"))
 
 
-def _channels(model: Denoiser) -> Any:
+def _channels(model: Denoiser, *, inputs: bool = False) -> Any:
+    """The channel axis: the image's channels; a stack-context input's also name their plane offset."""
     from bioimageio.spec.model.v0_5 import ChannelAxis
 
-    return ChannelAxis(channel_names=[f"channel{i}" for i in range(model.in_channels)])
+    from ..axes import context_offsets
+
+    names = [f"channel{i}" for i in range(model.in_channels)]
+    if inputs and model.context:
+        names += [f"channel{i}_plane{d:+d}".replace("+", "p").replace("-", "m")
+                  for d in context_offsets(model.context) for i in range(model.in_channels)]
+    return ChannelAxis(channel_names=names)
 
 
 def _scale_linear(gain: list[float], offset: list[float]) -> Any:
@@ -169,8 +212,8 @@ def _scale_linear(gain: list[float], offset: list[float]) -> Any:
     return ScaleLinearDescr(kwargs=ScaleLinearAlongAxisKwargs(axis=AxisId("channel"), gain=gain, offset=offset))
 
 
-def _norm_arrays(model: Denoiser) -> tuple[np.ndarray, np.ndarray]:
-    norm = model.normalization
+def _norm_arrays(model: Denoiser, *, inputs: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    norm = model.input_normalization if inputs else model.normalization
     return np.asarray(norm.offset, np.float64), np.asarray(norm.scale, np.float64)
 
 
@@ -178,10 +221,13 @@ def _input_descr(model: Denoiser, work: Path) -> Any:
     """One raw window of the training patch size; the normalisation is the pre-processing."""
     from bioimageio.spec.model.v0_5 import AxisId, BatchAxis, FileDescr, InputTensorDescr, SpaceInputAxis, TensorId
 
-    off, sc = _norm_arrays(model)
+    off, sc = _norm_arrays(model, inputs=True)
+    what = "noisy image window, in the data's own units" + (
+        "; the plane's channels, then the same window of its neighbouring planes along Z (else T), see the "
+        "channel names and config.napari_atbsn.context" if model.context else "")
     return InputTensorDescr(
-        id=TensorId("raw"), description="noisy image window, in the data's own units",
-        axes=[BatchAxis(), _channels(model),
+        id=TensorId("raw"), description=what,
+        axes=[BatchAxis(), _channels(model, inputs=True),
               SpaceInputAxis(id=AxisId("y"), size=model.patch), SpaceInputAxis(id=AxisId("x"), size=model.patch)],
         test_tensor=FileDescr(source=work / "test_input.npy"),
         preprocessing=[_scale_linear([float(1 / s) for s in sc],
@@ -229,7 +275,8 @@ def _model_descr(model: Denoiser, k_b: int | None, work: Path, *, name: str | No
         license=LicenseId(license),
         documentation=FileDescr(source=work / "README.md"),
         covers=[FileDescr(source=work / "cover.png")],
-        tags=["denoising", "self-supervised", "blind-spot", "2d", "pytorch", "napari-atbsn"],
+        tags=["denoising", "self-supervised", "blind-spot", "2d", "pytorch", "napari-atbsn",
+              *(["stack-context"] if model.context else [])],
         inputs=[inp], outputs=[outp],
         weights=_weights_descr(work),
         config={"napari_atbsn": contract(model, k_b)},

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..axes import context_offsets
 from ..config import check_k
 from ..errors import ConfigError
 from ..inference.denoiser import Denoiser
@@ -54,13 +55,17 @@ class RawWindowModel(nn.Module):
         self.normalize = normalize
         self.eval()
         c = model.in_channels
-        norm = model.normalization
+        norm, inp = model.normalization, model.input_normalization
         self.register_buffer("offset", torch.tensor(norm.offset, dtype=torch.float32).reshape(1, c, 1, 1))
         self.register_buffer("scale", torch.tensor(norm.scale, dtype=torch.float32).reshape(1, c, 1, 1))
+        # a stack-context input carries its neighbouring planes' channels after the plane's: the same constants
+        ci = model.input_channels
+        self.register_buffer("in_offset", torch.tensor(inp.offset, dtype=torch.float32).reshape(1, ci, 1, 1))
+        self.register_buffer("in_scale", torch.tensor(inp.scale, dtype=torch.float32).reshape(1, ci, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:
-            x = (x - self.offset) / self.scale
+            x = (x - self.in_offset) / self.in_scale
         y = network_output(self.net, self.kind, x, self.key, gamma=self.gamma, exportable=True)
         return y * self.scale + self.offset if self.normalize else y
 
@@ -68,8 +73,14 @@ class RawWindowModel(nn.Module):
 def contract(model: Denoiser, k_b: int | None) -> dict[str, Any]:
     """What a consumer needs to tile the way napari-atbsn does; stored inside every exported file."""
     return {"format": "napari-atbsn-export", "package_version": __version__, "kind": model.kind,
-            "input": "raw float32 (N, C, P, P) window; normalisation is inside the graph",
+            "input": "raw float32 (N, C, P, P) window; normalisation is inside the graph" if not model.context else
+                     f"raw float32 (N, C * {2 * model.context + 1}, P, P) window: the plane's C channels, then the "
+                     f"same window of its neighbouring planes along Z (else T) at offsets "
+                     f"{', '.join(f'{d:+d}' for d in context_offsets(model.context))} (mirrored about the plane at "
+                     f"the stack's ends, never the plane itself); normalisation is inside the graph",
             "window": model.patch, "halo": model.halo, "channels": model.in_channels,
+            "context": {"planes_each_side": model.context, "axis": "Z, else T",
+                        "offsets": context_offsets(model.context), "input_channels": model.input_channels},
             "k_b": (model.k_b if k_b is None else k_b) if model.kind == "atbsn" else None,
             "gamma": model.gamma if model.kind == "dbsn" else None,
             "normalization": model.normalization.to_dict(), "source": model.name}
@@ -78,8 +89,9 @@ def contract(model: Denoiser, k_b: int | None) -> dict[str, Any]:
 def example_window(model: Denoiser, n: int = 1, seed: int = 0) -> torch.Tensor:
     """A raw window in the data's range (normalised noise mapped back), for tracing and checks."""
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, model.in_channels, model.patch, model.patch, generator=g) * 20 + 120
-    return model.normalization.undo(z).float() if model.normalization.mode == "range255" else z.float()
+    z = torch.randn(n, model.input_channels, model.patch, model.patch, generator=g) * 20 + 120
+    norm = model.input_normalization
+    return norm.undo(z).float() if norm.mode == "range255" else z.float()
 
 
 def to_torchscript(model: Denoiser, out: str | os.PathLike, *, k_b: int | None = None,

@@ -29,7 +29,8 @@ class Denoiser:
     """A loaded model with its normalisation and window size, ready to run.
 
     ``denoiser(window)`` takes raw (N, C, P, P) data (numpy or torch, P the
-    training patch size) and returns it denoised in the same value range.
+    training patch size; a stack-context model's C * (2n + 1) channels) and returns it denoised (N, C, P, P) in
+    the same value range.
     :meth:`denoise` handles whole images of any size and axes, running the
     network in windows of P with a halo (method.md Decision 8).
     """
@@ -63,9 +64,20 @@ class Denoiser:
         self.channels_last = use_channels_last(self.device, channels_last)
         self.network = place_network(network.eval(), self.device, channels_last=self.channels_last, compile=compile)
         self.in_channels: int = int(config["arch"]["in_channels"])
+        #: neighbouring planes on each side along Z or T the network takes beside the plane it denoises (0: 2-D)
+        self.context: int = int(config["arch"].get("context", 0))
+        #: channels of the network's input: the plane's own, then its neighbours' (axes.context_offsets order)
+        self.input_channels: int = self.in_channels * (2 * self.context + 1)
+
         #: Whether windows are cut, normalised and reassembled on the device (inference.device_windows):
         #: None (auto) on CUDA, where the host-side loop would starve the GPU; the host path elsewhere.
         self.windows_on_device = self.device.type == "cuda" if windows_on_device is None else bool(windows_on_device)
+
+    @property
+    def input_normalization(self) -> Normalization:
+        """What the network's input is normalised with: the plane's constants, repeated for each context plane
+        (derived, so a normalisation replaced after loading applies to both)."""
+        return self.normalization if not self.context else self.normalization.tiled(2 * self.context + 1)
 
     @property
     def compiled(self) -> bool:
@@ -141,7 +153,7 @@ class Denoiser:
     def __call__(self, window: Any, k_b: int | None = None) -> Any:
         is_torch = isinstance(window, torch.Tensor)
         x = window.detach().cpu().numpy() if is_torch else np.asarray(window, dtype=np.float32)
-        y = self.normalization.undo(self.run_normalized(self.normalization.apply(x), k_b))
+        y = self.normalization.undo(self.run_normalized(self.input_normalization.apply(x), k_b))
         return torch.from_numpy(y) if is_torch else y
 
     def iter_denoise(self, image: Any, axes: str | None = None, *, k_b: int | None = None,

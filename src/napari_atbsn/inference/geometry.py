@@ -9,25 +9,37 @@ from typing import Any
 
 import numpy as np
 
-from ..axes import PLANE_LETTERS
+from ..axes import PLANE_LETTERS, check_context_length, neighbour_planes
 from ..errors import ImageError, damaged_input
 from ..tiling import Box
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """An image seen as planes: which axes index planes, the plane size, and the output region."""
+    """An image seen as planes: which axes index planes, the plane size, and the output region.
+
+    A unit of work is one plane's block; for a stack-context model (``context`` > 0) it is the plane's block
+    followed by the same block of its neighbours along ``context_axis`` (:meth:`read_unit`). ``assembled``
+    data already holds each plane's context in its channels (the calibration's sample): the output then has
+    the plane's own channels only.
+    """
 
     axes: str
     shape: tuple[int, ...]
     region: Box  # output rows/columns of each plane (the whole plane, or the ROI)
+    context: int = 0  # neighbouring planes on each side a unit reads besides its own
+    context_axis: str | None = None  # along which plane axis (None: 2-D, or assembled in the channels)
 
     @classmethod
-    def of(cls, axes: str, shape: Sequence[int], region: Box | None = None) -> Geometry:
+    def of(cls, axes: str, shape: Sequence[int], region: Box | None = None, *, context: int = 0,
+           assembled: bool = False) -> Geometry:
+        """The geometry of an image for a model taking ``context`` planes on each side (refused where the image
+        has no Z/T axis or too few planes along it, unless ``assembled``)."""
         h, w = int(shape[axes.index("Y")]), int(shape[axes.index("X")])
         if min(shape) == 0:
             raise ImageError(f"the image has an empty dimension (shape {tuple(shape)}, axes {axes}).")
-        return cls(axes, tuple(int(s) for s in shape), region or Box(0, h, 0, w))
+        axis = None if assembled else check_context_length(axes, shape, context)
+        return cls(axes, tuple(int(s) for s in shape), region or Box(0, h, 0, w), context, axis)
 
     @property
     def plane_axes(self) -> str:
@@ -46,6 +58,13 @@ class Geometry:
         return self.shape[self.axes.index("C")] if "C" in self.axes else 1
 
     @property
+    def out_channels(self) -> int:
+        """Channels of the output: the image's, or a plane's own where the data is assembled with its context."""
+        if self.context and self.context_axis is None:
+            return self.channels // (2 * self.context + 1)
+        return self.channels
+
+    @property
     def height(self) -> int:
         return self.shape[self.axes.index("Y")]
 
@@ -59,7 +78,7 @@ class Geometry:
 
     def out_shape(self) -> tuple[int, ...]:
         """Output shape in the input's axes order (Y, X cut to the region)."""
-        sizes = {"Y": self.region.y1 - self.region.y0, "X": self.region.x1 - self.region.x0}
+        sizes = {"Y": self.region.y1 - self.region.y0, "X": self.region.x1 - self.region.x0, "C": self.out_channels}
         return tuple(sizes.get(a, s) for a, s in zip(self.axes, self.shape, strict=True))
 
     def source_index(self, n: int, y0: int, y1: int, x0: int, x1: int) -> tuple[Any, ...]:
@@ -67,6 +86,20 @@ class Geometry:
         plane = self.plane_index(n)
         spans = {"Y": slice(y0, y1), "X": slice(x0, x1)}
         return tuple(plane[a] if a in plane else spans.get(a, slice(None)) for a in self.axes)
+
+    def unit_indexes(self, n: int, y0: int, y1: int, x0: int, x1: int) -> list[tuple[Any, ...]]:
+        """Indexes into the source of plane n's block and of its context planes' (axes.neighbour_planes order)."""
+        planes = neighbour_planes(n, self.plane_axes, self.plane_shape, self.context, self.context_axis)
+        return [self.source_index(m, y0, y1, x0, x1) for m in planes]
+
+    def read_unit(self, data: Any, n: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The (C', h, w) pixels the network reads for plane n's block: its own channels, then its context's."""
+        return self.assemble([read_block(data, i) for i in self.unit_indexes(n, y0, y1, x0, x1)])
+
+    def assemble(self, blocks: Sequence[Any]) -> np.ndarray:
+        """Blocks read at :meth:`unit_indexes` as one (C', h, w) array."""
+        parts = [self.to_cyx(np.asarray(b)) for b in blocks]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def to_cyx(self, block: np.ndarray) -> np.ndarray:
         """A block indexed by :meth:`source_index` as (C, h, w)."""

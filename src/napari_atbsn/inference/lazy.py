@@ -12,7 +12,7 @@ from ..config import AUTO_K_B
 from ..events import drain
 from ..io.outputs import to_dtype
 from ..tiling import Box
-from .geometry import from_cyx, full_shape, read_block
+from .geometry import from_cyx, full_shape
 from .output_kinds import output_dtype
 from .plan import auto_chunk, resolve_target
 from .quality import calibrate
@@ -62,7 +62,7 @@ def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: 
         n = int(np.ravel_multi_index([plane[a] for a in geom.plane_axes], geom.plane_shape)) if plane else 0
         b = Box(r.y0 + loc["Y"][0], r.y0 + loc["Y"][1], r.x0 + loc["X"][0], r.x0 + loc["X"][1])
         rr = rt.grid.read_box(b)
-        raw = geom.to_cyx(read_block(data, geom.source_index(n, rr.y0, rr.y1, rr.x0, rr.x1)))
+        raw = geom.read_unit(data, n, rr.y0, rr.y1, rr.x0, rr.x1)
         res = drain(rt.iter_unit(raw, (rr.y0, rr.x0), b, plane=n))
         outs = [from_cyx(to_dtype(x, out_dtype), geom) for x in res]
         return np.stack([o.reshape(full_shape(o, geom)) for o in outs])

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..axes import context_axis
 from ..config import AUTO_K_B, OutputKey
 from ..errors import BlindSpotError, ConfigError, ImageError, WriteError
 from ..io.fs import refuse_overlap
@@ -76,7 +77,13 @@ def resolve_target(source: Any, model: Denoiser, *, axes: str | None, k_b: int |
             raise BlindSpotError(f"k_b={k} is too large for {window}-pixel windows: its blind spot would cover "
                                  f"the whole window. Use k_b <= {2 * window - 3} (the paper uses 3).")
     cropped, box, roi_record = roi_box(lazy, roi)
-    geom = Geometry.of(cropped.axes, cropped.shape, box)
+    if model.context and roi and context_axis(lazy.axes) in {a.upper() for a in roi}:
+        # the crop would make the ROI's first and last planes the stack's ends, their neighbours mirrored
+        # rather than read: a different result from the same planes of the whole stack
+        raise ConfigError(f"the model takes {model.context} neighbouring plane(s) along {context_axis(lazy.axes)} "
+                          f"as context, so an ROI cannot cut that axis; give Y/X (or other axes) in the ROI, or "
+                          f"denoise the whole {context_axis(lazy.axes)} range and keep the planes you need.")
+    geom = Geometry.of(cropped.axes, cropped.shape, box, context=model.context)
     if geom.channels != model.in_channels:
         raise ImageError(f"the image has {geom.channels} channel(s) (axes {geom.axes}, shape {geom.shape}) but the "
                          f"model expects {model.in_channels}; check --axes or use a model trained on such data.")

@@ -121,14 +121,15 @@ class Calibration:
         return (raw + a * (out - raw)).astype(np.float32, copy=False)
 
 
-def sample_planes(data: Any, axes: str) -> tuple[np.ndarray, str]:
+def sample_planes(data: Any, axes: str, context: int = 0) -> tuple[np.ndarray, str]:
     """Up to :data:`SAMPLE_PLANES` evenly spaced planes, centre-cropped to :data:`SAMPLE_SIDE`, as (P, C, h, w)
-    float32, and a description of the sample."""
+    float32, and a description of the sample. With ``context`` each plane's channels are followed by its
+    context planes' (P, C * (2 * context + 1), h, w), what a stack-context network reads."""
     source = plane_source(data, axes)
     h, w = min(source.height, SAMPLE_SIDE), min(source.width, SAMPLE_SIDE)
     y0, x0 = (source.height - h) // 2, (source.width - w) // 2
     idx = np.unique(np.linspace(0, source.n_planes - 1, min(SAMPLE_PLANES, source.n_planes)).round().astype(int))
-    planes = np.stack([source.read(int(i), y0, x0, h, w) for i in idx])
+    planes = np.stack([source.read_unit(int(i), y0, x0, h, w, context) for i in idx])
     whole = len(idx) == source.n_planes and (h, w) == (source.height, source.width)
     return planes, "the whole image" if whole else f"{len(idx)} plane(s), centre {h}x{w}"
 
@@ -146,16 +147,31 @@ def calibrate(model: Denoiser, data: Any, axes: str, *, window: int | None = Non
 
     Where the noise cannot be measured (planes under 64x64, a constant or saturated image, NaN pixels) the
     result is :func:`unmeasured`: the model's plain output, its gain unknown, and the reason."""
-    planes, sample = sample_planes(data, axes)
+    planes, sample = sample_planes(data, axes, model.context)
+    # a stack-context sample carries each plane's neighbours after its own channels: the noise, the risk and the
+    # blend are the plane's own; the neighbours only go to the network (their noise is independent of it)
+    own, context = planes[:, :model.in_channels], planes[:, model.in_channels:]
     try:
-        level, corr = measure_noise(data, axes, planes)
+        level, corr = measure_noise(data, axes, own)
     except ImageError as e:
         return unmeasured(model, str(e))
     with reusing_variance_maps():
         if model.kind == "atbsn":
-            return calibrate_teacher(model, planes, level, corr, sample, window=window or model.patch,
-                                     batch_size=batch_size)
-        return calibrate_seeing(model, planes, level, corr, sample, batch_size=batch_size)
+            return calibrate_teacher(model, own, level, corr, sample, window=window or model.patch,
+                                     batch_size=batch_size, context=context)
+        return calibrate_seeing(model, own, level, corr, sample, batch_size=batch_size, context=context)
+
+
+def run_sample(model: Denoiser, y: np.ndarray, context: np.ndarray | None, keys: list[Any], batch_size: int,
+               ) -> list[np.ndarray]:
+    """The outputs ``keys`` of ``model`` for the calibration's sample planes ``y`` (P, C, h, w), with their
+    context planes (P, C * 2n, h, w) beside them for a stack-context model; float64."""
+    x = y.astype(np.float32)
+    if context is not None and context.shape[1]:
+        x = np.concatenate([x, context.astype(np.float32, copy=False)], axis=1)
+    outs = drain(iter_array(model, x, "SCYX", ks=keys, batch_size=batch_size, dtype="float32",
+                            assembled=bool(model.context)))
+    return [o.astype(np.float64) for o in outs]
 
 
 def measure_noise(data: Any, axes: str, planes: np.ndarray) -> tuple[NoiseLevel, np.ndarray | None]:
@@ -182,7 +198,8 @@ def unmeasured(model: Denoiser, reason: str) -> Calibration:
 
 
 def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: NoiseLevel, correlation: np.ndarray | None,
-                      sample: str, *, window: int, batch_size: int = 4) -> Calibration:
+                      sample: str, *, window: int, batch_size: int = 4, context: np.ndarray | None = None,
+                      ) -> Calibration:
     """Choose k_b and the blend with the input by the lowest estimated risk.
 
     A blind spot that covers the noise correlation keeps none of its pixel's noise (Noise2Self). A narrower
@@ -199,9 +216,7 @@ def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: NoiseLevel, co
     y = planes.astype(np.float64)
 
     def run(x: np.ndarray, which: list[int]) -> dict[int, np.ndarray]:
-        outs = drain(iter_array(model, x.astype(np.float32), "SCYX", ks=which, batch_size=batch_size,
-                                dtype="float32"))
-        return {k: o.astype(np.float64) for k, o in zip(which, outs, strict=True)}
+        return dict(zip(which, run_sample(model, x, context, list(which), batch_size), strict=True))
 
     outputs = run(y, keys)
     leaks: dict[int, Any] = {k: 0.0 for k in covering}
@@ -219,7 +234,7 @@ def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: NoiseLevel, co
 
 
 def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: NoiseLevel, correlation: np.ndarray | None,
-                     sample: str, *, batch_size: int = 4) -> Calibration:
+                     sample: str, *, batch_size: int = 4, context: np.ndarray | None = None) -> Calibration:
     """Outputs that see the pixel they denoise (a student; a D-BSN's fusion, which weighs the pixel in): their
     risk is E(f − y)² − σ² + 2·E[f_i n_i], the last term measured by a probe of the noise's covariance
     (:func:`napari_atbsn.risk.leak`, SURE), so the same estimate answers for every method.
@@ -232,9 +247,7 @@ def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: NoiseLevel, cor
     y = planes.astype(np.float64)
 
     def run(x: np.ndarray) -> list[np.ndarray]:
-        outs = drain(iter_array(model, x.astype(np.float32), "SCYX", ks=keys, batch_size=batch_size,
-                                dtype="float32"))
-        return [o.astype(np.float64) for o in outs]
+        return run_sample(model, x, context, keys, batch_size)
 
     outs = run(y)
     probe = noise_probe(outs[0], y, level, correlation)

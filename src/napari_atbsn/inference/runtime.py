@@ -14,7 +14,7 @@ from ..device import is_oom
 from ..errors import ConfigError, DeviceError, ImageError
 from ..io.outputs import to_dtype
 from ..tiling import Box, PlaneGrid, iter_box
-from .geometry import Geometry, from_cyx, read_block
+from .geometry import Geometry, from_cyx
 from .output_kinds import output_dtype
 
 if TYPE_CHECKING:
@@ -90,7 +90,9 @@ class Runtime:
         else:
             result = yield from self._iter_unit_on_host(raw, origin, box, out)
         if self.calibration is not None and AUTO_K_B in self.ks:
-            y = raw[:, box.y0 - oy:box.y1 - oy, box.x0 - ox:box.x1 - ox].astype(np.float32, copy=False)
+            # the blend is with the plane itself (a stack-context unit's first channels), not its neighbours
+            y = raw[:self.model.in_channels, box.y0 - oy:box.y1 - oy, box.x0 - ox:box.x1 - ox]
+            y = y.astype(np.float32, copy=False)
             for i, k in enumerate(self.ks):
                 if k == AUTO_K_B:
                     result[i][...] = self.calibration.apply(y, result[i])
@@ -106,7 +108,7 @@ class Runtime:
         # raw pixels are cast and normalised batch by batch as windows are cut (iter_box), and the result is
         # mapped back to the data's units in place: no whole-chunk temporaries
         result = yield from iter_box(self.windows, read, self.grid, box, batch_size=self.batch_size,
-                                     prepare=self.model.normalization.apply_, out=out)
+                                     prepare=self.model.input_normalization.apply_, out=out)
         for r, k in zip(result, self.net_ks, strict=True):
             self.model.undo_output(r, k, in_place=True)
         return result
@@ -151,7 +153,7 @@ def auto_batch_size(model: Denoiser) -> int:
 
     if model.device.type != "cuda":
         return 4
-    probe = np.zeros((1, model.in_channels, model.patch, model.patch), np.float32)
+    probe = np.zeros((1, model.input_channels, model.patch, model.patch), np.float32)
     # a first call pays cuDNN's autotuning (its trial workspaces) and any compilation: measure the second
     model.run_windows(probe, [None])
     free, _ = torch.cuda.mem_get_info(model.device)
@@ -171,14 +173,16 @@ class Denoised(list):
 
 
 def iter_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Sequence[OutputKey], batch_size: int,
-               dtype: str, calibration: Calibration | None = None) -> Generator[tuple[int, int], None, Denoised]:
+               dtype: str, calibration: Calibration | None = None, assembled: bool = False,
+               ) -> Generator[tuple[int, int], None, Denoised]:
     """Denoise an in-memory array plane by plane (each plane one chunk; unvalidated: callers check the
-    input); returns one array per k, with the calibration of ``auto``."""
-    geom = Geometry.of(axes, arr.shape)
+    input); returns one array per k, with the calibration of ``auto``. ``assembled``: a stack-context model's
+    planes arrive with their context already in the channels (Geometry)."""
+    geom = Geometry.of(axes, arr.shape, context=model.context, assembled=assembled)
     rt = Runtime(model, ks, geom, model.patch, model.halo, batch_size, calibration=calibration)
     grid = rt.grid
     out_dtype = arr.dtype if dtype == "input" else np.dtype(np.float32)
-    outs = Denoised(np.empty(arr.shape, dtype=output_dtype(k, out_dtype)) for k in ks)
+    outs = Denoised(np.empty(geom.out_shape(), dtype=output_dtype(k, out_dtype)) for k in ks)
     outs.calibration = calibration
     total = geom.n_planes * grid.count(geom.region)
     done = 0
@@ -191,7 +195,7 @@ def iter_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Sequence[Outp
     for n in range(geom.n_planes):
         box = geom.region
         index = geom.source_index(n, 0, geom.height, 0, geom.width)
-        raw = geom.to_cyx(read_block(arr, index))
+        raw = geom.read_unit(arr, n, 0, geom.height, 0, geom.width)
         into = [geom.to_cyx(o[index]) for o in outs] if direct else None
         result = yield from counted(rt.iter_unit(raw, (0, 0), box, plane=n, out=into), done, total)
         done += grid.count(box)

@@ -18,7 +18,7 @@ from ..events import drain
 from ..io.outputs import OutputStore, halve, to_dtype
 from ..tiling import Box, PlaneGrid
 from .denoiser import load_model
-from .geometry import Geometry, read_block
+from .geometry import Geometry
 from .output_kinds import output_dtype
 from .runtime import Runtime
 
@@ -160,10 +160,11 @@ def write_unit(spec: UnitSpec, stores: list[tuple[OutputStore, list[Any]]], n: i
                              f"kept and not recomputed.") from None
 
 
-def run_unit(spec: UnitSpec, n: int, box: Box, origin: tuple[int, int], raw: np.ndarray) -> int:
-    """A dask task: compute one unit from its source pixels and store it. Returns windows done."""
+def run_unit(spec: UnitSpec, n: int, box: Box, origin: tuple[int, int], blocks: list[np.ndarray]) -> int:
+    """A dask task: compute one unit from its source pixels (its plane's block, then its context planes') and
+    store it. Returns windows done."""
     rt, stores = runtime_for(spec)
-    result = drain(rt.iter_unit(spec.geom.to_cyx(raw), origin, box, plane=n))
+    result = drain(rt.iter_unit(spec.geom.assemble(blocks), origin, box, plane=n))
     write_unit(spec, stores, n, box, result)
     return rt.grid.count(box)
 
@@ -192,7 +193,7 @@ def run_sync(job: Plan, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: 
 
     def read(n: int, box: Box) -> tuple[np.ndarray, tuple[int, int]]:
         r = rt.grid.read_box(box)
-        return job.geom.to_cyx(read_block(data, job.geom.source_index(n, r.y0, r.y1, r.x0, r.x1))), (r.y0, r.x0)
+        return job.geom.read_unit(data, n, r.y0, r.y1, r.x0, r.x1), (r.y0, r.x0)
 
     if not todo:
         return
@@ -264,8 +265,8 @@ def unit_task(job: Plan, spec: UnitSpec, grid: PlaneGrid, data: Any, n: int, box
     import dask
 
     r = grid.read_box(box)
-    region = data[job.geom.source_index(n, r.y0, r.y1, r.x0, r.x1)]
-    return dask.delayed(run_unit, pure=False)(spec, n, box, (r.y0, r.x0), region,
+    regions = [data[i] for i in job.geom.unit_indexes(n, r.y0, r.y1, r.x0, r.x1)]
+    return dask.delayed(run_unit, pure=False)(spec, n, box, (r.y0, r.x0), regions,
                                               dask_key_name=f"atbsn-unit-{unit_key(n, box)}")
 
 

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ATBSN_PRESETS, UNetArch, check_k
+from ..config import ATBSN_PRESETS, UNetArch, check_context, check_k
 from ..errors import BlindSpotError, ConfigError
-from .blocks import LEAK, float32_output, init_weights, shift_rows
+from .blocks import LEAK, float32_output, init_weights, pad_to_multiple, shift_rows
 from .unet import UNet
 
 #: torch.rot90 ``k`` for the official order rot0, rot90 (clockwise), rot180, rot270.
@@ -54,21 +54,31 @@ class ATBSN(nn.Module):
     width, dec_width, depth : int, optional
         Override the preset's encoder width, decoder width or pooling depth.
 
-    Call ``model(x, k=3)`` with ``x`` of shape (B, C, Y, X), any Y and X.
+    context : int
+        Neighbouring planes on each side taken as context (0: a 2-D model).
+
+    Call ``model(x, k=3)`` with ``x`` of shape (B, C * (2 * context + 1), Y, X), any Y and X.
     """
 
     def __init__(self, in_channels: int = 3, preset: str = "paper", *, width: int | None = None,
-                 dec_width: int | None = None, depth: int | None = None) -> None:
+                 dec_width: int | None = None, depth: int | None = None, context: int = 0) -> None:
         super().__init__()
         if in_channels < 1:
             raise ConfigError(f"in_channels={in_channels} must be at least 1.")
         self.arch = resolve_arch(preset, width, dec_width, depth)
         self.preset = preset
         self.in_channels = in_channels
+        self.context = check_context(context)
+        #: channels of the network's input: the centre plane's, then its neighbours'
+        self.input_channels = in_channels * (2 * self.context + 1)
         d = self.arch.dec_width
         self.unet = UNet(self.arch, in_channels, blind=True)
-        self.nin_A = nn.Conv2d(4 * d, 4 * d, 1)
-        self.nin_B = nn.Conv2d(4 * d, d, 1)
+        # the branches fused by the head: four shifted rotations, and the neighbours' plain features
+        fused = 4 * d + (d if self.context else 0)
+        if self.context:
+            self.context_unet = UNet(self.arch, self.input_channels - in_channels, blind=False)
+        self.nin_A = nn.Conv2d(fused, fused, 1)
+        self.nin_B = nn.Conv2d(fused, d, 1)
         self.nin_C = nn.Conv2d(d, in_channels, 1)
         init_weights(self, last=self.nin_C)
         float32_output(self.nin_C)
@@ -83,9 +93,10 @@ class ATBSN(nn.Module):
         (upward) receptive field, and zeros carry no pixel's own noise, so
         the padding cannot leak a value around the blind spot.
         """
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ConfigError(f"expected input of shape (B, {self.in_channels}, Y, X), got {tuple(x.shape)}.")
+        if x.ndim != 4 or x.shape[1] != self.input_channels:
+            raise ConfigError(f"expected input of shape (B, {self.input_channels}, Y, X), got {tuple(x.shape)}.")
         m = self.arch.multiple
+        x = x[:, :self.in_channels]  # the centre plane: the only one behind the blind spot
         rotated = [torch.rot90(x, r, dims=(2, 3)) for r in ROTATIONS]
         out: list[torch.Tensor | None] = [None] * 4
         groups: dict[tuple[int, int], list[int]] = {}
@@ -102,9 +113,19 @@ class ATBSN(nn.Module):
                 out[j] = feats[n * b:(n + 1) * b]
         return out  # type: ignore[return-value]
 
+    def context_features(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The neighbouring planes' plain UNet features (B, dec_width, Y, X), None for a 2-D model. The centre
+        plane's channels are cut off first: this branch sees no pixel of the plane being denoised."""
+        if not self.context:
+            return None
+        h, w = x.shape[-2:]
+        m = self.arch.multiple
+        # reflect-padding is safe here (unlike in the blind branch): these pixels carry none of the centre's noise
+        return self.context_unet(pad_to_multiple(x[:, self.in_channels:], m, mode="reflect"))[..., :h, :w]
+
     # -- the k-dependent part ------------------------------------------------
-    def head(self, feats: Sequence[torch.Tensor], k: int) -> torch.Tensor:
-        """Shift (in the rotated frame), un-rotate, concatenate and fuse."""
+    def head(self, feats: Sequence[torch.Tensor], k: int, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Shift (in the rotated frame), un-rotate, concatenate (with the context features) and fuse."""
         k = check_k(k)
         s = (k + 1) // 2
         side = min(feats[0].shape[-2:])
@@ -112,6 +133,8 @@ class ATBSN(nn.Module):
             raise BlindSpotError(f"k={k} needs a shift of {s} pixels, but the input is only {side} pixels "
                                  f"across; use k <= {2 * side - 3} or a larger image.")
         parts = [torch.rot90(shift_rows(f, s), -r, dims=(2, 3)) for f, r in zip(feats, ROTATIONS, strict=True)]
+        if context is not None:
+            parts.append(context)
         h = torch.cat(parts, dim=1)
         h = F.leaky_relu(self.nin_A(h), LEAK)
         h = F.leaky_relu(self.nin_B(h), LEAK)
@@ -120,7 +143,7 @@ class ATBSN(nn.Module):
     def forward(self, x: torch.Tensor, k: int = 3) -> torch.Tensor:
         """Denoise ``x`` (B, C, Y, X) with a ``k x k`` blind spot (k = 0: none)."""
         check_k(k)
-        return self.head(self.features(x), k)
+        return self.head(self.features(x), k, self.context_features(x))
 
     def teachers(self, x: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
         """Outputs for every k in ``ks`` from ONE pass of the UNet.
@@ -131,5 +154,5 @@ class ATBSN(nn.Module):
         ks = [check_k(k) for k in ks]
         if not ks:
             raise BlindSpotError("ks is empty; give at least one blind-spot size, e.g. [0, 1, 3, 5, 7, 9, 11].")
-        feats = self.features(x)
-        return torch.stack([self.head(feats, k) for k in ks], dim=0)
+        feats, ctx = self.features(x), self.context_features(x)
+        return torch.stack([self.head(feats, k, ctx) for k in ks], dim=0)

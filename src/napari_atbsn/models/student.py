@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..config import ATBSN_PRESETS, STUDENT_MULTIPLE, STUDENT_PRESETS, UNetArch
+from ..config import ATBSN_PRESETS, STUDENT_MULTIPLE, STUDENT_PRESETS, UNetArch, check_context
 from ..errors import ConfigError
 from .blocks import ConvBlock, float32_output, init_weights, pad_to_multiple, pool, upsample
 from .unet import UNet
@@ -46,13 +46,14 @@ def _stack(cin: int, widths: Sequence[int], *, last_act: bool = True) -> tuple[n
 class SmallUNet(nn.Module):
     """Students A and B: two pooling levels with 'smart' padding of the upsampled maps."""
 
-    def __init__(self, widths: dict[str, tuple[int, ...]], in_channels: int) -> None:
+    def __init__(self, widths: dict[str, tuple[int, ...]], in_channels: int, out_channels: int | None = None) -> None:
         super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
         self.enc1, c1 = _stack(in_channels, widths["enc1"])
         self.enc2, c2 = _stack(c1, widths["enc2"])
         self.enc3, c3 = _stack(c2, widths["enc3"])
         self.dec2, c4 = _stack(c3 + c1, widths["dec2"])
-        self.dec1, _ = _stack(c4 + in_channels, (*widths["dec1"], in_channels), last_act=False)
+        self.dec1, _ = _stack(c4 + in_channels, (*widths["dec1"], out_channels), last_act=False)
 
     @staticmethod
     def _up_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -77,12 +78,16 @@ class Student(nn.Module):
         Architecture (see the module docstring).
     in_channels : int
         Image channels C; the output has C channels too.
+    context : int
+        Neighbouring planes on each side in the input (the teacher's): the input has C * (2 * context + 1)
+        channels, the centre plane's first; the output is the centre plane's C.
 
     Any Y x X works: the input is reflect-padded at the bottom and right to the
     network's multiple and the output cropped back.
     """
 
-    def __init__(self, preset: str = "C", in_channels: int = 3, blend: Sequence[float] | None = None) -> None:
+    def __init__(self, preset: str = "C", in_channels: int = 3, blend: Sequence[float] | None = None, *,
+                 context: int = 0) -> None:
         super().__init__()
         if preset not in STUDENT_PRESETS:
             raise ConfigError(f"Unknown student preset {preset!r}; choose one of {', '.join(STUDENT_PRESETS)}.")
@@ -90,13 +95,15 @@ class Student(nn.Module):
             raise ConfigError(f"in_channels={in_channels} must be at least 1.")
         self.preset = preset
         self.in_channels = in_channels
+        self.context = check_context(context)
+        self.input_channels = in_channels * (2 * self.context + 1)
         self.multiple = STUDENT_MULTIPLE[preset]
         if preset in _SMALL:
-            self.net: nn.Module = SmallUNet(_SMALL[preset], in_channels)
+            self.net: nn.Module = SmallUNet(_SMALL[preset], self.input_channels, in_channels)
             last = self.net.dec1[-1].conv
         else:
             arch = ATBSN_PRESETS["paper"] if preset == "C" else _TINY
-            self.unet = UNet(arch, in_channels, out_channels=in_channels, blind=False, act_out=False)
+            self.unet = UNet(arch, self.input_channels, out_channels=in_channels, blind=False, act_out=False)
             last = self.unet.dec1.conv2.conv
         init_weights(self, last=last)
         float32_output(last)
@@ -122,6 +129,7 @@ class Student(nn.Module):
         out = self.raw(x)
         if self.blend_weights is None:
             return out
+        x = x[:, :self.in_channels]  # the centre plane (the only one with context)
         return x + self.blend.to(out.dtype) * (out - x)
 
     def init_from_teacher(self, teacher: nn.Module) -> int:
@@ -130,6 +138,10 @@ class Student(nn.Module):
         The shift and rotations of the teacher act on feature maps, not on
         weights, so its shifted 3x3 kernels are valid plain kernels. Returns
         the number of tensors copied.
+
+        With context the first convolution takes the neighbouring planes too: the teacher's kernels fill the
+        centre plane's inputs and the neighbours' start at zero, so the student starts as the teacher's UNet on
+        the centre plane and learns what the neighbours add.
         """
         if self.preset != "C":
             raise ConfigError(f"only student C shares the teacher's UNet; student {self.preset} cannot be "
@@ -137,6 +149,12 @@ class Student(nn.Module):
         src = {k: v for k, v in teacher.state_dict().items()
                if k.startswith("unet.") and not k.startswith("unet.dec1.")}
         own = self.state_dict()
+        if self.context:
+            for key in [k for k in src if k.startswith("unet.intro.") and k.endswith("weight")]:
+                w = torch.zeros_like(own[key]) if key in own else None
+                if w is not None and w.shape[0] == src[key].shape[0] and w.shape[2:] == src[key].shape[2:]:
+                    w[:, :src[key].shape[1]] = src[key]
+                    src[key] = w
         bad = [k for k, v in src.items() if k not in own or own[k].shape != v.shape]
         if bad:
             raise ConfigError(f"the teacher's UNet does not match student C ({bad[0]} differs); student C needs a "

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..axes import check_context_length
 from ..config import DistillConfig, resume_config
 from ..device import place_network, resolve_device
 from ..errors import BlindSpotError, ConfigError, ImageError, ModelFolderError
@@ -93,6 +94,7 @@ def distill_source(data: Any, axes: str | None, net: ATBSN, patch: int) -> Plane
     if source.channels != net.in_channels:
         raise ImageError(f"the data has {source.channels} channel(s) but the teacher was trained on "
                          f"{net.in_channels}; check --axes.")
+    check_context_length(source.axes, source.data.shape, net.context)  # the teacher's neighbours must exist
     check_patch_fits(source, patch)
     return source
 
@@ -102,7 +104,8 @@ def make_student(cfg: DistillConfig, channels: int, teacher_net: torch.nn.Module
     """The student, seeded; student C of a new run starts from the teacher's UNet weights where it can.
     Returns the student and whether it was initialised from the teacher."""
     torch.manual_seed(cfg.seed)
-    student = Student(cfg.student, channels, blend=blend)
+    # the student reads what its teacher reads: the plane and the same neighbouring planes
+    student = Student(cfg.student, channels, blend=blend, context=getattr(teacher_net, "context", 0))
     initialised = False
     if cfg.init_from_teacher and cfg.student == "C" and not resume:
         try:
@@ -155,6 +158,7 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
     device = resolve_device(cfg.device)
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
     norm = Normalization.from_dict(tcfg["normalization"])
+    in_norm = norm.tiled(2 * net.context + 1)  # a stack-context input: the same constants for every plane
     opts = gpu_options(cfg, device)
     teacher_net = place_network(net.eval().requires_grad_(False), device, **opts)
     # the teacher's default output decided once, from the data (deterministic, so a resumed run agrees)
@@ -166,8 +170,8 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
     band = held_out_rows(source.height, cfg.patch)
 
     def batch_fn(step: int) -> np.ndarray:
-        return norm.apply(sample_batch(source, step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch,
-                                       rows=source.height - band))
+        return in_norm.apply(sample_batch(source, step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch,
+                                          rows=source.height - band, context=net.context))
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
         # |x + α(s − x) − (x + α(T_k − x))| = α|s − T_k|: the blended student learns the blended targets exactly

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..axes import check_context_length
 from ..device import resolve_device
-from ..errors import ConfigError, ImageError, ModelFolderError
+from ..errors import AxesError, ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, StepEvent, drain
 from ..inference.denoiser import Denoiser
 from ..inference.inmemory import iter_denoise_outputs
@@ -202,6 +203,13 @@ def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: C
     if channels != model.in_channels:
         raise ImageError(f"the preview crop has {channels} channel(s), the data {model.in_channels}; crop it from "
                          f"the training data.")
+    context = getattr(model, "context", 0)
+    try:
+        check_context_length(preview.axes, image.shape, context)
+    except AxesError:
+        # a stack-context network cannot denoise a crop without its neighbouring planes (a single plane):
+        # the run trains without previews rather than failing on them
+        return {}
 
     def run(steps: int) -> np.ndarray:
         # the same windowed inference as a saved model, on the weights of this step

@@ -68,15 +68,16 @@ class DistillReport:
                 f"departure {self.departure_db:.1f} dB below the noise, so at least {self.gain_bound_db:+.2f}")
 
 
-def report_planes(source: PlaneSource, band: int) -> tuple[np.ndarray, int, tuple[int, int]]:
+def report_planes(source: PlaneSource, band: int, context: int = 0) -> tuple[np.ndarray, int, tuple[int, int]]:
     """The report's input: up to :data:`REPORT_PLANES` evenly spaced planes, the centre columns, the held-out band
-    with :data:`CONTEXT` rows above it, as (P, C, h, w) float32; the offset of the band in it; the band's rows."""
+    with :data:`CONTEXT` rows above it, as (P, C, h, w) float32 (each followed by its ``context`` planes'
+    channels for a stack-context model); the offset of the band in it; the band's rows."""
     h, w = source.height, min(source.width, REPORT_WIDTH)
     r0 = h - band if band else max(0, h - REPORT_WIDTH)
     top = max(0, r0 - CONTEXT)
     x0 = (source.width - w) // 2
     idx = np.unique(np.linspace(0, source.n_planes - 1, min(REPORT_PLANES, source.n_planes)).round().astype(int))
-    planes = np.stack([source.read(int(i), top, x0, h - top, w) for i in idx])
+    planes = np.stack([source.read_unit(int(i), top, x0, h - top, w, context) for i in idx])
     return planes, r0 - top, (r0, h)
 
 
@@ -84,11 +85,14 @@ def distill_report(student: Denoiser, teacher: Denoiser, calibration: Calibratio
                    band: int, correlation: np.ndarray | None, *, batch_size: int = 4) -> DistillReport:
     """Measure ``student`` against ``teacher``'s blend (``calibration``) on the held-out ``band`` rows;
     ``correlation`` is the noise's 2-D autocorrelation (None: white)."""
-    planes, off, rows = report_planes(source, band)
+    units, off, rows = report_planes(source, band, student.context)
+    # the estimate is the plane's own; a stack-context model also reads its neighbours (independent noise)
+    planes, context = units[:, :student.in_channels], units[:, student.in_channels:]
 
     def run(model: Denoiser, x: np.ndarray, key: Any) -> np.ndarray:
+        x = np.concatenate([x, context], axis=1) if model.context else x
         out = drain(iter_array(model, x.astype(np.float32), "SCYX", ks=[key], batch_size=batch_size,
-                               dtype="float32"))[0]
+                               dtype="float32", assembled=bool(model.context)))[0]
         return out.astype(np.float64)
 
     level = NoiseLevel.from_dict(calibration.noise_level)

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainConfig, resume_config
+from ..analysis import check_plane_noise, plane_noise_correlation
+from ..axes import check_context_length
+from ..config import AUTO_CONTEXT, TrainConfig, resume_config
 from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
 from ..modelio import arch_dict
 from ..models import ATBSN
@@ -47,19 +49,32 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
     cfg = (resume_config(config or TrainConfig(), saved["train"]) if saved else config or TrainConfig()).resolved()
     source, device, out, norm, record = prepare_data(data, axes, cfg, out_dir, saved, resume=resume,
                                                      overwrite=overwrite)
+    # stack context: the neighbouring planes must exist and must not share the plane's noise (a network given
+    # shared noise learns to copy it: the blind spot would no longer hide anything)
+    choice = None
+    if cfg.context == AUTO_CONTEXT:
+        measured = plane_noise_correlation(source.data, source.axes)
+        cfg, choice = dataclasses.replace(cfg, context=measured.context), measured.reason
+    check_context_length(source.axes, source.data.shape, cfg.context)
+    if cfg.context and not resume:
+        check_plane_noise(source.data, source.axes, cfg.context)
     torch.manual_seed(cfg.seed)
-    model = ATBSN(source.channels, cfg.preset)
+    model = ATBSN(source.channels, cfg.preset, context=cfg.context)
+    in_norm = norm.tiled(2 * cfg.context + 1)  # the neighbours' channels take the plane's constants
+    c = source.channels
 
     def batch_fn(step: int) -> np.ndarray:
-        return norm.apply(sample_batch(source, step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch))
+        return in_norm.apply(sample_batch(source, step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch,
+                                          context=cfg.context))
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
-        return F.l1_loss(model(x, cfg.k_a).float(), x.float())
+        # the target is the plane itself (its first C channels); the neighbours are input only
+        return F.l1_loss(model(x, cfg.k_a).float(), x[:, :c].float())
 
     def config_fn(steps: int) -> dict[str, Any]:
         return {"kind": "atbsn", "arch": arch_dict(model), "patch": cfg.patch, "k_a": cfg.k_a, "k_b": cfg.k_b,
                 "normalization": norm.to_dict(), "steps": steps, "train": dataclasses.asdict(cfg),
-                "data": record}
+                "data": record, **({"context_choice": choice} if choice else {})}
 
     spec = LoopSpec("train", model, cfg.iters, cfg.lr, device, cfg.amp, batch_fn, loss_fn,
                     cfg.checkpoint_every, out, config_fn, should_stop,

@@ -1,0 +1,239 @@
+"""Stack context (issue 18): neighbouring planes along Z or T as input beside the blind-spot plane.
+
+The blind-spot guarantee must stay exact (the output at a pixel ignores the plane's own noise inside its k x k
+spot, and does use the neighbours there); the neighbours are read alike in memory, lazily and chunk by chunk;
+shared noise between planes is refused; students, exports and the CLI carry the context.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_atbsn.axes import check_context_length, context_axis, context_offsets, neighbour_planes
+from napari_atbsn.errors import AxesError, ConfigError
+from napari_atbsn.models import ATBSN, Student
+
+# -- the neighbours ----------------------------------------------------------------------------------------------
+
+
+def test_neighbours_are_mirrored_at_the_ends_and_never_the_plane_itself() -> None:
+    assert context_offsets(2) == [-1, 1, -2, 2]
+    assert neighbour_planes(0, "Z", (5,), 2, "Z") == [0, 1, 1, 2, 2]
+    assert neighbour_planes(2, "Z", (5,), 2, "Z") == [2, 1, 3, 0, 4]
+    assert neighbour_planes(4, "Z", (5,), 2, "Z") == [4, 3, 3, 2, 2]
+    # planes numbered over T then Z: the context runs along Z inside one time point
+    assert neighbour_planes(7, "TZ", (2, 5), 1, "Z") == [7, 6, 8]
+    assert neighbour_planes(1, "TZ", (3, 5), 1, "T") == [1, 6, 6]
+    for n in range(5):  # every plane of the shortest stack allowed: the centre is never its own neighbour
+        assert n not in neighbour_planes(n, "Z", (5,), 2, "Z")[1:]
+    assert context_axis("TZYX") == "Z" and context_axis("TCYX") == "T" and context_axis("SYX") is None
+
+
+def test_images_without_enough_planes_are_refused_with_the_fix() -> None:
+    with pytest.raises(AxesError, match=r"neither.*--context 0"):
+        check_context_length("YX", (64, 64), 1)
+    with pytest.raises(AxesError, match=r"at least 5 planes along Z; the image has 4.*--context 1"):
+        check_context_length("ZYX", (4, 64, 64), 2)
+    assert check_context_length("ZYX", (5, 64, 64), 2) == "Z"
+    assert check_context_length("YX", (64, 64), 0) is None
+
+
+# -- the blind spot stays exact ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_plane_is_blind_inside_the_spot_and_the_neighbours_are_seen(k: int, channels: int) -> None:
+    torch.manual_seed(0)
+    model = ATBSN(channels, "tiny", context=1).eval()
+    assert model.input_channels == 3 * channels
+    x = torch.randn(1, 3 * channels, 32, 40, requires_grad=True)
+    i, j = 17, 21
+    model(x, k)[0, :, i, j].sum().backward()
+    g = x.grad[0].abs()
+    r = k // 2
+    centre = g[:channels]
+    assert torch.all(centre[:, i - r:i + r + 1, j - r:j + r + 1] == 0)  # exactly blind to the plane's own spot
+    assert centre.sum() > 0  # ... and it sees the plane around it
+    neighbours = g[channels:]
+    assert torch.all(neighbours[:, i, j] > 0)  # the neighbours' pixel at the same place is seen
+    assert torch.all(neighbours[:, i - r:i + r + 1, j - r:j + r + 1].sum(dim=(1, 2)) > 0)
+
+
+def test_a_2d_model_is_unchanged_by_the_context_option() -> None:
+    torch.manual_seed(0)
+    plain = ATBSN(3, "paper")
+    torch.manual_seed(0)
+    same = ATBSN(3, "paper", context=0)
+    assert sum(p.numel() for p in plain.parameters()) == 1_268_547  # the paper's count
+    for (a, p), (b, q) in zip(plain.state_dict().items(), same.state_dict().items(), strict=True):
+        assert a == b and torch.equal(p, q)
+
+
+def test_student_c_starts_from_the_teacher_on_the_centre_plane() -> None:
+    teacher = ATBSN(1, "paper", context=1)
+    student = Student("C", 1, context=1)
+    student.init_from_teacher(teacher)
+    w = student.state_dict()["unet.intro.conv.weight"]
+    assert torch.equal(w[:, :1], teacher.state_dict()["unet.intro.conv.weight"])
+    assert torch.all(w[:, 1:] == 0)
+    assert student(torch.randn(2, 3, 64, 64)).shape == (2, 1, 64, 64)
+    with pytest.raises(ConfigError, match="context=7"):
+        Student("A", 1, context=7)
+
+
+# -- trained on a stack ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack() -> np.ndarray:
+    from napari_atbsn.sample_data import make_sample
+
+    noisy, _ = make_sample(planes=6, size=96, seed=5)
+    return noisy
+
+
+@pytest.fixture(scope="module")
+def context_teacher(tmp_path_factory: pytest.TempPathFactory, stack: np.ndarray) -> Path:
+    from napari_atbsn.config import TrainConfig
+    from napari_atbsn.training import train
+
+    out = tmp_path_factory.mktemp("ctx") / "teacher"
+    train(stack, "ZYX", TrainConfig(preset="tiny", context=1, iters=40, patch=32, batch=4, k_a=3, device="cpu"),
+          out)
+    return out
+
+
+def test_the_model_folder_records_its_context(context_teacher: Path) -> None:
+    from napari_atbsn.inference.denoiser import load_model
+
+    cfg = json.loads((context_teacher / "config.json").read_text())
+    assert cfg["arch"]["context"] == 1 and cfg["train"]["context"] == 1
+    model = load_model(context_teacher)
+    assert model.context == 1 and model.input_channels == 3
+
+
+def test_in_memory_lazy_and_chunked_outputs_agree(context_teacher: Path, stack: np.ndarray, tmp_path: Path) -> None:
+    import tifffile
+
+    from napari_atbsn.inference import run
+    from napari_atbsn.inference.denoiser import load_model
+    from napari_atbsn.inference.lazy import lazy_denoise
+
+    model = load_model(context_teacher)
+    ref = model.denoise(stack, "ZYX", k_b=3)
+    assert ref.shape == stack.shape
+    # each plane denoised with its neighbours differs from the same plane denoised with other neighbours
+    swapped = stack[[1, 0, 2, 3, 4, 5]]
+    assert np.abs(model.denoise(swapped, "ZYX", k_b=3)[2] - ref[2]).max() > 1e-4
+    tif = tmp_path / "in.tif"
+    tifffile.imwrite(tif, stack)
+    lazy = np.asarray(lazy_denoise(str(tif), model, axes="ZYX", k_b=3, chunk=48))
+    np.testing.assert_array_equal(lazy, ref)
+    for chunk in (32, 96):  # chunk by chunk from a file, in chunks smaller than a plane and whole planes
+        out = tmp_path / f"out{chunk}.tif"
+        run.denoise(str(tif), model, out, axes="ZYX", k_b=3, chunk=chunk)
+        np.testing.assert_array_equal(tifffile.imread(out), ref)
+
+
+def test_device_windows_read_the_neighbours_as_the_host_does(context_teacher: Path, stack: np.ndarray) -> None:
+    from napari_atbsn.inference.denoiser import Denoiser, load_model
+    from napari_atbsn.modelio import load_network
+
+    host = load_model(context_teacher)
+    net, cfg = load_network(context_teacher)
+    device = Denoiser(net, cfg, windows_on_device=True)
+    np.testing.assert_array_equal(device.denoise(stack[:4], "ZYX", k_b=3), host.denoise(stack[:4], "ZYX", k_b=3))
+
+
+def test_context_along_t_and_with_channels(context_teacher: Path, stack: np.ndarray) -> None:
+    from napari_atbsn.inference.denoiser import load_model
+
+    model = load_model(context_teacher)
+    ref = model.denoise(stack, "ZYX", k_b=3)
+    np.testing.assert_array_equal(model.denoise(stack, "TYX", k_b=3), ref)  # T when there is no Z
+    tz = np.stack([stack, stack[::-1]])  # (T, Z, Y, X): the context runs along Z in each time point
+    out = model.denoise(tz, "TZYX", k_b=3)
+    np.testing.assert_array_equal(out[0], ref)
+    np.testing.assert_array_equal(out[1], model.denoise(stack[::-1], "ZYX", k_b=3))
+
+
+def test_a_context_model_refuses_a_single_plane_and_a_cut_stack(context_teacher: Path, stack: np.ndarray,
+                                                                 tmp_path: Path) -> None:
+    import tifffile
+
+    from napari_atbsn.inference import run
+    from napari_atbsn.inference.denoiser import load_model
+
+    model = load_model(context_teacher)
+    with pytest.raises(AxesError, match="neither"):
+        model.denoise(stack[0], "YX")
+    with pytest.raises(AxesError, match="at least 3 planes along Z; the image has 2"):
+        model.denoise(stack[:2], "ZYX")
+    tif = tmp_path / "in.tif"
+    tifffile.imwrite(tif, stack)
+    with pytest.raises(ConfigError, match="ROI cannot cut that axis"):
+        run.denoise(str(tif), model, tmp_path / "o.tif", axes="ZYX", roi={"Z": slice(1, 3)})
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_auto_k_b_is_calibrated_with_the_neighbours(context_teacher: Path, stack: np.ndarray) -> None:
+    from napari_atbsn.inference.denoiser import load_model
+    from napari_atbsn.inference.quality import calibrate
+
+    model = load_model(context_teacher)
+    cal = calibrate(model, stack, "ZYX")
+    assert cal.gain_db is not None and len(cal.alpha) == 1
+    out = model.denoise(stack, "ZYX")  # the default: auto, blended with the plane itself
+    f = model.denoise(stack, "ZYX", k_b=cal.k_b).astype(np.float64)
+    a = cal.alpha[0]
+    np.testing.assert_allclose(out, stack + a * (f - stack), rtol=0, atol=1e-3)
+
+
+def test_shared_noise_between_planes_is_refused(tmp_path: Path) -> None:
+    from napari_atbsn.config import TrainConfig
+    from napari_atbsn.sample_data import add_correlated_noise, make_clean
+    from napari_atbsn.training import train
+
+    clean = make_clean(planes=5, size=96, seed=2)
+    noise = add_correlated_noise(np.zeros_like(clean[:1]) + 20, seed=3).astype(np.float32) - 120
+    shared = clean + noise  # the same noise field in every plane
+    with pytest.raises(ConfigError, match="--context 0"):
+        train(shared, "ZYX", TrainConfig(preset="tiny", context=1, iters=2, patch=32, device="cpu"),
+              tmp_path / "m")
+    assert not (tmp_path / "m").exists()  # nothing left behind
+
+
+def test_student_export_and_cli_carry_the_context(context_teacher: Path, stack: np.ndarray, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import onnxruntime as ort
+
+    from napari_atbsn.cli import main
+    from napari_atbsn.config import DistillConfig
+    from napari_atbsn.exports import export
+    from napari_atbsn.exports.graph import META_KEY, example_window
+    from napari_atbsn.inference.denoiser import load_model
+    from napari_atbsn.training import distill
+
+    out = tmp_path / "student"
+    distill(stack, context_teacher, "ZYX", DistillConfig(student="tiny", iters=10, batch=4, device="cpu"), out)
+    student = load_model(out)
+    assert student.context == 1 and student.denoise(stack, "ZYX").shape == stack.shape
+    path = export(out, "onnx", tmp_path / "s.onnx")
+    x = example_window(student, 2).numpy()
+    assert x.shape[1] == 3
+    got = ort.InferenceSession(str(path)).run(None, {"raw": x})[0]
+    assert got.shape == (2, 1, student.patch, student.patch)
+    span = float(np.ptp(got)) or 1.0
+    np.testing.assert_allclose(got, student(x), rtol=0, atol=1e-4 * span)
+    import onnx
+
+    meta = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[META_KEY])
+    assert meta["context"]["planes_each_side"] == 1 and meta["context"]["offsets"] == [-1, 1]
+    assert main(["info", str(out)]) == 0
+    assert "stack context  1 neighbouring plane(s)" in capsys.readouterr().out
