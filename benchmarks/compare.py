@@ -186,10 +186,11 @@ def run_atbsn_context(noisy, axes, ev_noisy, args, work: Path) -> tuple[dict, di
     from napari_atbsn.inference.inmemory import iter_denoise_outputs
 
     k_a = recommended_k_a(noisy, axes)
-    model, info = run_atbsn_teacher(noisy, axes, args, args.budget, work / "teacher", k_a=k_a, context="auto")
+    context = args.context if args.context == "auto" else int(args.context)
+    model, info = run_atbsn_teacher(noisy, axes, args, args.budget, work / "teacher", k_a=k_a, context=context)
     n = model.context
     # the scored planes lead the stack: denoise them with their real neighbours, which follow them
-    stack = noisy[:len(ev_noisy) + n] if n and axes[0] in "ZT" else ev_noisy
+    stack = noisy[:max(len(ev_noisy) + n, 2 * n + 1)] if n and axes[0] in "ZT" else ev_noisy
     t0 = time.perf_counter()
     outs = drain(iter_denoise_outputs(model, stack, axes, ks=["auto", 3], batch_size=8, dtype="float32"))
     cal = outs.calibration
@@ -402,7 +403,7 @@ def run_method(method: str, args: Any, work: Path) -> dict[str, Any]:
     """Run one worker process and measure its peak resident memory (the kernel's own account)."""
     cmd = [sys.executable, __file__, "--worker", method, "--dataset", args.dataset, "--budget", str(args.budget),
            "--workdir", str(work), "--device", args.device, "--preset", args.preset, "--patch", str(args.patch),
-           "--batch", str(args.batch)]
+           "--batch", str(args.batch), "--context", str(args.context)]
     t0 = time.perf_counter()
     log = open(work / f"{method}.log", "w")  # noqa: SIM115 - the child writes to it
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -562,6 +563,8 @@ def main() -> None:
     ap.add_argument("--preset", default="small", help="napari-atbsn network size (paper on a GPU)")
     ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--context", default="auto", help="atbsn-context: neighbouring planes on each side (default auto; "
+                    "another value writes to a results folder of its own, <dataset>_b<budget>_ctx<N>)")
     ap.add_argument("--report", action="store_true", help="score every result folder, write figures")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -576,7 +579,7 @@ def main() -> None:
     unknown = set(methods) - set(METHODS)
     if unknown:
         ap.error(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    work = RESULTS / f"{args.dataset}_b{int(args.budget)}"
+    work = RESULTS / (f"{args.dataset}_b{int(args.budget)}" + ("" if args.context == "auto" else f"_ctx{args.context}"))
     work.mkdir(parents=True, exist_ok=True)
     run_json = work / "run.json"
     meta = json.loads(run_json.read_text()) if run_json.exists() else {"processes": {}}

@@ -8,6 +8,7 @@ import pytest
 from napari_atbsn import analysis
 from napari_atbsn.analysis import (
     PLANE_NOISE_INDEPENDENT_BELOW,
+    REPEATED_SCENE_CONTEXT,
     analyze_noise,
     check_plane_noise,
     plane_noise_correlation,
@@ -48,7 +49,11 @@ def test_repeated_frames_use_plane_differences_and_measure_the_noise_exactly(cle
     a = analyze_noise(frames, "TYX")
     assert a.method == "plane differences"
     assert a.noise_std == pytest.approx(5, rel=0.05)
-    assert abs(a.neighbour) < 0.03 and a.recommended_line() == "recommended: dbsn"
+    assert abs(a.neighbour) < 0.03
+    # one scene repeated with independent noise: every frame is another look at the signal, which stack context
+    # uses and D-BSN (plane by plane) cannot
+    assert a.recommended_line() == "recommended: atbsn k_a=1 k_b=1 context=2"
+    assert "planes repeat one scene" in a.report()
 
 
 def test_weakly_correlated_noise_gets_a_small_inference_blind_spot(clean) -> None:
@@ -110,6 +115,12 @@ def test_a_static_scene_with_independent_noise_takes_context_along_t(clean) -> N
     measured = plane_noise_correlation(frames, "TYX")
     assert measured.axis == "T" and abs(measured.correlation) < PLANE_NOISE_INDEPENDENT_BELOW
     assert measured.context == 2
+    # a longer repetition of one scene takes more neighbours: each is another look at the same signal
+    longer = np.stack([clean[0] + rng.normal(0, 5, clean[0].shape) for _ in range(17)]).astype(np.float32)
+    measured = plane_noise_correlation(longer, "TYX")
+    assert measured.context == REPEATED_SCENE_CONTEXT and "repeat one scene" in measured.reason
+    changing = plane_noise_correlation(add_correlated_noise(make_clean(planes=11, size=128, seed=4), seed=2), "ZYX")
+    assert changing.context == 2 and "repeat" not in changing.reason  # a Z-stack whose content changes
     # a Z axis is preferred over T; with only 2 planes along Z there is no context (but the noise is measured)
     tz = np.stack([frames[:2]] * 3)
     measured = plane_noise_correlation(tz, "TZYX")
@@ -130,7 +141,7 @@ def test_the_report_gives_the_plane_noise_correlation_and_the_context(zstack) ->
     a = analyze_noise(zstack, "ZYX", level=False)
     line = next(x for x in a.report().splitlines() if x.startswith("plane noise corr."))
     assert line == f"plane noise corr.   {a.context.correlation:.3f} between neighbouring Z planes (5 pairs)"
-    assert "context             2: the noise of neighbouring Z planes is independent" in a.report()
+    assert "context             2: neighbouring Z planes have independent noise" in a.report()
     assert a.recommended_line().endswith(" context=2") and a.recommendation()["context"] == 2
 
 

@@ -191,7 +191,8 @@ def _add_analyze(sub: Any) -> None:
     a = sub.add_parser("analyze", help="measure the noise's spatial correlation and recommend a method",
                        description="Estimates the noise's autocorrelation (from differences of neighbouring planes "
                        "when a stack repeats the same scene, else from residuals of single planes) and prints a "
-                       "recommendation; its last line is 'recommended: atbsn k_a=K k_b=K' or 'recommended: dbsn'.")
+                       "recommendation; its last line is 'recommended: atbsn k_a=K k_b=K [context=N]' or "
+                       "'recommended: dbsn'.")
     a.add_argument("noisy", metavar="NOISY")
     _axes(a)
     _debug(a)

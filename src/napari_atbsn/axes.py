@@ -114,12 +114,16 @@ def check_image(data: Any, name: str = "image") -> None:
 #: S (independent samples) never: its planes need not show the same structures.
 CONTEXT_LETTERS = "ZT"
 #: The most neighbouring planes a model may take on each side.
-MAX_CONTEXT = 4
+MAX_CONTEXT = 8
 
 
-def context_axis(axes: str) -> str | None:
-    """The axis whose neighbouring planes give context: Z if ``axes`` has it, else T, else None."""
-    return next((a for a in CONTEXT_LETTERS if a in axes), None)
+def context_axis(axes: str, shape: Sequence[int] | None = None) -> str | None:
+    """The axis whose neighbouring planes give context: Z if ``axes`` has it, else T, else None. With ``shape``,
+    an axis of one plane does not count (an OME TZCYX time-lapse of single planes takes its context along T)."""
+    present = [a for a in CONTEXT_LETTERS if a in axes]
+    if shape is not None:
+        present = [a for a in present if int(shape[axes.index(a)]) > 1] or present
+    return present[0] if present else None
 
 
 def context_offsets(context: int) -> list[int]:
@@ -128,21 +132,26 @@ def context_offsets(context: int) -> list[int]:
     return [s * d for d in range(1, context + 1) for s in (-1, 1)]
 
 
-def check_context_length(axes: str, shape: Sequence[int], context: int) -> str | None:
+def check_context_length(axes: str, shape: Sequence[int], context: int, *, training: bool = False) -> str | None:
     """The context axis of an image with ``axes`` and ``shape`` for a model taking ``context`` planes on each side
-    (None for a 2-D model); refuses an image that has no such axis or too few planes along it."""
+    (None for a 2-D model); refuses an image that has no such axis or too few planes along it, with the fix for
+    a run that denoises (or, ``training``, one that trains)."""
     if context == 0:
         return None
-    axis = context_axis(axes)
+    axis = context_axis(axes, shape)
+    who = "--context" if training else "the model"
     if axis is None:
-        raise AxesError(f"the model takes {context} neighbouring plane(s) on each side along Z or T, but the image "
-                        f"(axes {axes!r}) has neither: denoise the whole stack, check --axes, or use a model trained "
-                        f"with --context 0.")
+        fix = ("train with --context 0 (plane by plane), or give the whole stack and check --axes" if training else
+               "denoise the whole stack, check --axes, or use a model trained with --context 0")
+        raise AxesError(f"{who} {'asks for' if training else 'takes'} {context} neighbouring plane(s) on each side "
+                        f"along Z or T, but the image (axes {axes!r}) has neither: {fix}.")
     length = int(shape[axes.index(axis)])
     if length < 2 * context + 1:
-        raise AxesError(f"the model takes {context} neighbouring plane(s) on each side along {axis}, so it needs at "
-                        f"least {2 * context + 1} planes along {axis}; the image has {length}. Use a model trained "
-                        f"with --context {max(0, (length - 1) // 2)}.")
+        most = max(0, (length - 1) // 2)
+        fix = f"train with --context {most}" if training else f"use a model trained with --context {most}"
+        raise AxesError(f"{who} {'asks for' if training else 'takes'} {context} neighbouring plane(s) on each side "
+                        f"along {axis}, so it needs at least {2 * context + 1} planes along {axis}; the image has "
+                        f"{length}: {fix}.")
     return axis
 
 

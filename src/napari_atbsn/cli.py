@@ -319,15 +319,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     sample = None
     if args.sample:
-        from .axes import to_planes
+        from .axes import context_axis, to_planes
         from .io.readers import open_image
+        from .modelio import read_config
 
         img = open_image(args.sample, args.sample_axes)
-        if set(img.axes) - set("CYX"):
-            raise ConfigError(f"--sample {args.sample} has axes {img.axes}; give one plane (YX or CYX), e.g. a "
-                              f"crop saved as TIFF.")
-        plane = to_planes(img.data, img.axes)[0]  # (C, Y, X)
-        sample = plane if "C" in img.axes else plane[0]  # a grey sample is repeated over a model's channels
+        context = int(read_config(args.model)["arch"].get("context", 0))
+        if context:  # a stack-context model's sample is a stack: its middle plane is read with its neighbours
+            axis = context_axis(img.axes, img.shape)
+            if axis is None or set(img.axes) - set(axis + "CYX"):
+                raise ConfigError(f"--sample {args.sample} has axes {img.axes}; the model takes {context} "
+                                  f"neighbouring plane(s) on each side, so give a stack of at least {2 * context + 1} "
+                                  f"planes (ZYX or ZCYX), e.g. a crop saved as TIFF.")
+            sample = to_planes(img.data, img.axes)  # (Z, C, Y, X)
+        else:
+            if set(img.axes) - set("CYX"):
+                raise ConfigError(f"--sample {args.sample} has axes {img.axes}; give one plane (YX or CYX), e.g. a "
+                                  f"crop saved as TIFF.")
+            plane = to_planes(img.data, img.axes)[0]  # (C, Y, X)
+            sample = plane if "C" in img.axes else plane[0]  # a grey sample is repeated over a model's channels
     path = export(args.model, args.format, args.output, k_b=args.k_b, overwrite=args.overwrite, sample=sample,
                   authors=tuple(args.author or ()), license=args.license, name=args.name,
                   validate=not args.no_validate)

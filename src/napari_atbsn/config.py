@@ -453,6 +453,8 @@ def resume_config(current: Any, saved: dict[str, Any]) -> Any:
     cls = type(current)
     defaults = cls()
     merged = {}
+    if cls is TrainConfig and "context" not in saved:
+        saved = {**saved, "context": 0}  # a checkpoint from before stack context trains a 2-D model
     for f in dataclasses.fields(cls):
         cur = getattr(current, f.name)
         if f.name not in saved:

@@ -47,6 +47,9 @@ class Preview:
     image: np.ndarray
     axes: str
     every: int = 50
+    #: For a stack-context network: ``neighbours(n)`` gives the same crop of the viewed plane's n neighbouring
+    #: planes on each side, (C * 2n, h, w) in axes.context_offsets order, or None where the stack has too few.
+    neighbours: Callable[[int], np.ndarray | None] | None = None
 
     def __post_init__(self) -> None:
         from .errors import ConfigError

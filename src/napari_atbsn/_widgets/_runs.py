@@ -17,7 +17,7 @@ from ..modelio import read_config
 from ._base import JobWidget, folder_or_none
 from ._job import info
 from ._plot import LinePlot
-from ._source import Source, center_crop, crop_layer_kwargs
+from ._source import Source, center_crop, context_crops, crop_layer_kwargs
 
 
 class RunWidget(JobWidget):
@@ -93,9 +93,13 @@ class RunWidget(JobWidget):
     def make_preview(self, src: Source, patch: int) -> Preview | None:
         if not self.preview_every.value:
             return None
-        crop, crop_axes, origin = center_crop(src, self.viewer, max(256, int(patch)))
+        side = max(256, int(patch))
+        crop, crop_axes, origin = center_crop(src, self.viewer, side)
         self._preview_kwargs = {"name": f"{src.name}_preview", **crop_layer_kwargs(src, crop_axes, origin)}
-        return Preview(crop, crop_axes, every=int(self.preview_every.value))
+        # a stack-context network previews the plane in view with its neighbours, read when the run asks
+        viewer = self.viewer
+        return Preview(crop, crop_axes, every=int(self.preview_every.value),
+                       neighbours=lambda n: context_crops(src, viewer, side, n))
 
     def launch(self, name: str, make: Any) -> None:
         self.loss_plot.clear()

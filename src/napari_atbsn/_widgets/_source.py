@@ -11,8 +11,8 @@ import numpy as np
 from magicgui.widgets import FileEdit, LineEdit
 from napari.layers import Image
 
-from ..axes import validate_axes
-from ..errors import ConfigError, ReadError
+from ..axes import check_context_length, neighbour_planes, validate_axes
+from ..errors import AxesError, ConfigError, ReadError
 from ..io.readers import open_image
 from ._base import JobWidget, layer_axes
 
@@ -108,6 +108,35 @@ def center_crop(source: Source, viewer: Any, side: int) -> tuple[np.ndarray, str
     index[axes.index("X")] = slice(x0, x0 + side_x)
     crop = np.asarray(arr[tuple(index)])
     return crop, "".join(a for a in axes if a not in PLANE_AXES), (y0, x0)
+
+
+def context_crops(source: Source, viewer: Any, side: int, context: int) -> np.ndarray | None:
+    """The crop of :func:`center_crop` in the viewed plane's ``context`` neighbouring planes on each side along Z
+    (else T), as (C * 2 * context, h, w) in axes.context_offsets order; None where the source has too few."""
+    arr, axes = source.array, source.axes
+    try:
+        axis = check_context_length(axes, np.shape(arr), context)
+    except AxesError:
+        return None
+    if axis is None:
+        return None
+    d = axes.index(axis)
+    here = current_plane(source, viewer)
+    _, crop_axes, (y0, x0) = center_crop(source, viewer, side)
+    h, w = arr.shape[axes.index("Y")], arr.shape[axes.index("X")]
+    sy, sx = min(side, h), min(side, w)
+    crops = []
+    for j in neighbour_planes(here[d], axis, (int(arr.shape[d]),), context, axis)[1:]:
+        index: list[Any] = [slice(None)] * len(axes)
+        for dim, i in {**here, d: j}.items():
+            index[dim] = i
+        index[axes.index("Y")] = slice(y0, y0 + sy)
+        index[axes.index("X")] = slice(x0, x0 + sx)
+        crop = np.asarray(arr[tuple(index)], dtype=np.float32)
+        rest = [a for a in crop_axes if a in "CYX"]
+        crop = np.transpose(crop, [rest.index(a) for a in "CYX" if a in rest])
+        crops.append(crop if "C" in rest else crop[None])
+    return np.concatenate(crops, axis=0)
 
 
 def crop_layer_kwargs(source: Source, crop_axes: str, origin: tuple[int, int]) -> dict[str, Any]:

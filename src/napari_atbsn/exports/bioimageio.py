@@ -75,7 +75,7 @@ def _context_unit(stack: np.ndarray, model: Denoiser) -> np.ndarray:
     from ..axes import neighbour_planes
 
     p, c, n = model.patch, model.in_channels, model.context
-    if stack.ndim == 3 and c == 1:
+    if stack.ndim == 3 and c == 1:  # (Z, Y, X)
         stack = stack[:, None]
     if stack.ndim != 4 or stack.shape[1] != c or stack.shape[0] < 2 * n + 1 or min(stack.shape[-2:]) < p:
         raise ConfigError(f"the model takes {n} neighbouring plane(s) on each side: the sample must be a stack "

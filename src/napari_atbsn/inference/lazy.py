@@ -37,7 +37,7 @@ def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: 
     t = resolve_target(source, model, axes=axes, k_b=k_b, roi=roi, window=window, halo=halo, dtype=dtype,
                        noise_map=noise_map)
     geom, ks = t.geom, t.ks
-    chunk = chunk or auto_chunk(t.window, t.halo, geom.channels, len(ks), 1, geom.region)
+    chunk = chunk or auto_chunk(t.window, t.halo, geom.channels, len(ks), 1, geom.region, context=model.context)
     if AUTO_K_B in ks and calibration is None:
         calibration = calibrate(model, t.cropped, geom.axes, window=t.window)
     rt = Runtime(model, ks, geom, t.window, t.halo, batch_size or 4, calibration=calibration)

@@ -77,12 +77,13 @@ def resolve_target(source: Any, model: Denoiser, *, axes: str | None, k_b: int |
             raise BlindSpotError(f"k_b={k} is too large for {window}-pixel windows: its blind spot would cover "
                                  f"the whole window. Use k_b <= {2 * window - 3} (the paper uses 3).")
     cropped, box, roi_record = roi_box(lazy, roi)
-    if model.context and roi and context_axis(lazy.axes) in {a.upper() for a in roi}:
+    axis = context_axis(lazy.axes, lazy.shape) if model.context else None
+    if axis is not None and roi and axis in {a.upper() for a in roi}:
         # the crop would make the ROI's first and last planes the stack's ends, their neighbours mirrored
         # rather than read: a different result from the same planes of the whole stack
-        raise ConfigError(f"the model takes {model.context} neighbouring plane(s) along {context_axis(lazy.axes)} "
-                          f"as context, so an ROI cannot cut that axis; give Y/X (or other axes) in the ROI, or "
-                          f"denoise the whole {context_axis(lazy.axes)} range and keep the planes you need.")
+        raise ConfigError(f"the model takes {model.context} neighbouring plane(s) along {axis} as context, so an ROI "
+                          f"cannot cut that axis; give Y/X (or other axes) in the ROI, or denoise the whole {axis} "
+                          f"range and keep the planes you need.")
     geom = Geometry.of(cropped.axes, cropped.shape, box, context=model.context)
     if geom.channels != model.in_channels:
         raise ImageError(f"the image has {geom.channels} channel(s) (axes {geom.axes}, shape {geom.shape}) but the "
@@ -234,7 +235,8 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
     if AUTO_K_B in t.ks:  # decided once, from a sample of the data, and part of the job's identity
         calibration = calibrate(model, t.cropped, t.geom.axes, window=t.window)
         record["quality"] = calibration.to_record()
-    chunk_now = chunk or auto_chunk(t.window, t.halo, t.geom.channels, len(t.ks), workers, t.geom.region)
+    chunk_now = chunk or auto_chunk(t.window, t.halo, t.geom.channels, len(t.ks), workers, t.geom.region,
+                                     context=model.context)
     batch_now = batch_size or auto_batch_size(model)
     seen = tuple(s.job() for s in stores)
     chunk_now, batch_now, resumed = adopt_partials(stores, t.ks, record, chunk_now, batch_now,
@@ -299,12 +301,12 @@ def available_memory() -> int:
 
 
 def auto_chunk(window: int, halo: int, channels: int, n_outputs: int, workers: int, region: Box,
-               memory: int | None = None) -> int:
+               memory: int | None = None, *, context: int = 0) -> int:
     """Largest chunk (a multiple of the window's kept core) whose buffers fit a share of the free RAM.
 
     Per unit: the source region (chunk plus up to a window on each side) as
     raw, float32 and normalised copies, and each output in float32 and its
-    final type.
+    final type. A stack-context unit reads that region in its 2 * ``context`` neighbouring planes too.
     """
     memory = available_memory() if memory is None else memory
     budget = memory * MEMORY_FRACTION / max(1, workers)
@@ -314,7 +316,7 @@ def auto_chunk(window: int, halo: int, channels: int, n_outputs: int, workers: i
     best = core
     c = core
     while c <= limit:
-        need = 4 * channels * (3 * (c + 2 * window) ** 2 + 2 * n_outputs * c * c)
+        need = 4 * channels * (3 * (2 * context + 1) * (c + 2 * window) ** 2 + 2 * n_outputs * c * c)
         if need > budget:
             break
         best = c

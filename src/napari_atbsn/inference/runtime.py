@@ -82,6 +82,8 @@ class Runtime:
         if raw.dtype.kind in "fc" and not np.all(np.isfinite(raw)):
             index = self.geom.plane_index(plane) if plane is not None else {}
             where = f" in plane {', '.join(f'{a}={i}' for a, i in index.items())}" if index else ""
+            if where and self.model.context:  # a stack-context unit holds its neighbouring planes too
+                where += f" or its {2 * self.model.context} neighbouring plane(s)"
             raise ImageError(f"the image contains NaN or Inf pixels{where} near rows {box.y0}..{box.y1}, columns "
                              f"{box.x0}..{box.x1}; replace them (e.g. with the local median) before denoising.")
         oy, ox = origin

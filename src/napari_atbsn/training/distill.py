@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..axes import check_context_length
 from ..config import DistillConfig, resume_config
 from ..device import place_network, resolve_device
-from ..errors import BlindSpotError, ConfigError, ImageError, ModelFolderError
+from ..errors import AxesError, BlindSpotError, ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
 from ..inference.denoiser import Denoiser, load_model
 from ..inference.quality import Calibration, calibrate
@@ -94,7 +94,11 @@ def distill_source(data: Any, axes: str | None, net: ATBSN, patch: int) -> Plane
     if source.channels != net.in_channels:
         raise ImageError(f"the data has {source.channels} channel(s) but the teacher was trained on "
                          f"{net.in_channels}; check --axes.")
-    check_context_length(source.axes, source.data.shape, net.context)  # the teacher's neighbours must exist
+    try:  # the teacher's neighbours must exist
+        check_context_length(source.axes, source.data.shape, net.context)
+    except AxesError as e:
+        raise AxesError(f"{e} (The teacher was trained with --context {net.context}: distil on a stack like its "
+                        f"training data.)") from None
     check_patch_fits(source, patch)
     return source
 

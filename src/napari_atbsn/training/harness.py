@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..axes import check_context_length
 from ..device import resolve_device
-from ..errors import AxesError, ConfigError, ImageError, ModelFolderError
+from ..errors import ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, StepEvent, drain
 from ..inference.denoiser import Denoiser
+from ..inference.geometry import Geometry, from_cyx
 from ..inference.inmemory import iter_denoise_outputs
 from ..inference.plan import available_memory
+from ..inference.runtime import iter_array
 from ..io.fs import overlap, refuse_overlap
 from ..io.readers import check_chunks
 from ..modelio import CONFIG, read_config, save_folder
@@ -204,16 +205,20 @@ def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: C
         raise ImageError(f"the preview crop has {channels} channel(s), the data {model.in_channels}; crop it from "
                          f"the training data.")
     context = getattr(model, "context", 0)
-    try:
-        check_context_length(preview.axes, image.shape, context)
-    except AxesError:
-        # a stack-context network cannot denoise a crop without its neighbouring planes (a single plane):
-        # the run trains without previews rather than failing on them
+    neighbours = preview.neighbours(context) if context and preview.neighbours is not None else None
+    if context and neighbours is None:
+        # a stack-context network cannot denoise a crop without its neighbouring planes: the run trains without
+        # previews rather than failing on them
         return {}
 
     def run(steps: int) -> np.ndarray:
         # the same windowed inference as a saved model, on the weights of this step
         den = Denoiser(model, config_fn(steps), device=device, amp=amp, channels_last=channels_last)
+        if neighbours is not None:  # the crop with its neighbouring planes, as the network reads it
+            geom = Geometry.of(preview.axes, image.shape)
+            unit = np.concatenate([geom.to_cyx(image).astype(np.float32), neighbours], axis=0)[None]
+            out = drain(iter_array(den, unit, "SCYX", ks=[k], batch_size=4, dtype="float32", assembled=True))
+            return from_cyx(out[0][0], geom)
         outs = drain(iter_denoise_outputs(den, image, preview.axes, ks=[k], batch_size=4, dtype="float32"))
         assert outs is not None  # no should_stop: never stopped
         return outs[0]

@@ -51,11 +51,11 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
                                                      overwrite=overwrite)
     # stack context: the neighbouring planes must exist and must not share the plane's noise (a network given
     # shared noise learns to copy it: the blind spot would no longer hide anything)
-    choice = None
+    choice = (saved or {}).get("context_choice")  # a resumed "auto" run keeps what it chose, and why
     if cfg.context == AUTO_CONTEXT:
         measured = plane_noise_correlation(source.data, source.axes)
         cfg, choice = dataclasses.replace(cfg, context=measured.context), measured.reason
-    check_context_length(source.axes, source.data.shape, cfg.context)
+    check_context_length(source.axes, source.data.shape, cfg.context, training=True)
     if cfg.context and not resume:
         check_plane_noise(source.data, source.axes, cfg.context)
     torch.manual_seed(cfg.seed)
