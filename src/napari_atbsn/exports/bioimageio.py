@@ -222,9 +222,9 @@ def _input_descr(model: Denoiser, work: Path) -> Any:
     from bioimageio.spec.model.v0_5 import AxisId, BatchAxis, FileDescr, InputTensorDescr, SpaceInputAxis, TensorId
 
     off, sc = _norm_arrays(model, inputs=True)
-    what = "noisy image window, in the data's own units" + (
-        "; the plane's channels, then the same window of its neighbouring planes along Z (else T), see the "
-        "channel names and config.napari_atbsn.context" if model.context else "")
+    # the spec allows 128 characters: the plane offsets are in the channel names and config.napari_atbsn.context
+    what = ("noisy window, data units: the plane's channels, then its neighbouring Z (else T) planes' (channel names)"
+            if model.context else "noisy image window, in the data's own units")
     return InputTensorDescr(
         id=TensorId("raw"), description=what,
         axes=[BatchAxis(), _channels(model, inputs=True),
