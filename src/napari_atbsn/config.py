@@ -76,8 +76,9 @@ AUTO_K_B = "auto"
 #: The blind spot a teacher falls back on where one must be fixed without data to choose from (an export, an
 #: output asked for as "the model's own" of a folder that stores "auto"): the paper's k_b.
 FIXED_K_B = 3
-#: Stack context chosen from the data: as many neighbouring planes as the stack allows (up to 2 on each side)
-#: where their noise is measured independent of the plane's, else 0 (napari_atbsn.analysis).
+#: Stack context chosen from the data: as many neighbouring planes as the stack allows (up to 2 on each side, 8
+#: where the planes repeat one scene) where their noise is measured independent of the plane's, else 0
+#: (napari_atbsn.analysis.plane_noise_correlation).
 AUTO_CONTEXT = "auto"
 #: D-BSN's weight of the noise term in the Bayes fusion when a model folder does not say (1: exact posterior).
 DEFAULT_GAMMA = 1.0

@@ -13,6 +13,7 @@ from napari.layers import Image
 
 from ..axes import check_context_length, neighbour_planes, validate_axes
 from ..errors import AxesError, ConfigError, ReadError
+from ..inference.geometry import Geometry
 from ..io.readers import open_image
 from ._base import JobWidget, layer_axes
 
@@ -95,14 +96,16 @@ def current_plane(source: Source, viewer: Any) -> dict[int, int]:
     return {d: int(np.clip(round(float(point[d])), 0, shape[d] - 1)) for d in dims}
 
 
-def center_crop(source: Source, viewer: Any, side: int) -> tuple[np.ndarray, str, tuple[int, int]]:
-    """A ``side``-pixel crop of the viewed plane's centre: (crop, its axes, (y0, x0))."""
+def center_crop(source: Source, viewer: Any, side: int, plane: dict[int, int] | None = None,
+                ) -> tuple[np.ndarray, str, tuple[int, int]]:
+    """A ``side``-pixel crop of the centre of the viewed plane (or of ``plane``, an index per T/Z dimension):
+    (crop, its axes, (y0, x0))."""
     arr, axes = source.array, source.axes
     h, w = arr.shape[axes.index("Y")], arr.shape[axes.index("X")]
     side_y, side_x = min(side, h), min(side, w)
     y0, x0 = (h - side_y) // 2, (w - side_x) // 2
     index: list[Any] = [slice(None)] * len(axes)
-    for d, i in current_plane(source, viewer).items():
+    for d, i in (current_plane(source, viewer) if plane is None else plane).items():
         index[d] = i
     index[axes.index("Y")] = slice(y0, y0 + side_y)
     index[axes.index("X")] = slice(x0, x0 + side_x)
@@ -122,20 +125,10 @@ def context_crops(source: Source, viewer: Any, side: int, context: int) -> np.nd
         return None
     d = axes.index(axis)
     here = current_plane(source, viewer)
-    _, crop_axes, (y0, x0) = center_crop(source, viewer, side)
-    h, w = arr.shape[axes.index("Y")], arr.shape[axes.index("X")]
-    sy, sx = min(side, h), min(side, w)
     crops = []
     for j in neighbour_planes(here[d], axis, (int(arr.shape[d]),), context, axis)[1:]:
-        index: list[Any] = [slice(None)] * len(axes)
-        for dim, i in {**here, d: j}.items():
-            index[dim] = i
-        index[axes.index("Y")] = slice(y0, y0 + sy)
-        index[axes.index("X")] = slice(x0, x0 + sx)
-        crop = np.asarray(arr[tuple(index)], dtype=np.float32)
-        rest = [a for a in crop_axes if a in "CYX"]
-        crop = np.transpose(crop, [rest.index(a) for a in "CYX" if a in rest])
-        crops.append(crop if "C" in rest else crop[None])
+        crop, crop_axes, _ = center_crop(source, viewer, side, {**here, d: j})
+        crops.append(Geometry.of(crop_axes, crop.shape).to_cyx(crop.astype(np.float32)))
     return np.concatenate(crops, axis=0)
 
 

@@ -52,11 +52,12 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
     # stack context: the neighbouring planes must exist and must not share the plane's noise (a network given
     # shared noise learns to copy it: the blind spot would no longer hide anything)
     choice = (saved or {}).get("context_choice")  # a resumed "auto" run keeps what it chose, and why
-    if cfg.context == AUTO_CONTEXT:
+    chosen = cfg.context == AUTO_CONTEXT
+    if chosen:  # auto takes no context from planes that share noise: measured once, no second check
         measured = plane_noise_correlation(source.data, source.axes)
         cfg, choice = dataclasses.replace(cfg, context=measured.context), measured.reason
     check_context_length(source.axes, source.data.shape, cfg.context, training=True)
-    if cfg.context and not resume:
+    if cfg.context and not resume and not chosen:
         check_plane_noise(source.data, source.axes, cfg.context)
     torch.manual_seed(cfg.seed)
     model = ATBSN(source.channels, cfg.preset, context=cfg.context)
