@@ -26,7 +26,12 @@ def test_gpu_benchmark_runs_on_cpu_in_quick_mode() -> None:
     assert sum("teacher training |" in r for r in rows) == 3 and sum("distillation |" in r for r in rows) == 3
     assert sum(r.startswith(("| teacher (k_b 3), window ", "| student tiny, window ")) for r in rows) == 16
     assert sum("| default, windows on the host |" in r for r in rows) == 4
-    assert sum(r.startswith(("| student tiny | ", "| teacher (k_b 3) | ")) and "uint16" in r for r in rows) == 2
+    assert sum(r.startswith(("| student tiny, mixed precision + channels-last (default) | ",
+                             "| teacher (k_b 3), mixed precision + channels-last (default) | "))
+               and "uint16" in r for r in rows) == 2
+    # the student's rows say what denoising costs with its gain calibrated on the image, and with it given
+    student = [r.split("|") for r in rows if r.startswith("| student tiny, window ")]
+    assert all(float(c[6]) > 0 and float(c[7]) > 0 for c in student), student
     assert "8.3 it/s, 5.7 GB" in out.stdout and "11.1 it/s, 2.4 GB" in out.stdout
 
 

@@ -313,7 +313,8 @@ def test_out_of_memory_backs_off_the_batch_size(tmp_path: Path, tiny_teacher: Pa
     ({"k_b": [3, 3]}, BlindSpotError, "repeats"),
     ({"chunk": 0}, ConfigError, "chunk=0"),
     ({"window": 32, "halo": 16}, ConfigError, "no centre"),
-    ({"window": 1024}, ConfigError, "not size-invariant"),
+    ({"window": 1024}, ConfigError, "larger than this teacher's training patch"),
+    ({"window": 12, "halo": 2}, ConfigError, "not size-invariant"),
     ({"dtype": "int8"}, ConfigError, "float32 or input"),
     ({"roi": "Q=1:2"}, ATBSNError, "Q"),
     ({"axes": "ZCYX"}, ATBSNError, "ZCYX"),
@@ -600,3 +601,21 @@ def test_tiff_and_npy_outputs_read_their_work_store_in_whole_chunk_rows() -> Non
     assert band_rows(store, 1, 2048 * 4, 256) == 16 * 512  # in tiles, a chunk row is rounded up to 512 rows
     assert band_rows(store, 1, 300_000 * 4, 256) == 256  # a chunk row of a 300k-wide plane does not fit
     assert band_rows(store, 1, 300_000 * 4) == 55
+
+
+def test_a_teacher_refuses_windows_larger_than_its_training_patch(tmp_path: Path, tiny_teacher: Path,
+                                                                   tiny_student: Path) -> None:
+    """A teacher's output breaks down in windows larger than its patch (docs/benchmarks.md, "How much halo"):
+    the job is refused before anything is written, with the fixes; smaller windows and students run."""
+    teacher = load_model(tiny_teacher)
+    image = np.random.default_rng(0).normal(size=(2 * teacher.patch + 8, 2 * teacher.patch)).astype(np.float32)
+    out = tmp_path / "out.tif"
+    with pytest.raises(ConfigError, match=rf"window={2 * teacher.patch} is larger than this teacher's training "
+                                          rf"patch \({teacher.patch}\).*--patch {2 * teacher.patch}.*student"):
+        denoise(image, teacher, out, axes="YX", k_b=3, window=2 * teacher.patch)
+    assert not out.exists()
+    smaller = np.asarray(denoise(image, teacher, None, axes="YX", k_b=3, window=teacher.patch // 2))
+    assert smaller.shape == image.shape and np.isfinite(smaller).all()
+    student = load_model(tiny_student)
+    wide = np.asarray(denoise(image, student, None, axes="YX", window=2 * student.patch))
+    assert wide.shape == image.shape

@@ -168,7 +168,7 @@ def _add_denoise(sub: Any) -> None:
                    "and blends the output with the input so that it is never worse, and reports the estimated gain")
     n.add_argument("--chunk", type=int, help="output chunk side in pixels (default: from free memory)")
     n.add_argument("--window", type=int, help="expert: network window side (default: the training patch; "
-                   "the networks are not size-invariant)")
+                   "a teacher refuses windows larger than it, a student runs in any)")
     n.add_argument("--halo", type=int, help="expert: context kept around each window's centre (default window/4)")
     n.add_argument("--roi", help="sub-volume to denoise, e.g. Z=10:20,Y=0:512,X=100:600 (context outside it "
                    "is still read, so the result equals the same pixels of a full run)")

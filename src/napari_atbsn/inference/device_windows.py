@@ -182,6 +182,10 @@ def _run_unit(model: Denoiser, ks: Sequence[OutputKey], grid: PlaneGrid, x: torc
         rows = (sel[:, 0, None] + span)[:, :, None]   # (B, w, 1)
         cols = (sel[:, 1, None] + span)[:, None, :]   # (B, 1, w)
         tiles = x[:, rows, cols].transpose(0, 1)      # (B, C, w, w): one gather for the whole batch
+        if model.compiled and len(batch) < b:
+            # a compiled network keeps one graph for one batch shape: a unit's short last batch, padded with
+            # zero windows whose outputs are dropped, costs a little arithmetic instead of a recompilation
+            tiles = torch.cat([tiles, tiles.new_zeros((b - len(batch), *tiles.shape[1:]))])
         try:
             res = model.forward_windows(tiles, ks)
         except (RuntimeError, MemoryError) as e:

@@ -68,6 +68,15 @@ def resolve_target(source: Any, model: Denoiser, *, axes: str | None, k_b: int |
     if dtype not in OUTPUT_DTYPES:
         raise ConfigError(f"dtype={dtype!r}; choose float32 or input.")
     window = model.patch if window is None else window
+    if model.kind == "atbsn" and window > model.patch:
+        # a teacher's shifted half-plane receptive fields read how far each pixel is from the window's zero-padded
+        # border; trained on patches, it has never seen a distance beyond the patch, and its output breaks down
+        # there (a small PolyU teacher of patch 64: 37.9 dB in 64-pixel windows, 12.7 in 128, 8.9 in 256; windows
+        # up to the patch lose nothing). A student is a plain UNet and runs in any window.
+        raise ConfigError(f"window={window} is larger than this teacher's training patch ({model.patch}): a "
+                          f"blind-spot teacher's output breaks down beyond the patch it was trained on. Use a window "
+                          f"of {model.patch} or less, train with --patch {window}, or denoise with its distilled "
+                          f"student, which runs in any window.")
     halo = (model.halo if window == model.patch else default_halo(window, model.kind)) if halo is None else halo
     check_window(window, halo)
     for k in ks:
