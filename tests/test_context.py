@@ -296,17 +296,19 @@ def test_auto_k_b_is_calibrated_with_the_neighbours(context_teacher: Path, stack
     np.testing.assert_allclose(out, stack + a * (f - stack), rtol=0, atol=1e-3)
 
 
-def test_the_default_context_is_chosen_from_the_data(stack: np.ndarray) -> None:
+def test_the_default_context_is_chosen_from_the_data(stack: np.ndarray, tmp_path: Path) -> None:
     """Issue 18: the default is ``auto``, which takes neighbours where the stack has independent noise and none for
-    a single image."""
+    a single image; the folder records the choice and why, and loads."""
     from napari_atbsn.config import AUTO_CONTEXT, TrainConfig
+    from napari_atbsn.inference.denoiser import load_model
     from napari_atbsn.training import train
 
     assert TrainConfig().context == AUTO_CONTEXT
     quick = TrainConfig(preset="tiny", iters=2, patch=32, batch=2, k_a=3, device="cpu")
-    res = train(stack, "ZYX", quick)
-    assert res.model.context == 2 and "independent noise" in res.model.config["context_choice"]
-    assert res.model.config["train"]["context"] == 2 and res.model.single_plane
+    train(stack, "ZYX", quick, tmp_path / "m")
+    model = load_model(tmp_path / "m")
+    assert model.context == 2 and "independent noise" in model.config["context_choice"]
+    assert model.config["train"]["context"] == 2 and model.single_plane
     assert train(stack[0], "YX", quick).model.context == 0
 
 

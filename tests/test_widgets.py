@@ -89,6 +89,7 @@ def test_manifest_lists_every_widget() -> None:
 # -- train -------------------------------------------------------------------------------------------
 def configure_train(w, out: Path, iters: int, preview_every: int = 0) -> None:
     w.preset.value = "tiny"
+    w.context.value = 0  # a 2-D model: the stack-context test sets its own
     w.iters.value, w.patch.value, w.batch.value = iters, 32, 2
     w.device.value = "cpu"
     w.out_dir.value = str(out)
@@ -101,6 +102,7 @@ def test_train_widget_trains_previews_and_saves(viewer, qtbot, tmp_path, errors)
     w = dock(viewer, TrainWidget(viewer))
     assert w.source.axes.value == "ZYX" and w.source.layer.value.name == "cells"
     assert (w.iters.value, w.batch.value) == (TRAIN_DEFAULTS["small"]["iters"], TRAIN_DEFAULTS["small"]["batch"])
+    assert w.context.value == "auto"  # the default: from the stack
     configure_train(w, tmp_path / "teacher", iters=12, preview_every=5)
     w.k_a.value = 5
     w.run_button.click()

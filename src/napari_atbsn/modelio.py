@@ -30,7 +30,7 @@ WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safe
 _REQUIRED = {"format", "format_version", "kind", "arch", "patch", "normalization"}
 _OPTIONAL = {"package_version", "created", "k_a", "k_b", "ks", "mean_teacher", "teacher", "steps",
              "train", "distill", "data", "state", "halo", "method", "gamma", "phase", "unpaired", "targets",
-             "held_out_rows", "quality"}
+             "held_out_rows", "quality", "context_choice"}
 KINDS = ("atbsn", "student", "dbsn")
 #: A config.json is a few kB: more than this is not ours (and a link to /dev/zero would never end).
 MAX_CONFIG_BYTES = 1 << 20
