@@ -565,3 +565,16 @@ def test_train_widget_trains_a_stack_context_model_and_denoise_uses_it(viewer, q
     np.testing.assert_array_equal(viewer.layers["cells_preview"].data, model.denoise(stack, "ZYX", k_b=model.k_b)[z])
     w.method.value = "dbsn"
     assert not w.context.visible  # D-BSN takes no context
+    # the Denoise widget runs it on a single plane too (its 2-D mode), and says so
+    from napari_atbsn._widgets import DenoiseWidget
+
+    viewer.add_image(stack[z], name="plane")
+    d = dock(viewer, DenoiseWidget(viewer))
+    d.source.layer.value = viewer.layers["plane"]
+    d.model_dir.value = str(tmp_path / "teacher")
+    d.k_b.value, d.device.value = 3, "cpu"
+    d.run_button.click()
+    wait_done(qtbot, d)
+    assert errors == []
+    assert "stack context unused: the image (axes 'YX') has no Z or T axis" in d.status.text()
+    np.testing.assert_array_equal(viewer.layers["plane_atbsn_kb3"].data, model.denoise(stack[z], "YX", k_b=3))
