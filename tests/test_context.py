@@ -353,7 +353,8 @@ def test_student_export_and_cli_carry_the_context(context_teacher: Path, stack: 
     meta = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[META_KEY])
     assert meta["context"]["planes_each_side"] == 1 and meta["context"]["offsets"] == [-1, 1]
     assert main(["info", str(out)]) == 0
-    assert "stack context  1 neighbouring plane(s)" in capsys.readouterr().out
+    assert "stack context  1 neighbouring plane(s) on each side along Z (else T); single planes alone too" in \
+        capsys.readouterr().out
     # the BioImage Model Zoo package validates with the zoo's own test, its input naming the planes
     import zipfile
 

@@ -29,9 +29,8 @@ class Denoiser:
     """A loaded model with its normalisation and window size, ready to run.
 
     ``denoiser(window)`` takes raw (N, C, P, P) data (numpy or torch, P the
-    training patch size; a stack-context model's C * (2n + 1) channels, or C alone in its 2-D mode) and returns it
-    denoised (N, C, P, P) in
-    the same value range.
+    training patch size; a stack-context model's C * (2n + 1) channels, or C alone in its 2-D mode) and returns
+    it denoised (N, C, P, P) in the same value range.
     :meth:`denoise` handles whole images of any size and axes, running the
     network in windows of P with a halo (method.md Decision 8).
     """
