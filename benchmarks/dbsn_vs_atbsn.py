@@ -82,8 +82,9 @@ def main() -> None:
             teachers[ka] = load_model(reuse[str(ka)])
             continue
         t0 = time.perf_counter()
+        # context=0: the 2-D teacher its recorded figures were measured with (auto would read a stack's planes)
         teachers[ka] = train(noisy, axes, TrainConfig(preset="small", k_a=ka, iters=args.iters, patch=args.patch,
-                                                      batch=args.batch, device="cpu"),
+                                                      batch=args.batch, device="cpu", context=0),
                              out / f"atbsn_ka{ka}", overwrite=True).model
         timings[f"AT-BSN k_a={ka}"] = time.perf_counter() - t0
     if args.dbsn:

@@ -109,8 +109,9 @@ def teacher_outputs(name: str, d: dict, k_a: int, iters: int, patch: int, batch:
     if (teacher / "config.json").exists() or (teacher / "model.safetensors").exists():
         model = load_model(teacher)
     else:
+        # context=0: the 2-D teacher its recorded figures were measured with (auto would read a stack's planes)
         model = train(d["train"], d["axes"], TrainConfig(preset="small", k_a=k_a, iters=iters, patch=patch,
-                                                         batch=batch, device="cpu", checkpoint_every=0),
+                                                         batch=batch, device="cpu", checkpoint_every=0, context=0),
                       teacher, overwrite=True).model
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -127,8 +127,10 @@ def main() -> None:
         args.k_a = tr_model.config["k_a"]
     else:
         teacher_dir = out / "teacher"
+        # context=0: the 2-D teacher its recorded figures were measured with (auto would read a stack's planes)
         tr_model = train(noisy, axes, TrainConfig(preset=args.preset, k_a=args.k_a, iters=args.iters,
-                                                  patch=args.patch, batch=args.batch, lr=args.lr, device="cpu"),
+                                                  patch=args.patch, batch=args.batch, lr=args.lr, device="cpu",
+                                                  context=0),
                          teacher_dir, overwrite=True).model
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()

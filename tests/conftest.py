@@ -32,7 +32,9 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, sample_stack) -> Path
 
     out = tmp_path_factory.mktemp("models") / "teacher"
     noisy, _ = sample_stack
-    train(noisy, "ZYX", TrainConfig(preset="tiny", iters=150, patch=32, batch=8, device="cpu"), out)
+    # context=0: the shared teacher is a 2-D model (the default, auto, would take the stack's neighbours: slower,
+    # and the tests that use it are about other things; tests/test_context.py trains the context models)
+    train(noisy, "ZYX", TrainConfig(preset="tiny", iters=150, patch=32, batch=8, context=0, device="cpu"), out)
     return out
 
 

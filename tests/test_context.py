@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from napari_atbsn.axes import check_context_length, context_axis, context_offsets, neighbour_planes
+from napari_atbsn.config import CONTEXT_DROPOUT
 from napari_atbsn.errors import AxesError, ConfigError
 from napari_atbsn.models import ATBSN, Student
 
@@ -63,6 +64,61 @@ def test_the_plane_is_blind_inside_the_spot_and_the_neighbours_are_seen(k: int, 
     neighbours = g[channels:]
     assert torch.all(neighbours[:, i, j] > 0)  # the neighbours' pixel at the same place is seen
     assert torch.all(neighbours[:, i - r:i + r + 1, j - r:j + r + 1].sum(dim=(1, 2)) > 0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_in_2d_mode_the_plane_is_still_blind_inside_the_spot(k: int, channels: int) -> None:
+    """A stack-context model given the plane alone (its 2-D mode: zeros for the neighbours, as context dropout
+    trained it) keeps the exact blind spot."""
+    torch.manual_seed(0)
+    model = ATBSN(channels, "tiny", context=1).eval()
+    assert model.single_plane and model.context_dropout == CONTEXT_DROPOUT
+    x = torch.randn(1, channels, 32, 40, requires_grad=True)
+    i, j = 17, 21
+    out = model(x, k)
+    out[0, :, i, j].sum().backward()
+    g = x.grad[0].abs()
+    r = k // 2
+    assert torch.all(g[:, i - r:i + r + 1, j - r:j + r + 1] == 0)
+    assert g.sum() > 0
+    # exactly the network on the plane followed by zero neighbours, through one backbone pass for many k too
+    full = torch.cat([x.detach(), torch.zeros(1, 2 * channels, 32, 40)], dim=1)
+    with torch.no_grad():
+        assert torch.equal(model(full, k), out.detach())
+        assert torch.equal(model.teachers(x.detach(), [k])[0], out.detach())
+
+
+def test_a_plane_alone_is_refused_by_a_network_trained_without_context_dropout() -> None:
+    old = ATBSN(1, "tiny", context=1, context_dropout=0.0)
+    assert not old.single_plane
+    with pytest.raises(ConfigError, match="without context dropout"):
+        old(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ConfigError, match=r"\(B, 3, Y, X\) or \(B, 1, Y, X\) for a plane alone"):
+        ATBSN(1, "tiny", context=1)(torch.randn(1, 2, 32, 32))
+    student = Student("tiny", 1, context=1)
+    assert student(torch.randn(2, 1, 32, 32)).shape == (2, 1, 32, 32)
+    with pytest.raises(ConfigError, match="without context dropout"):
+        Student("tiny", 1, context=1, context_dropout=0.0)(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ConfigError, match="context_dropout"):
+        ATBSN(1, "tiny", context=1, context_dropout=1.0)
+
+
+def test_context_dropout_zeroes_the_neighbours_of_some_samples_by_seed_and_step() -> None:
+    from napari_atbsn.sampling import drop_context
+
+    def batch() -> np.ndarray:
+        return np.ones((200, 6, 4, 4), np.float32)  # 2 channels, 1 neighbour on each side
+
+    a = drop_context(batch(), 2, 0.2, seed=0, step=7)
+    dropped = a[:, 2:].max(axis=(1, 2, 3)) == 0
+    assert np.all(a[:, :2] == 1)  # the plane itself is never touched
+    assert np.all(a[~dropped, 2:] == 1)  # a sample keeps all its neighbours or none
+    assert 20 < dropped.sum() < 60  # about one in five
+    np.testing.assert_array_equal(drop_context(batch(), 2, 0.2, seed=0, step=7), a)  # a resumed run drops the same
+    assert not np.array_equal(drop_context(batch(), 2, 0.2, seed=0, step=8), a)
+    assert np.all(drop_context(batch(), 2, 0.0, seed=0, step=7) == 1)
+    assert drop_context(np.ones((4, 2, 4, 4), np.float32), 2, 0.2, seed=0, step=7).min() == 1  # a 2-D batch
 
 
 def test_a_2d_model_is_unchanged_by_the_context_option() -> None:
@@ -114,8 +170,9 @@ def test_the_model_folder_records_its_context(context_teacher: Path) -> None:
 
     cfg = json.loads((context_teacher / "config.json").read_text())
     assert cfg["arch"]["context"] == 1 and cfg["train"]["context"] == 1
+    assert cfg["arch"]["context_dropout"] == CONTEXT_DROPOUT  # trained for the 2-D mode too
     model = load_model(context_teacher)
-    assert model.context == 1 and model.input_channels == 3
+    assert model.context == 1 and model.input_channels == 3 and model.single_plane
 
 
 def test_in_memory_lazy_and_chunked_outputs_agree(context_teacher: Path, stack: np.ndarray, tmp_path: Path) -> None:
@@ -149,6 +206,8 @@ def test_device_windows_read_the_neighbours_as_the_host_does(context_teacher: Pa
     net, cfg = load_network(context_teacher)
     device = Denoiser(net, cfg, windows_on_device=True)
     np.testing.assert_array_equal(device.denoise(stack[:4], "ZYX", k_b=3), host.denoise(stack[:4], "ZYX", k_b=3))
+    # and the plane alone (2-D mode) with the plane's own constants
+    np.testing.assert_array_equal(device.denoise(stack[0], "YX", k_b=3), host.denoise(stack[0], "YX", k_b=3))
 
 
 def test_context_along_t_and_with_channels(context_teacher: Path, stack: np.ndarray) -> None:
@@ -163,23 +222,65 @@ def test_context_along_t_and_with_channels(context_teacher: Path, stack: np.ndar
     np.testing.assert_array_equal(out[1], model.denoise(stack[::-1], "ZYX", k_b=3))
 
 
-def test_a_context_model_refuses_a_single_plane_and_a_cut_stack(context_teacher: Path, stack: np.ndarray,
-                                                                 tmp_path: Path) -> None:
+def test_a_context_model_denoises_a_single_plane_in_its_2d_mode_and_says_so(
+        context_teacher: Path, stack: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 18: a context model denoises whatever a 2-D model does. Without usable neighbours (a single plane, a
+    stack shorter than 2N + 1) each plane goes alone, the same in memory, lazily and to a file, and every path
+    says why."""
+    import logging
+
     import tifffile
 
+    from napari_atbsn.events import drain
     from napari_atbsn.inference import run
     from napari_atbsn.inference.denoiser import load_model
+    from napari_atbsn.inference.inmemory import iter_denoise_outputs
+    from napari_atbsn.inference.lazy import lazy_denoise
+    from napari_atbsn.inference.quality import calibrate
 
     model = load_model(context_teacher)
+    with caplog.at_level(logging.WARNING, logger="napari_atbsn"):
+        plane = model.denoise(stack[0], "YX", k_b=3)
+    assert "stack context unused: the image (axes 'YX') has no Z or T axis" in caplog.text
+    assert plane.shape == stack[0].shape and np.isfinite(plane).all()
+    assert np.abs(plane - model.denoise(stack, "ZYX", k_b=3)[0]).max() > 1e-4  # not the output with the context
+    short = stack[:2]  # 2 planes: 1 neighbour on each side needs 3
+    outs = drain(iter_denoise_outputs(model, short, "ZYX", ks=[3]))
+    assert outs.context_unused is not None and "2 plane(s) along Z, fewer than the 3" in outs.context_unused
+    np.testing.assert_array_equal(outs[0][1], model.denoise(stack[1], "YX", k_b=3))  # each plane alone
+    np.testing.assert_array_equal(np.asarray(lazy_denoise(short, model, axes="ZYX", k_b=3, chunk=48)), outs[0])
+    tif = tmp_path / "short.tif"
+    tifffile.imwrite(tif, short)
+    res = run.denoise(str(tif), model, tmp_path / "o.tif", axes="ZYX", k_b=3, chunk=48)
+    assert res.messages[0].startswith("stack context unused: 2 plane(s) along Z")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o.tif"), outs[0])
+    cal = calibrate(model, stack[0], "YX")  # auto k_b: calibrated in the 2-D mode, which its sample records
+    assert "stack context unused" in cal.sample and cal.gain_db is not None
+    # an ROI still may not cut the context axis of a stack that has it: its ends would change
+    whole = tmp_path / "in.tif"
+    tifffile.imwrite(whole, stack)
+    with pytest.raises(ConfigError, match="ROI cannot cut that axis"):
+        run.denoise(str(whole), model, tmp_path / "r.tif", axes="ZYX", roi={"Z": slice(1, 3)})
+    assert not (tmp_path / "r.tif").exists()
+
+
+def test_a_context_folder_from_before_context_dropout_still_refuses_a_single_plane(
+        context_teacher: Path, stack: np.ndarray, tmp_path: Path) -> None:
+    import shutil
+
+    from napari_atbsn.inference.denoiser import load_model
+
+    old = tmp_path / "old"
+    shutil.copytree(context_teacher, old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["arch"]["context_dropout"]  # what such a folder records
+    (old / "config.json").write_text(json.dumps(cfg))
+    model = load_model(old)
+    assert not model.single_plane
     with pytest.raises(AxesError, match="neither"):
         model.denoise(stack[0], "YX")
     with pytest.raises(AxesError, match="at least 3 planes along Z; the image has 2"):
         model.denoise(stack[:2], "ZYX")
-    tif = tmp_path / "in.tif"
-    tifffile.imwrite(tif, stack)
-    with pytest.raises(ConfigError, match="ROI cannot cut that axis"):
-        run.denoise(str(tif), model, tmp_path / "o.tif", axes="ZYX", roi={"Z": slice(1, 3)})
-    assert not (tmp_path / "o.tif").exists()
 
 
 def test_auto_k_b_is_calibrated_with_the_neighbours(context_teacher: Path, stack: np.ndarray) -> None:
@@ -193,6 +294,22 @@ def test_auto_k_b_is_calibrated_with_the_neighbours(context_teacher: Path, stack
     f = model.denoise(stack, "ZYX", k_b=cal.k_b).astype(np.float64)
     a = cal.alpha[0]
     np.testing.assert_allclose(out, stack + a * (f - stack), rtol=0, atol=1e-3)
+
+
+def test_the_default_context_is_chosen_from_the_data(stack: np.ndarray, tmp_path: Path) -> None:
+    """Issue 18: the default is ``auto``, which takes neighbours where the stack has independent noise and none for
+    a single image; the folder records the choice and why, and loads."""
+    from napari_atbsn.config import AUTO_CONTEXT, TrainConfig
+    from napari_atbsn.inference.denoiser import load_model
+    from napari_atbsn.training import train
+
+    assert TrainConfig().context == AUTO_CONTEXT
+    quick = TrainConfig(preset="tiny", iters=2, patch=32, batch=2, k_a=3, device="cpu")
+    train(stack, "ZYX", quick, tmp_path / "m")
+    model = load_model(tmp_path / "m")
+    assert model.context == 2 and "independent noise" in model.config["context_choice"]
+    assert model.config["train"]["context"] == 2 and model.single_plane
+    assert train(stack[0], "YX", quick).model.context == 0
 
 
 def test_shared_noise_between_planes_is_refused(tmp_path: Path) -> None:
@@ -236,7 +353,8 @@ def test_student_export_and_cli_carry_the_context(context_teacher: Path, stack: 
     meta = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[META_KEY])
     assert meta["context"]["planes_each_side"] == 1 and meta["context"]["offsets"] == [-1, 1]
     assert main(["info", str(out)]) == 0
-    assert "stack context  1 neighbouring plane(s)" in capsys.readouterr().out
+    assert "stack context  1 neighbouring plane(s) on each side along Z (else T); single planes alone too" in \
+        capsys.readouterr().out
     # the BioImage Model Zoo package validates with the zoo's own test, its input naming the planes
     import zipfile
 

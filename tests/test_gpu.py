@@ -113,7 +113,7 @@ def test_channels_last_training_and_inference_match_contiguous(sample_stack, tmp
     runs = {}
     for cl in (False, True):
         cfg = TrainConfig(preset="tiny", iters=6, patch=32, batch=4, device="cpu", channels_last=cl,
-                          checkpoint_every=0)
+                          checkpoint_every=0, context=0)
         res = train(noisy, "ZYX", cfg, tmp_path / f"cl{cl}")
         runs[cl] = res
         assert load_model(tmp_path / f"cl{cl}").config["train"]["channels_last"] is cl
@@ -228,7 +228,8 @@ def test_amp_training_matches_fp32(precision, sample_stack, tmp_path, monkeypatc
     noisy, clean = sample_stack
     outs, losses = {}, {}
     for amp in (False, True):
-        cfg = TrainConfig(preset="tiny", iters=150, patch=32, batch=8, device="cuda", amp=amp, checkpoint_every=0)
+        cfg = TrainConfig(preset="tiny", iters=150, patch=32, batch=8, device="cuda", amp=amp, checkpoint_every=0,
+                          context=0)
         res = train(noisy, "ZYX", cfg, tmp_path / f"amp{amp}")
         losses[amp] = float(np.mean(res.losses[-30:]))
         outs[amp] = _fresh(tmp_path / f"amp{amp}", device="cuda", amp=False).denoise(noisy[:2], "ZYX")
@@ -266,7 +267,8 @@ def test_channels_last_and_compile_on_cuda_match_fp32(tiny_student, sample_stack
 @needs_cuda
 def test_compiled_amp_training_runs_and_saves_plain_weights(sample_stack, tmp_path) -> None:
     noisy, _ = sample_stack
-    cfg = TrainConfig(preset="tiny", iters=20, patch=32, batch=4, device="cuda", compile=True, checkpoint_every=0)
+    cfg = TrainConfig(preset="tiny", iters=20, patch=32, batch=4, device="cuda", compile=True, checkpoint_every=0,
+                      context=0)
     res = train(noisy, "ZYX", cfg, tmp_path / "c")
     assert np.isfinite(res.losses).all()
     net, _ = load_network(tmp_path / "c")  # the saved names are the module's own, loadable without compile

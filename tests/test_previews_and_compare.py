@@ -16,7 +16,7 @@ from napari_atbsn.events import Preview, PreviewEvent, StepEvent, drain
 from napari_atbsn.inference.inmemory import iter_denoise_outputs
 from napari_atbsn.training import iter_distill, iter_train, iter_train_dbsn
 
-TINY = dict(preset="tiny", iters=6, patch=32, batch=2, device="cpu")
+TINY = dict(preset="tiny", iters=6, patch=32, batch=2, context=0, device="cpu")  # 2-D: stack context is tested apart
 
 
 def collect(gen):

@@ -46,7 +46,8 @@ from napari_atbsn.modelio import CONFIG, OPTIMIZER, WEIGHTS
 from napari_atbsn.training import distill, train
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
-TINY = ["--preset", "tiny", "--patch", "32", "--batch", "2", "--iters", "2", "--device", "cpu"]
+# --context 0: a 2-D model (stack context is tested apart); --device last (some cases replace it)
+TINY = ["--preset", "tiny", "--patch", "32", "--batch", "2", "--iters", "2", "--context", "0", "--device", "cpu"]
 
 
 # -- the inputs -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from napari_atbsn.metrics import psnr
 from napari_atbsn.modelio import read_config
 from napari_atbsn.training import distill_loss, iter_distill, iter_train, train
 
-TINY = dict(preset="tiny", patch=32, batch=2, device="cpu")
+TINY = dict(preset="tiny", patch=32, batch=2, context=0, device="cpu")  # 2-D: stack context is tested apart
 
 
 def test_events_and_cosine_schedule() -> None:
@@ -236,7 +236,8 @@ def test_training_reads_patches_not_the_volume(tmp_path: Path) -> None:
     (array-likes other than files that fit in a quarter of the free memory, which are read once)."""
     rng = np.random.default_rng(0)
     vol = _CountingArray((100 + 10 * rng.normal(size=(40, 96, 96))).astype(np.float32))
-    train(vol, "ZYX", TrainConfig(preset="tiny", iters=3, patch=32, batch=2, device="cpu"), tmp_path / "m")
+    # context=0: auto would read plane pairs to measure their noise, which this count is not about
+    train(vol, "ZYX", TrainConfig(preset="tiny", iters=3, patch=32, batch=2, context=0, device="cpu"), tmp_path / "m")
     plane = 96 * 96
     assert max(vol.reads) <= plane  # never more than one plane at a time
     # the normalisation sample (<= 16 planes), the data record's digest sample (<= 4 planes), the patches
@@ -253,7 +254,8 @@ def test_training_from_a_lazy_file(tmp_path: Path, sample_stack) -> None:
     z = zarr.open_array(tmp_path / "noisy.zarr", mode="w", shape=noisy.shape, chunks=(1, 64, 64), dtype=noisy.dtype)
     z[:] = noisy
     img = open_image(tmp_path / "noisy.zarr", "ZYX")
-    res = train(img, None, TrainConfig(preset="tiny", iters=2, patch=32, batch=2, device="cpu"), tmp_path / "m")
+    res = train(img, None, TrainConfig(preset="tiny", iters=2, patch=32, batch=2, context=0, device="cpu"),
+                tmp_path / "m")
     assert res.steps == 2 and (tmp_path / "m" / "model.safetensors").exists()
 
 

@@ -89,6 +89,7 @@ def test_manifest_lists_every_widget() -> None:
 # -- train -------------------------------------------------------------------------------------------
 def configure_train(w, out: Path, iters: int, preview_every: int = 0) -> None:
     w.preset.value = "tiny"
+    w.context.value = 0  # a 2-D model: the stack-context test sets its own
     w.iters.value, w.patch.value, w.batch.value = iters, 32, 2
     w.device.value = "cpu"
     w.out_dir.value = str(out)
@@ -101,6 +102,7 @@ def test_train_widget_trains_previews_and_saves(viewer, qtbot, tmp_path, errors)
     w = dock(viewer, TrainWidget(viewer))
     assert w.source.axes.value == "ZYX" and w.source.layer.value.name == "cells"
     assert (w.iters.value, w.batch.value) == (TRAIN_DEFAULTS["small"]["iters"], TRAIN_DEFAULTS["small"]["batch"])
+    assert w.context.value == "auto"  # the default: from the stack
     configure_train(w, tmp_path / "teacher", iters=12, preview_every=5)
     w.k_a.value = 5
     w.run_button.click()
@@ -563,3 +565,16 @@ def test_train_widget_trains_a_stack_context_model_and_denoise_uses_it(viewer, q
     np.testing.assert_array_equal(viewer.layers["cells_preview"].data, model.denoise(stack, "ZYX", k_b=model.k_b)[z])
     w.method.value = "dbsn"
     assert not w.context.visible  # D-BSN takes no context
+    # the Denoise widget runs it on a single plane too (its 2-D mode), and says so
+    from napari_atbsn._widgets import DenoiseWidget
+
+    viewer.add_image(stack[z], name="plane")
+    d = dock(viewer, DenoiseWidget(viewer))
+    d.source.layer.value = viewer.layers["plane"]
+    d.model_dir.value = str(tmp_path / "teacher")
+    d.k_b.value, d.device.value = 3, "cpu"
+    d.run_button.click()
+    wait_done(qtbot, d)
+    assert errors == []
+    assert "stack context unused: the image (axes 'YX') has no Z or T axis" in d.status.text()
+    np.testing.assert_array_equal(viewer.layers["plane_atbsn_kb3"].data, model.denoise(stack[z], "YX", k_b=3))

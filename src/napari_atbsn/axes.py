@@ -132,6 +132,27 @@ def context_offsets(context: int) -> list[int]:
     return [s * d for d in range(1, context + 1) for s in (-1, 1)]
 
 
+def context_unused(axes: str, shape: Sequence[int], context: int) -> str | None:
+    """Why an image with ``axes`` and ``shape`` cannot give a model its ``context`` planes on each side (no Z or T
+    axis, or fewer than 2 * context + 1 planes along it: the mirror at the ends needs them), None where it can."""
+    if context == 0:
+        return None
+    axis = context_axis(axes, shape)
+    if axis is None:
+        return f"the image (axes {axes!r}) has no Z or T axis"
+    length = int(shape[axes.index(axis)])
+    if length < 2 * context + 1:
+        return (f"{length} plane(s) along {axis}, fewer than the {2 * context + 1} that {context} neighbouring "
+                f"plane(s) on each side need")
+    return None
+
+
+def context_note(reason: str) -> str:
+    """What a denoise tells its user when a stack-context model denoises each plane alone (``reason``:
+    :func:`context_unused`)."""
+    return f"stack context unused: {reason}; each plane is denoised alone (the model's 2-D mode)"
+
+
 def check_context_length(axes: str, shape: Sequence[int], context: int, *, training: bool = False) -> str | None:
     """The context axis of an image with ``axes`` and ``shape`` for a model taking ``context`` planes on each side
     (None for a 2-D model); refuses an image that has no such axis or too few planes along it, with the fix for

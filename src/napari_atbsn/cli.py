@@ -296,8 +296,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         kind = "mean-teacher" if cfg.get("mean_teacher") else "multi-teacher"
         lines.append(f"teachers       Ks={cfg.get('ks')} ({kind})")
     context = int(arch.get("context", 0))
-    lines.append(f"stack context  {context} neighbouring plane(s) on each side along Z (else T)" if context else
-                 "stack context  none (2-D: plane by plane)")
+    alone = ("single planes alone too (context dropout)" if arch.get("context_dropout") else
+             "stacks only (trained before context dropout)")
+    lines.append(f"stack context  {context} neighbouring plane(s) on each side along Z (else T); {alone}" if context
+                 else "stack context  none (2-D: plane by plane)")
     norm = cfg["normalization"]
     lines += [f"normalization  {norm['mode']} offset={[round(v, 4) for v in norm['offset']]} "
               f"scale={[round(v, 4) for v in norm['scale']]}",

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .axes import check_context_length, guess_axes, neighbour_planes, validate_axes
+from .axes import check_context_length, context_unused, guess_axes, neighbour_planes, validate_axes
 from .config import AUTO_K_B
 from .errors import ConfigError, ImageError
 from .events import drain
@@ -148,7 +148,9 @@ class ComparisonStack:
         for rows, ks in done.values():
             model = self.versions[rows[0]].model
             cal = next((self.versions[r].calibration for r in rows if self.versions[r].calibration), None)
-            if model.context:
+            # a plane read with its neighbours; in a stack too short for them, a single-plane model's 2-D mode
+            if model.context and not (model.single_plane and context_unused(self.axes, self.data.shape,
+                                                                            model.context)):
                 res = self._with_context(model, key, ks, cal)
             else:
                 res = drain(iter_denoise_outputs(model, raw, self.plane_axes, ks=ks, batch_size=self.batch_size,

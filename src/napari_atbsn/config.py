@@ -80,6 +80,13 @@ FIXED_K_B = 3
 #: where the planes repeat one scene) where their noise is measured independent of the plane's, else 0
 #: (napari_atbsn.analysis.plane_noise_correlation).
 AUTO_CONTEXT = "auto"
+#: Share of the training samples of a stack-context model (teacher and student) whose neighbouring planes are
+#: replaced by zeros (in normalised units, the data's typical level). A network that always saw its neighbours has
+#: never learnt to denoise a plane alone; this one-in-five teaches the same network the 2-D task, so it can denoise
+#: a single image, a stack too short for its context or a crop without neighbours (given zeros there), while four
+#: samples in five still learn to use the context. Its cost in the context's own mode is measured in
+#: docs/benchmarks.md ("Stack context").
+CONTEXT_DROPOUT = 0.2
 #: D-BSN's weight of the noise term in the Bayes fusion when a model folder does not say (1: exact posterior).
 DEFAULT_GAMMA = 1.0
 
@@ -197,9 +204,10 @@ class TrainConfig:
                            "data and blended with the input, never worse than it) or a size such as 3",
                            default=AUTO_K_B)
     context: int | str = _help("neighbouring planes on each side along Z (or T) given to the network beside the "
-                               "blind-spot plane: 0 (a 2-D model, plane by plane), N, or 'auto' (chosen from the "
-                               "stack: their noise must be independent of the plane's; atbsn analyze measures it)",
-                               default=0)
+                               "blind-spot plane: 'auto' (chosen from the data: none for single images, stacks "
+                               "too short or planes sharing noise; atbsn analyze measures it), 0 (a 2-D model, "
+                               "plane by plane) or N. A context model also denoises single planes, without context",
+                               default=AUTO_CONTEXT)
     iters: int | None = _help("training iterations (default: preset's)", default=None)
     patch: int | None = _help("square training patch side in pixels; inference windows use the same size",
                               default=None)

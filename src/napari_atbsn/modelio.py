@@ -30,7 +30,7 @@ WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.safe
 _REQUIRED = {"format", "format_version", "kind", "arch", "patch", "normalization"}
 _OPTIONAL = {"package_version", "created", "k_a", "k_b", "ks", "mean_teacher", "teacher", "steps",
              "train", "distill", "data", "state", "halo", "method", "gamma", "phase", "unpaired", "targets",
-             "held_out_rows", "quality"}
+             "held_out_rows", "quality", "context_choice"}
 KINDS = ("atbsn", "student", "dbsn")
 #: A config.json is a few kB: more than this is not ours (and a link to /dev/zero would never end).
 MAX_CONFIG_BYTES = 1 << 20
@@ -206,13 +206,13 @@ def build_model(cfg: dict[str, Any]) -> nn.Module:
                 raise ConfigError(f"unknown preset {arch['preset']!r}")
             return ATBSN(int(arch["in_channels"]), arch["preset"], width=int(arch["width"]),
                          dec_width=int(arch["dec_width"]), depth=int(arch["depth"]),
-                         context=arch.get("context", 0))
+                         context=arch.get("context", 0), context_dropout=arch.get("context_dropout", 0.0))
         if cfg["kind"] == "dbsn":
             return DBSN(int(arch["in_channels"]), arch["preset"], noise_model=arch["noise_model"])
         if arch["preset"] not in STUDENT_PRESETS:
             raise ConfigError(f"unknown student preset {arch['preset']!r}")
         return Student(arch["preset"], int(arch["in_channels"]), blend=arch.get("blend"),
-                       context=arch.get("context", 0))
+                       context=arch.get("context", 0), context_dropout=arch.get("context_dropout", 0.0))
     except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as e:
         raise ModelFolderError(f"invalid 'arch' entry {arch!r} in the model config ({e}).") from None
 
@@ -221,8 +221,10 @@ def arch_dict(model: nn.Module) -> dict[str, Any]:
     """The ``arch`` config entry describing ``model``."""
     from .models import ATBSN, DBSN
 
-    # stack context is recorded only where there is some: 2-D folders keep their exact config (and fingerprint)
-    context = {"context": model.context} if getattr(model, "context", 0) else {}
+    # stack context is recorded only where there is some: 2-D folders keep their exact config (and fingerprint).
+    # Its dropout too: a folder without it (trained before context dropout) cannot denoise a plane alone.
+    context = ({"context": model.context, "context_dropout": model.context_dropout}
+               if getattr(model, "context", 0) else {})
     if isinstance(model, DBSN):
         return {"preset": model.preset, "in_channels": model.in_channels, "noise_model": model.noise_model}
     if isinstance(model, ATBSN):

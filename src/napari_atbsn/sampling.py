@@ -143,3 +143,19 @@ def sample_batch(source: PlaneSource, step: int, *, seed: int, batch: int, patch
         crop = source.read_unit(plane, y0, x0, patch, patch, context)
         out[b] = dihedral(crop, int(rng.integers(8))) if augment else crop
     return out
+
+
+#: The stream of (seed, step) random numbers that context dropout draws from: apart from the patches' (whose draws
+#: stay those of a 2-D run), and a function of the step alone, so a resumed run drops the same samples.
+DROPOUT_STREAM = 1
+
+
+def drop_context(batch: np.ndarray, channels: int, share: float, *, seed: int, step: int) -> np.ndarray:
+    """Context dropout: the neighbouring planes' channels (after the plane's ``channels``) of each sample of a
+    normalised training ``batch`` set to zeros with probability ``share``, in place; the draws depend only on
+    (seed, step). Those samples teach a stack-context network to denoise a plane alone (its 2-D mode)."""
+    if share <= 0 or batch.shape[1] == channels:
+        return batch
+    dropped = np.random.default_rng([seed, step, DROPOUT_STREAM]).random(batch.shape[0]) < share
+    batch[dropped, channels:] = 0
+    return batch

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox
 
+from ..axes import context_note, context_unused
 from ..config import AUTO_K_B, NOISE_MAP
 from ..errors import ConfigError, ImageError
 from ..inference.denoiser import load_model
@@ -115,7 +116,8 @@ class DenoiseWidget(JobWidget):
                 return
             for k, out in zip(ks, outs, strict=True):
                 self._add(src, model, out, k, calibration=outs.calibration)
-            self._say(f"added {', '.join(layer.name for layer in self.layers)}", outs.calibration)
+            self._say(f"added {', '.join(layer.name for layer in self.layers)}", outs.calibration,
+                      outs.context_unused)
 
         self.run_job(f"denoising {src.name}", make, on_event=lambda ev: self.show_progress(*ev, unit="windows"),
                      on_done=done)
@@ -140,7 +142,7 @@ class DenoiseWidget(JobWidget):
             for kk, out in zip(resolve_ks(model, k, noise_map), outs, strict=True):
                 self._add(src, model, out, kk, chunk=chunk, lazy=True, calibration=cal)
             self._say(f"added {', '.join(layer.name for layer in self.layers)} (lazy: each plane is denoised when "
-                      f"shown)", cal)
+                      f"shown)", cal, context_unused(src.axes, np.shape(src.array), model.context))
 
         self.run_job(f"estimating the noise of {src.name}" if auto else f"preparing {src.name}", make, on_done=done)
 
@@ -165,14 +167,17 @@ class DenoiseWidget(JobWidget):
                 self._add(src, model, _in_source_order(open_image(path), src.axes), kk, chunk=result.chunk,
                           output=str(path), calibration=result.calibration)
             self._say(f"wrote {', '.join(str(p) for p in result.paths)} in {result.seconds:.0f} s",
-                      result.calibration)
+                      result.calibration, job.geom.context_unused)
 
         self.run_job(f"denoising {src.name} to {out.name}", make,
                      on_event=lambda ev: self.show_progress(*ev, unit="windows"), on_done=done)
 
     # -- layers --------------------------------------------------------------------------------------
-    def _say(self, msg: str, calibration: Any) -> None:
-        """The status line and a notification; with k_b=auto, the estimated gain too (a loss is a warning)."""
+    def _say(self, msg: str, calibration: Any, context_unused: str | None = None) -> None:
+        """The status line and a notification; with k_b=auto, the estimated gain too (a loss is a warning); why a
+        stack-context model denoised each plane alone (``context_unused``), if it did."""
+        if context_unused:
+            msg += f"; {context_note(context_unused)}"
         if calibration is not None:
             msg += f"; {calibration.line()}"
             if calibration.worse:

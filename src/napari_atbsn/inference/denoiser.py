@@ -29,8 +29,8 @@ class Denoiser:
     """A loaded model with its normalisation and window size, ready to run.
 
     ``denoiser(window)`` takes raw (N, C, P, P) data (numpy or torch, P the
-    training patch size; a stack-context model's C * (2n + 1) channels) and returns it denoised (N, C, P, P) in
-    the same value range.
+    training patch size; a stack-context model's C * (2n + 1) channels, or C alone in its 2-D mode) and returns
+    it denoised (N, C, P, P) in the same value range.
     :meth:`denoise` handles whole images of any size and axes, running the
     network in windows of P with a halo (method.md Decision 8).
     """
@@ -68,6 +68,9 @@ class Denoiser:
         self.context: int = int(config["arch"].get("context", 0))
         #: channels of the network's input: the plane's own, then its neighbours' (axes.context_offsets order)
         self.input_channels: int = self.in_channels * (2 * self.context + 1)
+        #: whether it denoises a plane without its neighbours (2-D mode, given zeros for them): every 2-D model, and
+        #: stack-context models trained with context dropout (folders from before it record none)
+        self.single_plane: bool = not self.context or float(config["arch"].get("context_dropout", 0.0)) > 0
 
         #: Whether windows are cut, normalised and reassembled on the device (inference.device_windows):
         #: None (auto) on CUDA, where the host-side loop would starve the GPU; the host path elsewhere.
@@ -78,6 +81,11 @@ class Denoiser:
         """What the network's input is normalised with: the plane's constants, repeated for each context plane
         (derived, so a normalisation replaced after loading applies to both)."""
         return self.normalization if not self.context else self.normalization.tiled(2 * self.context + 1)
+
+    def normalization_for(self, channels: int) -> Normalization:
+        """What an input of ``channels`` channels is normalised with: :attr:`input_normalization`, or the plane's
+        own constants for a plane alone (a stack-context model's 2-D mode, whose neighbours the network fills)."""
+        return self.normalization if channels == self.in_channels else self.input_normalization
 
     @property
     def compiled(self) -> bool:
@@ -153,7 +161,7 @@ class Denoiser:
     def __call__(self, window: Any, k_b: int | None = None) -> Any:
         is_torch = isinstance(window, torch.Tensor)
         x = window.detach().cpu().numpy() if is_torch else np.asarray(window, dtype=np.float32)
-        y = self.normalization.undo(self.run_normalized(self.input_normalization.apply(x), k_b))
+        y = self.normalization.undo(self.run_normalized(self.normalization_for(x.shape[1]).apply(x), k_b))
         return torch.from_numpy(y) if is_torch else y
 
     def iter_denoise(self, image: Any, axes: str | None = None, *, k_b: int | None = None,

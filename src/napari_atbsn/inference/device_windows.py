@@ -140,9 +140,10 @@ def iter_box_on_device(model: Denoiser, ks: Sequence[OutputKey], grid: PlaneGrid
     todo = list(itertools.product(ys, xs))
     # made before the unit's work is queued: a small copy from pageable memory waits for the device's queue
     off, sc = channel_constants(norm.offset, norm.scale, device)
-    # a stack-context input carries its neighbours' channels too: the same constants, repeated for each plane
-    off_in, sc_in = (off, sc) if not model.context else \
-        channel_constants(model.input_normalization.offset, model.input_normalization.scale, device)
+    # a stack-context input carries its neighbours' channels too: the same constants, repeated for each plane (a
+    # plane alone, the 2-D mode, has its own only)
+    in_norm = model.normalization_for(region.shape[0])
+    off_in, sc_in = (off, sc) if in_norm is norm else channel_constants(in_norm.offset, in_norm.scale, device)
     # one autocast region for the whole unit: autocast keeps its low-precision copies of the weights until
     # the outermost region ends, so they are cast once per unit instead of once per batch
     with torch.no_grad(), autocast(device, model.amp):

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..axes import PLANE_LETTERS, check_context_length, neighbour_planes
+from ..axes import PLANE_LETTERS, check_context_length, context_unused, neighbour_planes
 from ..errors import ImageError, damaged_input
 from ..tiling import Box
 
@@ -21,7 +21,9 @@ class Geometry:
     A unit of work is one plane's block; for a stack-context model (``context`` > 0) it is the plane's block
     followed by the same block of its neighbours along ``context_axis`` (:meth:`read_unit`). ``assembled``
     data already holds each plane's context in its channels (the calibration's sample): the output then has
-    the plane's own channels only.
+    the plane's own channels only. Where the image cannot give a ``single_plane`` model its context (no Z/T axis,
+    too few planes), a unit is the plane alone (``context`` 0): the network's 2-D mode, and ``context_unused``
+    says why.
     """
 
     axes: str
@@ -29,17 +31,23 @@ class Geometry:
     region: Box  # output rows/columns of each plane (the whole plane, or the ROI)
     context: int = 0  # neighbouring planes on each side a unit reads besides its own
     context_axis: str | None = None  # along which plane axis (None: 2-D, or assembled in the channels)
+    context_unused: str | None = None  # why a stack-context model reads each plane alone here (None: it does not)
 
     @classmethod
     def of(cls, axes: str, shape: Sequence[int], region: Box | None = None, *, context: int = 0,
-           assembled: bool = False) -> Geometry:
-        """The geometry of an image for a model taking ``context`` planes on each side (refused where the image
-        has no Z/T axis or too few planes along it, unless ``assembled``)."""
+           assembled: bool = False, single_plane: bool = False) -> Geometry:
+        """The geometry of an image for a model taking ``context`` planes on each side. Where the image has no Z/T
+        axis or too few planes along it (unless ``assembled``) a ``single_plane`` model reads each plane alone;
+        any other is refused."""
         h, w = int(shape[axes.index("Y")]), int(shape[axes.index("X")])
         if min(shape) == 0:
             raise ImageError(f"the image has an empty dimension (shape {tuple(shape)}, axes {axes}).")
+        shape, region = tuple(int(s) for s in shape), region or Box(0, h, 0, w)
+        unused = None if assembled or not single_plane else context_unused(axes, shape, context)
+        if unused is not None:
+            return cls(axes, shape, region, 0, None, unused)
         axis = None if assembled else check_context_length(axes, shape, context)
-        return cls(axes, tuple(int(s) for s in shape), region or Box(0, h, 0, w), context, axis)
+        return cls(axes, shape, region, context, axis)
 
     @property
     def plane_axes(self) -> str:

@@ -7,12 +7,13 @@ which computes the same windows chunk by chunk and streams the result.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..axes import check_image, guess_axes, validate_axes
+from ..axes import check_image, context_note, guess_axes, validate_axes
 from ..config import AUTO_K_B, OutputKey
 from ..errors import ConfigError, ImageError
 from .output_kinds import OUTPUT_DTYPES, resolve_ks
@@ -22,13 +23,18 @@ from .runtime import auto_batch_size, iter_array
 if TYPE_CHECKING:
     from .denoiser import Denoiser
 
+log = logging.getLogger("napari_atbsn")
+
 
 def iter_denoise(model: Denoiser, image: Any, axes: str | None = None, *, k_b: int | None = None,
                  batch_size: int | None = None, dtype: str = "float32") -> Generator[tuple[int, int], None, np.ndarray]:
-    """Denoise plane by plane; yields (windows_done, windows_total); returns the image."""
+    """Denoise plane by plane; yields (windows_done, windows_total); returns the image. A stack-context model
+    given an image without its context (a single plane, too few planes) denoises each plane alone and logs why."""
     outs = yield from iter_denoise_outputs(model, image, axes, ks=resolve_ks(model, k_b), batch_size=batch_size,
                                            dtype=dtype)
     assert outs is not None  # no should_stop: never stopped
+    if outs.context_unused:
+        log.warning(context_note(outs.context_unused))
     return outs[0]
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..axes import context_note
 from ..config import AUTO_K_B
 from ..events import drain
 from ..io.outputs import to_dtype
@@ -21,6 +23,8 @@ from .runtime import Runtime
 if TYPE_CHECKING:
     from .denoiser import Denoiser
     from .quality import Calibration
+
+log = logging.getLogger("napari_atbsn")
 
 
 def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: int | Sequence[int] | None = None,
@@ -37,7 +41,9 @@ def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: 
     t = resolve_target(source, model, axes=axes, k_b=k_b, roi=roi, window=window, halo=halo, dtype=dtype,
                        noise_map=noise_map)
     geom, ks = t.geom, t.ks
-    chunk = chunk or auto_chunk(t.window, t.halo, geom.channels, len(ks), 1, geom.region, context=model.context)
+    if geom.context_unused:
+        log.warning(context_note(geom.context_unused))
+    chunk = chunk or auto_chunk(t.window, t.halo, geom.channels, len(ks), 1, geom.region, context=geom.context)
     if AUTO_K_B in ks and calibration is None:
         calibration = calibrate(model, t.cropped, geom.axes, window=t.window)
     rt = Runtime(model, ks, geom, t.window, t.halo, batch_size or 4, calibration=calibration)

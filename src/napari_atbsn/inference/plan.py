@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..axes import context_axis
+from ..axes import context_axis, context_note, context_unused
 from ..config import AUTO_K_B, OutputKey
 from ..errors import BlindSpotError, ConfigError, ImageError, WriteError
 from ..io.fs import refuse_overlap
@@ -86,14 +86,16 @@ def resolve_target(source: Any, model: Denoiser, *, axes: str | None, k_b: int |
             raise BlindSpotError(f"k_b={k} is too large for {window}-pixel windows: its blind spot would cover "
                                  f"the whole window. Use k_b <= {2 * window - 3} (the paper uses 3).")
     cropped, box, roi_record = roi_box(lazy, roi)
-    axis = context_axis(lazy.axes, lazy.shape) if model.context else None
+    # the stack's own context axis, where the model reads its neighbours along it (not in 2-D mode)
+    reads = model.context and not (model.single_plane and context_unused(lazy.axes, lazy.shape, model.context))
+    axis = context_axis(lazy.axes, lazy.shape) if reads else None
     if axis is not None and roi and axis in {a.upper() for a in roi}:
         # the crop would make the ROI's first and last planes the stack's ends, their neighbours mirrored
         # rather than read: a different result from the same planes of the whole stack
         raise ConfigError(f"the model takes {model.context} neighbouring plane(s) along {axis} as context, so an ROI "
                           f"cannot cut that axis; give Y/X (or other axes) in the ROI, or denoise the whole {axis} "
                           f"range and keep the planes you need.")
-    geom = Geometry.of(cropped.axes, cropped.shape, box, context=model.context)
+    geom = Geometry.of(cropped.axes, cropped.shape, box, context=model.context, single_plane=model.single_plane)
     if geom.channels != model.in_channels:
         raise ImageError(f"the image has {geom.channels} channel(s) (axes {geom.axes}, shape {geom.shape}) but the "
                          f"model expects {model.in_channels}; check --axes or use a model trained on such data.")
@@ -240,12 +242,14 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
               "napari_atbsn": __version__}
     if mixed_precision(model, worker_device):
         record["model"]["mixed_precision"] = True
+    if t.geom.context_unused:  # a stack-context model in its 2-D mode: the record says so, and why
+        record["stack_context"] = context_note(t.geom.context_unused)
     calibration = None
     if AUTO_K_B in t.ks:  # decided once, from a sample of the data, and part of the job's identity
         calibration = calibrate(model, t.cropped, t.geom.axes, window=t.window)
         record["quality"] = calibration.to_record()
     chunk_now = chunk or auto_chunk(t.window, t.halo, t.geom.channels, len(t.ks), workers, t.geom.region,
-                                     context=model.context)
+                                     context=t.geom.context)
     batch_now = batch_size or auto_batch_size(model)
     seen = tuple(s.job() for s in stores)
     chunk_now, batch_now, resumed = adopt_partials(stores, t.ks, record, chunk_now, batch_now,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..analysis import analyze_noise
+from ..axes import context_note, context_unused
 from ..config import BLIND_ESTIMATE, DEFAULT_KS, OutputKey
 from ..errors import ImageError
 from ..events import drain
@@ -121,17 +122,22 @@ class Calibration:
         return (raw + a * (out - raw)).astype(np.float32, copy=False)
 
 
-def sample_planes(data: Any, axes: str, context: int = 0) -> tuple[np.ndarray, str]:
+def sample_planes(data: Any, axes: str, context: int = 0, *, single_plane: bool = False) -> tuple[np.ndarray, str]:
     """Up to :data:`SAMPLE_PLANES` evenly spaced planes, centre-cropped to :data:`SAMPLE_SIDE`, as (P, C, h, w)
     float32, and a description of the sample. With ``context`` each plane's channels are followed by its
-    context planes' (P, C * (2 * context + 1), h, w), what a stack-context network reads."""
+    context planes' (P, C * (2 * context + 1), h, w), what a stack-context network reads; where the data cannot
+    give them (axes.context_unused) and the model is ``single_plane``, the planes alone (its 2-D mode), which the
+    description says."""
     source = plane_source(data, axes)
+    unused = context_unused(source.axes, source.data.shape, context) if single_plane else None
+    context = 0 if unused else context
     h, w = min(source.height, SAMPLE_SIDE), min(source.width, SAMPLE_SIDE)
     y0, x0 = (source.height - h) // 2, (source.width - w) // 2
     idx = np.unique(np.linspace(0, source.n_planes - 1, min(SAMPLE_PLANES, source.n_planes)).round().astype(int))
     planes = np.stack([source.read_unit(int(i), y0, x0, h, w, context) for i in idx])
     whole = len(idx) == source.n_planes and (h, w) == (source.height, source.width)
-    return planes, "the whole image" if whole else f"{len(idx)} plane(s), centre {h}x{w}"
+    sample = "the whole image" if whole else f"{len(idx)} plane(s), centre {h}x{w}"
+    return planes, sample if unused is None else f"{sample}; {context_note(unused)}"
 
 
 def candidate_ks(model: Denoiser, window: int) -> list[int]:
@@ -147,7 +153,7 @@ def calibrate(model: Denoiser, data: Any, axes: str, *, window: int | None = Non
 
     Where the noise cannot be measured (planes under 64x64, a constant or saturated image, NaN pixels) the
     result is :func:`unmeasured`: the model's plain output, its gain unknown, and the reason."""
-    planes, sample = sample_planes(data, axes, model.context)
+    planes, sample = sample_planes(data, axes, model.context, single_plane=model.single_plane)
     # a stack-context sample carries each plane's neighbours after its own channels: the noise, the risk and the
     # blend are the plane's own; the neighbours only go to the network (their noise is independent of it)
     own, context = planes[:, :model.in_channels], planes[:, model.in_channels:]
@@ -165,12 +171,12 @@ def calibrate(model: Denoiser, data: Any, axes: str, *, window: int | None = Non
 def run_sample(model: Denoiser, y: np.ndarray, context: np.ndarray | None, keys: list[Any], batch_size: int,
                ) -> list[np.ndarray]:
     """The outputs ``keys`` of ``model`` for the calibration's sample planes ``y`` (P, C, h, w), with their
-    context planes (P, C * 2n, h, w) beside them for a stack-context model; float64."""
+    context planes (P, C * 2n, h, w) beside them for a stack-context model (none: its 2-D mode); float64."""
     x = y.astype(np.float32)
     if context is not None and context.shape[1]:
         x = np.concatenate([x, context.astype(np.float32, copy=False)], axis=1)
     outs = drain(iter_array(model, x, "SCYX", ks=keys, batch_size=batch_size, dtype="float32",
-                            assembled=bool(model.context)))
+                            assembled=x.shape[1] != model.in_channels))
     return [o.astype(np.float64) for o in outs]
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..axes import context_note
 from ..errors import ConfigError, ReadError, WriteError
 from ..events import drain
 from ..io.filewriters import file_axes, tiff_axes
@@ -85,6 +86,8 @@ def iter_run(job: Plan, *, scheduler: str = "sync", workers: int = 1, should_sto
         if log:
             log(msg)
 
+    if job.geom.context_unused:
+        say(context_note(job.geom.context_unused))
     with output_lock(job):
         start_stores(job)
         units = job.units()

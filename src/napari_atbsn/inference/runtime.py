@@ -82,8 +82,8 @@ class Runtime:
         if raw.dtype.kind in "fc" and not np.all(np.isfinite(raw)):
             index = self.geom.plane_index(plane) if plane is not None else {}
             where = f" in plane {', '.join(f'{a}={i}' for a, i in index.items())}" if index else ""
-            if where and self.model.context:  # a stack-context unit holds its neighbouring planes too
-                where += f" or its {2 * self.model.context} neighbouring plane(s)"
+            if where and self.geom.context:  # a stack-context unit holds its neighbouring planes too
+                where += f" or its {2 * self.geom.context} neighbouring plane(s)"
             raise ImageError(f"the image contains NaN or Inf pixels{where} near rows {box.y0}..{box.y1}, columns "
                              f"{box.x0}..{box.x1}; replace them (e.g. with the local median) before denoising.")
         oy, ox = origin
@@ -110,7 +110,7 @@ class Runtime:
         # raw pixels are cast and normalised batch by batch as windows are cut (iter_box), and the result is
         # mapped back to the data's units in place: no whole-chunk temporaries
         result = yield from iter_box(self.windows, read, self.grid, box, batch_size=self.batch_size,
-                                     prepare=self.model.input_normalization.apply_, out=out)
+                                     prepare=self.model.normalization_for(raw.shape[0]).apply_, out=out)
         for r, k in zip(result, self.net_ks, strict=True):
             self.model.undo_output(r, k, in_place=True)
         return result
@@ -169,9 +169,11 @@ def auto_batch_size(model: Denoiser) -> int:
 
 class Denoised(list):
     """The outputs of an in-memory denoise, one array per requested key, and what ``auto`` decided (its
-    :class:`~napari_atbsn.inference.quality.Calibration`, with the estimated gain), or None."""
+    :class:`~napari_atbsn.inference.quality.Calibration`, with the estimated gain), or None; ``context_unused``:
+    why a stack-context model denoised each plane alone (its 2-D mode), or None."""
 
     calibration: Calibration | None = None
+    context_unused: str | None = None
 
 
 def iter_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Sequence[OutputKey], batch_size: int,
@@ -180,12 +182,12 @@ def iter_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Sequence[Outp
     """Denoise an in-memory array plane by plane (each plane one chunk; unvalidated: callers check the
     input); returns one array per k, with the calibration of ``auto``. ``assembled``: a stack-context model's
     planes arrive with their context already in the channels (Geometry)."""
-    geom = Geometry.of(axes, arr.shape, context=model.context, assembled=assembled)
+    geom = Geometry.of(axes, arr.shape, context=model.context, assembled=assembled, single_plane=model.single_plane)
     rt = Runtime(model, ks, geom, model.patch, model.halo, batch_size, calibration=calibration)
     grid = rt.grid
     out_dtype = arr.dtype if dtype == "input" else np.dtype(np.float32)
     outs = Denoised(np.empty(geom.out_shape(), dtype=output_dtype(k, out_dtype)) for k in ks)
-    outs.calibration = calibration
+    outs.calibration, outs.context_unused = calibration, geom.context_unused
     total = geom.n_planes * grid.count(geom.region)
     done = 0
     # float32 outputs whose channels come before the rows (YX, CYX, ZCYX ...) are written by the windows straight

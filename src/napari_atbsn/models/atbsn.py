@@ -26,7 +26,15 @@ from torch import nn
 
 from ..config import ATBSN_PRESETS, UNetArch, check_context, check_k
 from ..errors import BlindSpotError, ConfigError
-from .blocks import LEAK, float32_output, init_weights, pad_to_multiple, shift_rows
+from .blocks import (
+    LEAK,
+    complete_input,
+    context_dropout_of,
+    float32_output,
+    init_weights,
+    pad_to_multiple,
+    shift_rows,
+)
 from .unet import UNet
 
 #: torch.rot90 ``k`` for the official order rot0, rot90 (clockwise), rot180, rot270.
@@ -56,12 +64,18 @@ class ATBSN(nn.Module):
 
     context : int
         Neighbouring planes on each side taken as context (0: a 2-D model).
+    context_dropout : float, optional
+        Share of the training samples whose neighbours were zeros (default
+        :data:`~napari_atbsn.config.CONTEXT_DROPOUT`; 0: a folder trained before context dropout). Above 0 the
+        network also denoises a plane alone (its 2-D mode: :attr:`single_plane`).
 
-    Call ``model(x, k=3)`` with ``x`` of shape (B, C * (2 * context + 1), Y, X), any Y and X.
+    Call ``model(x, k=3)`` with ``x`` of shape (B, C * (2 * context + 1), Y, X), any Y and X; a stack-context model
+    with :attr:`single_plane` also takes (B, C, Y, X), the plane alone.
     """
 
     def __init__(self, in_channels: int = 3, preset: str = "paper", *, width: int | None = None,
-                 dec_width: int | None = None, depth: int | None = None, context: int = 0) -> None:
+                 dec_width: int | None = None, depth: int | None = None, context: int = 0,
+                 context_dropout: float | None = None) -> None:
         super().__init__()
         if in_channels < 1:
             raise ConfigError(f"in_channels={in_channels} must be at least 1.")
@@ -69,6 +83,7 @@ class ATBSN(nn.Module):
         self.preset = preset
         self.in_channels = in_channels
         self.context = check_context(context)
+        self.context_dropout = context_dropout_of(self.context, context_dropout)
         #: channels of the network's input: the centre plane's, then its neighbours'
         self.input_channels = in_channels * (2 * self.context + 1)
         d = self.arch.dec_width
@@ -83,6 +98,16 @@ class ATBSN(nn.Module):
         init_weights(self, last=self.nin_C)
         float32_output(self.nin_C)
 
+    @property
+    def single_plane(self) -> bool:
+        """Whether the network denoises a plane without its neighbours (a 2-D network; a stack-context one trained
+        with context dropout, given zeros for them)."""
+        return not self.context or self.context_dropout > 0
+
+    def complete(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's full input: ``x``, or a plane alone followed by zeros for its neighbours (2-D mode)."""
+        return complete_input(x, self.in_channels, self.input_channels, self.single_plane)
+
     # -- the k-independent part --------------------------------------------
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """UNet features of the four rotations, each in its rotated frame.
@@ -93,8 +118,7 @@ class ATBSN(nn.Module):
         (upward) receptive field, and zeros carry no pixel's own noise, so
         the padding cannot leak a value around the blind spot.
         """
-        if x.ndim != 4 or x.shape[1] != self.input_channels:
-            raise ConfigError(f"expected input of shape (B, {self.input_channels}, Y, X), got {tuple(x.shape)}.")
+        x = self.complete(x)
         m = self.arch.multiple
         x = x[:, :self.in_channels]  # the centre plane: the only one behind the blind spot
         rotated = [torch.rot90(x, r, dims=(2, 3)) for r in ROTATIONS]
@@ -118,6 +142,7 @@ class ATBSN(nn.Module):
         plane's channels are cut off first: this branch sees no pixel of the plane being denoised."""
         if not self.context:
             return None
+        x = self.complete(x)
         h, w = x.shape[-2:]
         m = self.arch.multiple
         # reflect-padding is safe here (unlike in the blind branch): these pixels carry none of the centre's noise
@@ -143,6 +168,7 @@ class ATBSN(nn.Module):
     def forward(self, x: torch.Tensor, k: int = 3) -> torch.Tensor:
         """Denoise ``x`` (B, C, Y, X) with a ``k x k`` blind spot (k = 0: none)."""
         check_k(k)
+        x = self.complete(x)
         return self.head(self.features(x), k, self.context_features(x))
 
     def teachers(self, x: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
@@ -154,5 +180,6 @@ class ATBSN(nn.Module):
         ks = [check_k(k) for k in ks]
         if not ks:
             raise BlindSpotError("ks is empty; give at least one blind-spot size, e.g. [0, 1, 3, 5, 7, 9, 11].")
+        x = self.complete(x)
         feats, ctx = self.features(x), self.context_features(x)
         return torch.stack([self.head(feats, k, ctx) for k in ks], dim=0)

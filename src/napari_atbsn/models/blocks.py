@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import CONTEXT_DROPOUT
+from ..errors import ConfigError
+
 LEAK = 0.1  # LeakyReLU slope used throughout the paper's networks.
 
 
@@ -105,3 +108,30 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "constant") -> t
     if mode == "reflect" and (ph >= h or pw >= w):
         mode = "replicate"  # reflect needs the pad to be smaller than the side
     return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def context_dropout_of(context: int, dropout: float | None) -> float:
+    """A stack-context network's context dropout: ``dropout``, or :data:`~napari_atbsn.config.CONTEXT_DROPOUT` when
+    None (what training uses); 0 for a 2-D network."""
+    if not context:
+        return 0.0
+    p = CONTEXT_DROPOUT if dropout is None else float(dropout)
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"context_dropout={dropout!r} must be a share from 0 to below 1, e.g. {CONTEXT_DROPOUT}.")
+    return p
+
+
+def complete_input(x: torch.Tensor, in_channels: int, input_channels: int, single_plane: bool) -> torch.Tensor:
+    """A network's (B, ``input_channels``, Y, X) input: ``x`` itself, or for a stack-context network given the plane's
+    ``in_channels`` alone (its 2-D mode), the plane followed by zeros for its neighbours, as context dropout trained
+    it (zeros are the data's typical level after normalisation, and hold none of the plane's noise)."""
+    if x.ndim == 4 and x.shape[1] == input_channels:
+        return x
+    if x.ndim == 4 and x.shape[1] == in_channels and single_plane:
+        return torch.cat([x, x.new_zeros(x.shape[0], input_channels - in_channels, *x.shape[2:])], dim=1)
+    if x.ndim == 4 and x.shape[1] == in_channels:
+        raise ConfigError(f"the network takes {input_channels // in_channels - 1} neighbouring plane(s) beside the "
+                          f"plane and was trained without context dropout, so it cannot denoise a plane alone; give "
+                          f"(B, {input_channels}, Y, X), or train it again.")
+    alone = f" or (B, {in_channels}, Y, X) for a plane alone" if single_plane and in_channels != input_channels else ""
+    raise ConfigError(f"expected input of shape (B, {input_channels}, Y, X){alone}, got {tuple(x.shape)}.")

@@ -23,7 +23,16 @@ from torch import nn
 
 from ..config import ATBSN_PRESETS, STUDENT_MULTIPLE, STUDENT_PRESETS, UNetArch, check_context
 from ..errors import ConfigError
-from .blocks import ConvBlock, float32_output, init_weights, pad_to_multiple, pool, upsample
+from .blocks import (
+    ConvBlock,
+    complete_input,
+    context_dropout_of,
+    float32_output,
+    init_weights,
+    pad_to_multiple,
+    pool,
+    upsample,
+)
 from .unet import UNet
 
 # Conv widths of the small students, per stage (the last dec1 width is C).
@@ -81,13 +90,16 @@ class Student(nn.Module):
     context : int
         Neighbouring planes on each side in the input (the teacher's): the input has C * (2 * context + 1)
         channels, the centre plane's first; the output is the centre plane's C.
+    context_dropout : float, optional
+        Share of the distillation samples whose neighbours were zeros (the teacher's; see
+        :class:`~napari_atbsn.models.ATBSN`): above 0 the student also takes the plane alone, (B, C, Y, X).
 
     Any Y x X works: the input is reflect-padded at the bottom and right to the
     network's multiple and the output cropped back.
     """
 
     def __init__(self, preset: str = "C", in_channels: int = 3, blend: Sequence[float] | None = None, *,
-                 context: int = 0) -> None:
+                 context: int = 0, context_dropout: float | None = None) -> None:
         super().__init__()
         if preset not in STUDENT_PRESETS:
             raise ConfigError(f"Unknown student preset {preset!r}; choose one of {', '.join(STUDENT_PRESETS)}.")
@@ -96,6 +108,7 @@ class Student(nn.Module):
         self.preset = preset
         self.in_channels = in_channels
         self.context = check_context(context)
+        self.context_dropout = context_dropout_of(self.context, context_dropout)
         self.input_channels = in_channels * (2 * self.context + 1)
         self.multiple = STUDENT_MULTIPLE[preset]
         if preset in _SMALL:
@@ -118,8 +131,14 @@ class Student(nn.Module):
         weights = torch.tensor(self.blend_weights or (1.0,) * in_channels, dtype=torch.float32)
         self.register_buffer("blend", weights.reshape(1, -1, 1, 1), persistent=False)
 
+    @property
+    def single_plane(self) -> bool:
+        """Whether the student denoises a plane without its neighbours (see :attr:`ATBSN.single_plane`)."""
+        return not self.context or self.context_dropout > 0
+
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """The network's own output, before the blend with the input (what distillation trains)."""
+        x = complete_input(x, self.in_channels, self.input_channels, self.single_plane)
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, self.multiple, mode="reflect")
         body = self.net if self.preset in _SMALL else self.unet

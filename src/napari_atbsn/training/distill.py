@@ -40,7 +40,7 @@ from ..inference.quality import Calibration, calibrate
 from ..modelio import arch_dict, load_network
 from ..models import ATBSN, Student
 from ..normalization import Normalization
-from ..sampling import PlaneSource, check_patch_fits, plane_source, sample_batch
+from ..sampling import PlaneSource, check_patch_fits, drop_context, plane_source, sample_batch
 from .harness import (
     TrainResult,
     check_resumed_data,
@@ -109,7 +109,8 @@ def make_student(cfg: DistillConfig, channels: int, teacher_net: torch.nn.Module
     Returns the student and whether it was initialised from the teacher."""
     torch.manual_seed(cfg.seed)
     # the student reads what its teacher reads: the plane and the same neighbouring planes
-    student = Student(cfg.student, channels, blend=blend, context=getattr(teacher_net, "context", 0))
+    student = Student(cfg.student, channels, blend=blend, context=getattr(teacher_net, "context", 0),
+                      context_dropout=getattr(teacher_net, "context_dropout", 0.0))
     initialised = False
     if cfg.init_from_teacher and cfg.student == "C" and not resume:
         try:
@@ -174,8 +175,11 @@ def iter_distill(data: Any, teacher: str | Path, axes: str | None = None, config
     band = held_out_rows(source.height, cfg.patch)
 
     def batch_fn(step: int) -> np.ndarray:
-        return in_norm.apply(sample_batch(source, step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch,
-                                          rows=source.height - band, context=net.context))
+        x = in_norm.apply(sample_batch(source, step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch,
+                                       rows=source.height - band, context=net.context))
+        # the teacher's 2-D mode taught to the student on the same share of samples (none for a teacher trained
+        # before context dropout: its output without neighbours is nothing to learn)
+        return drop_context(x, source.channels, student.context_dropout, seed=cfg.seed, step=step)
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
         # |x + α(s − x) − (x + α(T_k − x))| = α|s − T_k|: the blended student learns the blended targets exactly

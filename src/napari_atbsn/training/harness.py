@@ -206,9 +206,9 @@ def preview_runner(preview: Preview | None, model: torch.nn.Module, config_fn: C
                          f"the training data.")
     context = getattr(model, "context", 0)
     neighbours = preview.neighbours(context) if context and preview.neighbours is not None else None
-    if context and neighbours is None:
-        # a stack-context network cannot denoise a crop without its neighbouring planes: the run trains without
-        # previews rather than failing on them
+    if context and neighbours is None and not getattr(model, "single_plane", True):
+        # a crop without its neighbouring planes is previewed in the network's 2-D mode; a student of a teacher
+        # trained before context dropout has none: the run trains without previews rather than failing on them
         return {}
 
     def run(steps: int) -> np.ndarray:

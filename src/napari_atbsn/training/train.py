@@ -17,7 +17,7 @@ from ..config import AUTO_CONTEXT, TrainConfig, resume_config
 from ..events import CheckpointEvent, Preview, PreviewEvent, StepEvent, drain
 from ..modelio import arch_dict
 from ..models import ATBSN
-from ..sampling import sample_batch
+from ..sampling import drop_context, sample_batch
 from .harness import (
     TrainResult,
     checkpoint_config,
@@ -65,8 +65,10 @@ def iter_train(data: Any, axes: str | None = None, config: TrainConfig | None = 
     c = source.channels
 
     def batch_fn(step: int) -> np.ndarray:
-        return in_norm.apply(sample_batch(source, step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch,
-                                          context=cfg.context))
+        x = in_norm.apply(sample_batch(source, step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch,
+                                       context=cfg.context))
+        # some samples without their neighbours: the same network learns to denoise a plane alone (2-D mode)
+        return drop_context(x, c, model.context_dropout, seed=cfg.seed, step=step)
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
         # the target is the plane itself (its first C channels); the neighbours are input only
