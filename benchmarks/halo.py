@@ -21,6 +21,13 @@ whole image in one window (no seams at all): how many *pixels* of halo the paper
 what a larger window keeps while the share of computed pixels falls.
 
     python benchmarks/halo.py --train paper:1500 --device cuda --sets polyu,fmd --window 256 --halos 64,48,32,16
+
+With ``--windows W1,W2,...`` the cached teacher and student run in each window instead (halo a quarter of the
+window for the teacher, an eighth for the student): whether a network trained on 64-pixel patches keeps its
+quality in larger windows. (A blind-spot teacher does not, which is why ``atbsn denoise`` refuses a window
+larger than a teacher's training patch.)
+
+    PYTHONPATH=src python benchmarks/halo.py --sets sample,polyu --windows 32,48,64,96,128,256
 """
 
 from __future__ import annotations
@@ -86,6 +93,26 @@ def fresh(args) -> None:
                       f"{diff:.3f} |", flush=True)
 
 
+def windows(args) -> None:
+    """The cached teacher and student in each of ``--windows`` (the first ``--images`` images of each set)."""
+    print("| data | network (trained on patch 64) | window | halo | PSNR |")
+    print("|---|---|---|---|---|")
+    for name in args.sets.split(","):
+        tag, k_b = SETS[name]
+        d = load(name)
+        noisy, clean = d["noisy"][:args.images], d["clean"][:args.images]
+        nets = [(f"teacher, k_b {k_b}", CACHE / tag / "teacher", [k_b], 4)]
+        if (CACHE / tag / "student_A_300").exists():
+            nets.append(("student A", CACHE / tag / "student_A_300", [None], 8))
+        for label, path, ks, fraction in nets:
+            model = load_model(path)
+            for w in (int(v) for v in args.windows.split(",")):
+                model.patch, model.halo = w, w // fraction
+                (out,) = drain(iter_denoise_outputs(model, noisy, d["axes"], ks=ks, batch_size=4))
+                print(f"| {name} | {label} | {w} | {model.halo} | "
+                      f"{psnr(out, clean, data_range=d['drange']):.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default=",".join(SETS))
@@ -95,7 +122,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="with --train")
     ap.add_argument("--window", type=int, default=256, help="with --train: the window")
     ap.add_argument("--halos", default="64,48,32,16", help="with --train: halos in pixels")
+    ap.add_argument("--windows", default=None, help="run the cached networks in each of these windows instead")
+    ap.add_argument("--images", type=int, default=1, help="with --windows: how many images of each set to score")
     args = ap.parse_args()
+    if args.windows:
+        windows(args)
+        return
     if args.train:
         fresh(args)
         return
