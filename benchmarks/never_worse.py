@@ -98,7 +98,7 @@ def teacher_outputs(name: str, d: dict, k_a: int, iters: int, patch: int, batch:
     from napari_atbsn.inference.inmemory import iter_denoise_outputs
     from napari_atbsn.training import train
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     tag = CACHE / f"{name}_ka{k_a}_i{iters}_p{patch}_b{batch}"
     out_file = tag / "outputs.npz"
     if out_file.exists():
@@ -135,7 +135,7 @@ def product_defaults(name: str, d: dict, k_a: int, iters: int, patch: int, batch
     from napari_atbsn.inference.inmemory import iter_denoise_outputs
     from napari_atbsn.training import distill
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     tag = CACHE / f"{name}_ka{k_a}_i{iters}_p{patch}_b{batch}"
     cache = tag / f"defaults_s{student_iters}.npz"
     if cache.exists():
@@ -161,6 +161,7 @@ def product_defaults(name: str, d: dict, k_a: int, iters: int, patch: int, batch
 K_A = {"sample": 7, "sample-light": 7, "polyu": 9, "fmd": 1, "w2s": 1}  # analysis.recommendation (dbsn -> 1)
 ITERS, PATCH, BATCH = 400, 64, 8
 STUDENTS = False  # --defaults
+THREADS = 1  # --threads
 
 
 # -------------------------------------------------------------------------------------------- analysis
@@ -286,15 +287,18 @@ def table(results: list[dict]) -> str:
 
 
 def main() -> None:
+    global STUDENTS, ITERS, PATCH, THREADS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=[*DATASETS, "all"], default="all")
     ap.add_argument("--window", type=int, default=None, help="local blend window (default: risk.LOCAL_WINDOW)")
     ap.add_argument("--safety", type=float, default=None, help="override risk.BLEND_SAFETY")
     ap.add_argument("--defaults", action="store_true", help="also the product's default outputs: the teacher's "
                     "auto output and student A (300 steps) distilled with blended targets, with their estimates")
+    ap.add_argument("--iters", type=int, default=ITERS, help="teacher training steps (a new cache entry)")
+    ap.add_argument("--patch", type=int, default=PATCH, help="teacher training patch (a new cache entry)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     args = ap.parse_args()
-    global STUDENTS
-    STUDENTS = args.defaults
+    STUDENTS, ITERS, PATCH, THREADS = args.defaults, args.iters, args.patch, args.threads
     from napari_atbsn import risk as rk
 
     names = DATASETS if args.dataset == "all" else (args.dataset,)
