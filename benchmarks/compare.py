@@ -8,6 +8,8 @@ Methods (each runs in its own process, so wall time and peak memory are its own)
   (the autocovariance that ``atbsn analyze`` measures, as a PSD);
 * ``n2v`` and ``structn2v``: CAREamics 0.3.5 Noise2Void and structN2V (cross mask, span 5),
   CAREamics' own defaults otherwise (UNet depth 2, Adam, ReduceLROnPlateau);
+* ``n2v3d``: CAREamics Noise2Void in 3-D on a Z stack (patches 16x64x64, batch 8): the peer that
+  also reads the neighbouring planes (issue 18); on data without Z it is skipped;
 * ``atbsn``: one AT-BSN teacher (k_a 9), scored at k_b 0, 1, 3, 5, 7, 9, 11 from one pass,
   and the teacher ensemble: the mean over Ks {0, 1, 3, 5, 7, 9, 11} (method.md Table 2);
 * ``atbsn-auto``: what a user gets by default: a teacher with the k_a that ``atbsn analyze``
@@ -62,7 +64,8 @@ from real_data import load  # the datasets and their conventions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compare"
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "images"
-METHODS = ("bm3d-sigma", "bm3d-psd", "n2v", "structn2v", "atbsn", "atbsn-auto", "students", "dbsn", "atbsn-context")
+METHODS = ("bm3d-sigma", "bm3d-psd", "n2v", "structn2v", "n2v3d", "atbsn", "atbsn-auto", "students", "dbsn",
+           "atbsn-context")
 KB_SWEEP = (0, 1, 3, 5, 7, 9, 11)
 TABLE_KBS = (0, 1, 3, 5, 9)
 ENSEMBLE_KS = (0, 1, 3, 5, 7, 9, 11)
@@ -299,33 +302,43 @@ def careamics_axes(axes: str) -> str:
     return axes.replace("Z", "S")  # N2V here is 2-D: the planes of a stack are samples
 
 
-def run_careamics(noisy, axes, ev_noisy, args, work: Path, struct: bool) -> tuple[dict, dict]:
+def run_careamics(noisy, axes, ev_noisy, args, work: Path, struct: bool, three_d: bool = False
+                  ) -> tuple[dict, dict]:
     from careamics import CAREamist
     from careamics.config import create_advanced_n2v_config
 
-    cax = careamics_axes(axes)
+    if three_d and not axes.startswith("Z"):
+        return {}, {}
+    cax = axes if three_d else careamics_axes(axes)
     channels = noisy.shape[-1] if "C" in axes else None
     h, m = divmod(int(args.budget), 3600)
     trainer = {"max_time": f"00:{h:02d}:{m // 60:02d}:{m % 60:02d}", "accelerator": "auto",
                "enable_progress_bar": False}
+    exp = "n2v3d" if three_d else "structn2v" if struct else "n2v"
     cfg = create_advanced_n2v_config(
-        experiment_name="structn2v" if struct else "n2v", data_type="array", axes=cax, patch_size=[64, 64],
-        batch_size=32, num_epochs=100_000, num_steps=50, n_channels=channels,
+        experiment_name=exp, data_type="array", axes=cax, patch_size=[16, 64, 64] if three_d else [64, 64],
+        batch_size=8 if three_d else 32, num_epochs=100_000, num_steps=50, n_channels=channels,
         struct_n2v_axes="cross" if struct else "none", struct_n2v_span=5,
         augmentations=[] if struct else None, num_workers=0, trainer_params=trainer, seed=1)
-    cam = CAREamist(cfg, work_dir=work / ("structn2v" if struct else "n2v"), enable_progress_bar=False)
+    cam = CAREamist(cfg, work_dir=work / exp, enable_progress_bar=False)
     t0 = time.perf_counter()
     cam.train(train_data=noisy.astype(np.float32))
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pred, _ = cam.predict(ev_noisy.astype(np.float32), axes=cax, tile_size=(256, 256), tile_overlap=(48, 48),
-                          batch_size=4)
+    if three_d:  # the whole stack, so the scored planes have their neighbours; then the scored planes
+        pred, _ = cam.predict(noisy.astype(np.float32), axes=cax, tile_size=(16, 256, 256),
+                              tile_overlap=(8, 48, 48), batch_size=1)
+        pred = [np.asarray(pred[0])[:len(ev_noisy)]] if len(pred) == 1 else pred
+    else:
+        pred, _ = cam.predict(ev_noisy.astype(np.float32), axes=cax, tile_size=(256, 256), tile_overlap=(48, 48),
+                              batch_size=4)
     # CAREamics 0.3.5 returns one array for an array input, in the input's axis order (checked: S Y X C)
     out = np.asarray(pred[0], dtype=np.float32)
     if len(pred) != 1 or out.shape != ev_noisy.shape:
         raise RuntimeError(f"unexpected CAREamics prediction: {len(pred)} arrays, first {out.shape}; expected one "
                            f"{ev_noisy.shape}")
-    name = "structN2V (CAREamics, cross mask)" if struct else "Noise2Void (CAREamics)"
+    name = ("Noise2Void 3-D (CAREamics)" if three_d else "structN2V (CAREamics, cross mask)" if struct
+            else "Noise2Void (CAREamics)")
     steps = int(cam.trainer.global_step)
     return {name: out}, {name: {"train_s": t_train, "steps": steps, "infer_s": time.perf_counter() - t0}}
 
@@ -382,6 +395,7 @@ def worker(args: Any) -> None:
           "bm3d-psd": lambda: run_bm3d(noisy, axes, ev_noisy, args, work, psd=True),
           "n2v": lambda: run_careamics(noisy, axes, ev_noisy, args, work, struct=False),
           "structn2v": lambda: run_careamics(noisy, axes, ev_noisy, args, work, struct=True),
+          "n2v3d": lambda: run_careamics(noisy, axes, ev_noisy, args, work, struct=False, three_d=True),
           "atbsn": lambda: run_atbsn(noisy, axes, ev_noisy, args, work),
           "atbsn-auto": lambda: run_atbsn_auto(noisy, axes, ev_noisy, args, work),
           "students": lambda: run_students(noisy, axes, ev_noisy, args, work),
