@@ -196,14 +196,33 @@ def iter_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Sequence[Outp
     # path every float32 output is written in place: the device puts the result in the array's own order.
     cyx = [a for a in axes if a in "CYX"]
     direct = all(o.dtype == np.float32 for o in outs) and (cyx[-2:] == ["Y", "X"] or model.windows_on_device)
+    # the per-plane (C, h, w) results of the other outputs: one buffer for all planes (a fresh 50 MB array per
+    # 2048² RGB plane costs its page faults again each time)
+    first = geom.source_index(0, 0, geom.height, 0, geom.width)
+    scratch = None if direct else [np.empty(geom.to_cyx(o[first]).shape, np.float32) for o in outs]
+    if not direct:
+        for o in outs:  # fault the new pages in on one thread: copy_into's threads fault them 5x slower
+            o.fill(0)
     for n in range(geom.n_planes):
         box = geom.region
         index = geom.source_index(n, 0, geom.height, 0, geom.width)
         raw = geom.read_unit(arr, n, 0, geom.height, 0, geom.width)
-        into = [geom.to_cyx(o[index]) for o in outs] if direct else None
+        into = [geom.to_cyx(o[index]) for o in outs] if direct else scratch
         result = yield from counted(rt.iter_unit(raw, (0, 0), box, plane=n, out=into), done, total)
         done += grid.count(box)
         if not direct:
             for o, res in zip(outs, result, strict=True):
-                o[index] = from_cyx(to_dtype(res, o.dtype), geom)
+                if o.dtype == np.float32:
+                    copy_into(o[index], from_cyx(res, geom))
+                else:
+                    o[index] = from_cyx(to_dtype(res, o.dtype), geom)
     return outs
+
+
+def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` for float32 arrays of one shape in different memory orders (a plane's (C, h, w) result
+    into a channel-last image): torch's strided copy runs on all intra-op threads, numpy's on one (a 2048² RGB
+    plane: 4.5 against 15 ms on 2 cores). The bytes are the same."""
+    import torch
+
+    torch.from_numpy(dst).copy_(torch.from_numpy(src))
