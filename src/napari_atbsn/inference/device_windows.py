@@ -192,7 +192,7 @@ def _run_unit(model: Denoiser, ks: Sequence[OutputKey], grid: PlaneGrid, x: torc
         except (RuntimeError, MemoryError) as e:
             if not is_oom(e):
                 raise
-            on_oom(e, len(batch))
+            on_oom(e, len(tiles))  # the windows the call had, padding included
             continue
         if result is None:
             result = torch.empty((res.shape[0], res.shape[2], *box.shape), dtype=torch.float32, device=device)

@@ -200,8 +200,8 @@ def iter_array(model: Denoiser, arr: np.ndarray, axes: str, *, ks: Sequence[Outp
     # 2048² RGB plane costs its page faults again each time)
     first = geom.source_index(0, 0, geom.height, 0, geom.width)
     scratch = None if direct else [np.empty(geom.to_cyx(o[first]).shape, np.float32) for o in outs]
-    if not direct:
-        for o in outs:  # fault the new pages in on one thread: copy_into's threads fault them 5x slower
+    for o in outs:
+        if not direct and o.dtype == np.float32:  # fault copy_into's new pages in on one thread (its threads: 5x)
             o.fill(0)
     for n in range(geom.n_planes):
         box = geom.region
