@@ -57,6 +57,7 @@ def test_train_info_distill_denoise(tmp_path: Path, noisy_tif: Path, capsys) -> 
     (["denoise", "{noisy}", "-m", "{tmp}/nomodel", "-o", "{tmp}/o.png"], "unsupported output type"),
     (["denoise", "{noisy}", "-m", "{tmp}/nomodel", "-o", "{tmp}/nofolder/o.tif"], "does not exist"),
     (["train", "{noisy}", "-o", "{tmp}/m", "--resume"], "nothing to resume"),
+    (["demo", "-o", "{tmp}/d", "--size", "32"], r"--size 32 must be a whole number of at least 64"),
     (["distill", "{noisy}", "--teacher", "{tmp}/nomodel", "-o", "{tmp}/s"], "does not exist"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path: Path, noisy_tif: Path, capsys, args, message) -> None:
@@ -79,7 +80,8 @@ def test_denoise_refuses_existing_output_and_kb_for_student(tmp_path: Path, nois
 
 
 def test_demo_tiny(tmp_path: Path, capsys) -> None:
-    code, out = _run(capsys, "demo", "-o", tmp_path / "demo", "--preset", "tiny", "--device", "cpu")
+    code, out = _run(capsys, "demo", "-o", tmp_path / "demo", "--preset", "tiny", "--device", "cpu", "--planes", "4",
+                     "--size", "128")
     assert code == 0, out
     for line in ("noisy input", "AT-BSN teacher, default", "student tiny", "gain dB: estimated / true"):
         assert line in out

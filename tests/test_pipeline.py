@@ -148,8 +148,11 @@ def test_stopped_job_resumes_to_a_byte_identical_result(tmp_path: Path, tiny_tea
     assert not work.exists()
 
 
-def test_sigkill_at_any_moment_then_rerun_gives_identical_bytes(tmp_path: Path, tiny_teacher: Path) -> None:
-    """Kill -9 a real `atbsn denoise` mid-way; the same command finishes it, equal to an uninterrupted run."""
+@pytest.mark.parametrize("name", ["o.ome.zarr", "o.tif"])
+def test_sigkill_at_any_moment_then_rerun_gives_identical_bytes(tmp_path: Path, tiny_teacher: Path, name: str,
+                                                                 ) -> None:
+    """Kill -9 a real `atbsn denoise` mid-way; the same command finishes it, equal to an uninterrupted run, for an
+    OME-Zarr (chunks in the work store) and a TIFF (written in place, under a hidden name until complete)."""
     import signal
     import subprocess
     import sys
@@ -158,11 +161,13 @@ def test_sigkill_at_any_moment_then_rerun_gives_identical_bytes(tmp_path: Path, 
     img = _volume((6, 96, 96), seed=9)
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, img, metadata={"axes": "ZYX"})
+    # a fixed k_b: the calibration of auto (tested elsewhere) would triple the time of each run
     cmd = [sys.executable, "-m", "napari_atbsn", "denoise", str(src), "-m", str(tiny_teacher), "--chunk", "32",
-           "--device", "cpu", "--dtype", "input"]
-    subprocess.run([*cmd, "-o", str(tmp_path / "ref.ome.zarr")], check=True, capture_output=True)
-    out = tmp_path / "o.ome.zarr"
-    done_dir = tmp_path / ".o.ome.zarr.partial" / ".atbsn-done"
+           "--device", "cpu", "--dtype", "input", "--k-b", "3"]
+    ref = tmp_path / name.replace("o.", "ref.")
+    subprocess.run([*cmd, "-o", str(ref)], check=True, capture_output=True)
+    out = tmp_path / name
+    done_dir = tmp_path / f".{name}.partial" / ".atbsn-done"
     proc = subprocess.Popen([*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and (not done_dir.exists() or len(list(done_dir.iterdir())) < 10):
@@ -175,11 +180,15 @@ def test_sigkill_at_any_moment_then_rerun_gives_identical_bytes(tmp_path: Path, 
     rerun = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming" in rerun.stderr
-    ref_arr, out_arr = zarr.open_array(tmp_path / "ref.ome.zarr" / "0"), zarr.open_array(out / "0")
+    if name.endswith(".tif"):
+        assert out.read_bytes() == ref.read_bytes()
+        assert not list(tmp_path.glob(".o.tif*"))  # no work store, no hidden file left
+        return
+    ref_arr, out_arr = zarr.open_array(ref / "0"), zarr.open_array(out / "0")
     assert out_arr.dtype == np.uint16
     np.testing.assert_array_equal(out_arr[:], ref_arr[:])
-    for chunk in sorted((tmp_path / "ref.ome.zarr" / "0").rglob("*")):  # the stored chunks, byte for byte
-        rel = chunk.relative_to(tmp_path / "ref.ome.zarr")
+    for chunk in sorted((ref / "0").rglob("*")):  # the stored chunks, byte for byte
+        rel = chunk.relative_to(ref)
         if chunk.is_file() and rel.name != ".zattrs":
             assert (out / rel).read_bytes() == chunk.read_bytes(), rel
 
@@ -213,12 +222,14 @@ def test_ome_zarr_output_has_ngff_multiscales(tmp_path: Path, tiny_teacher: Path
     assert nodes and len(nodes[0].data) == 3 and nodes[0].data[0].shape == (2, 90, 70)
 
 
-def test_tiff_output_is_tiled_bigtiff_with_axes(tmp_path: Path, rgb_model: Path) -> None:
+def test_tiff_output_is_contiguous_bigtiff_with_axes(tmp_path: Path, rgb_model: Path) -> None:
     model = load_model(rgb_model)
     img = _volume((2, 50, 41, 2), seed=11)
     res = denoise(img, model, tmp_path / "o.tif", axes="ZYXC", chunk=32, dtype="input")
     with tifffile.TiffFile(res.paths[0]) as tf:
-        assert tf.is_bigtiff and tf.pages[0].is_tiled and tf.series[0].axes == "ZCYX"
+        # strips, not tiles (ImageJ's own reader opens it), all pixels in one run (it memory-maps)
+        assert tf.is_bigtiff and not tf.pages[0].is_tiled and tf.series[0].axes == "ZCYX"
+        assert tf.series[0].dataoffset is not None
         data = tf.series[0].asarray()
     zres = denoise(img, model, tmp_path / "o.ome.zarr", axes="ZYXC", chunk=32, dtype="input")
     zarr_img = open_image(zres.paths[0])
@@ -537,7 +548,7 @@ def test_tiff_outputs_keep_the_inputs_axes_pixel_sizes_and_colour(tmp_path: Path
     res = denoise(tmp_path / "hs.tif", identity_model(2, 32, offset=1000.0, scale=50.0), tmp_path / "o.tif",
                   k_b=3, dtype="input")
     with tifffile.TiffFile(res.paths[0]) as tf:
-        assert tf.is_ome and tf.pages[0].is_tiled and tf.series[0].axes == "ZCYX"
+        assert tf.is_ome and tf.series[0].axes == "ZCYX"
         np.testing.assert_array_equal(tf.series[0].asarray(), hyper)
         assert "PhysicalSizeX=\"0.2\"" in tf.ome_metadata and "PhysicalSizeZ=\"1.5\"" in tf.ome_metadata
     back = open_image(res.paths[0])
@@ -590,17 +601,41 @@ def test_pixel_sizes_are_read_in_their_unit_and_written_as_micrometres(tmp_path:
     assert open_image(z).scale == pytest.approx(want)
 
 
-def test_tiff_and_npy_outputs_read_their_work_store_in_whole_chunk_rows() -> None:
-    """Each chunk is decompressed once: bands are whole chunk rows as far as 64 MiB allows, in TIFF tiles."""
-    from types import SimpleNamespace
+@pytest.mark.parametrize(("kind", "store_ax", "out_ax", "shape"), [
+    ("tiff", "CZYX", "ZCYX", (2, 3, 40, 37)),   # a grey hyperstack: one page per plane and channel
+    ("tiff", "CZYX", "ZYXC", (3, 2, 40, 37)),   # RGB: interleaved samples, the channels last in the file
+    ("npy", "TZYX", "ZTYX", (2, 3, 40, 37)),
+])
+def test_in_place_outputs_take_units_in_any_order_and_shape(tmp_path: Path, kind: str, store_ax: str, out_ax: str,
+                                                           shape: tuple[int, ...]) -> None:
+    """TIFF and .npy outputs are written in place, unit by unit, in the store's axis order: whole-width units
+    (one write per page) and narrower ones (one per row), in any order, give exactly the array, in the file's
+    axis order; the file is refused if it is not the one the job created."""
+    from napari_atbsn.io.filewriters import InPlaceFile, create_npy, create_tiff
 
-    from napari_atbsn.io.filewriters import band_rows
-
-    store = SimpleNamespace(chunks=(1, 320, 320))
-    assert band_rows(store, 1, 2048 * 4) == 25 * 320  # 8192 rows of 8 KiB fit in 64 MiB: 25 whole chunk rows
-    assert band_rows(store, 1, 2048 * 4, 256) == 16 * 512  # in tiles, a chunk row is rounded up to 512 rows
-    assert band_rows(store, 1, 300_000 * 4, 256) == 256  # a chunk row of a 300k-wide plane does not fit
-    assert band_rows(store, 1, 300_000 * 4) == 55
+    rng = np.random.default_rng(3)
+    want = rng.normal(size=shape).astype(np.float32)
+    out_shape = tuple(shape[store_ax.index(a)] for a in out_ax)
+    path = tmp_path / f"o.{kind}"
+    if kind == "tiff":
+        create_tiff(path, out_shape, np.float32, out_ax, {"X": 0.5, "Y": 0.5})
+    else:
+        create_npy(path, out_shape, np.float32)
+    f = InPlaceFile(path, kind, shape, np.float32, store_ax, out_ax)
+    lead = store_ax[:2]
+    boxes = [(0, 13, 0, 37), (13, 40, 0, 20), (13, 40, 20, 37)]  # whole rows, then two narrower units
+    units = [(i, j, b) for i in range(shape[0]) for j in range(shape[1]) for b in boxes]
+    if "C" in lead:  # channels travel together in a unit
+        units = [(slice(None), j, b) for j in range(shape[1]) for b in boxes]
+    for n in rng.permutation(len(units)):
+        i, j, (y0, y1, x0, x1) = units[n]
+        idx = (i, j, slice(y0, y1), slice(x0, x1))
+        f[idx] = want[idx]
+    f.close()
+    got = tifffile.imread(path) if kind == "tiff" else np.load(path)
+    np.testing.assert_array_equal(got.reshape(out_shape), np.transpose(want, [store_ax.index(a) for a in out_ax]))
+    with pytest.raises(WriteError, match="is not the partial output this job created"):
+        InPlaceFile(path, kind, (shape[0], shape[1], 40, 36), np.float32, store_ax, out_ax)
 
 
 def test_a_teacher_refuses_windows_larger_than_its_training_patch(tmp_path: Path, tiny_teacher: Path,

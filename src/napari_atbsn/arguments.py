@@ -161,7 +161,7 @@ def _add_denoise(sub: Any) -> None:
                    "PNG/JPEG")
     n.add_argument("-m", "--model", required=True, help="model folder")
     n.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output .ome.zarr/.zarr (OME-NGFF, with a pyramid), .tif (BigTIFF, tiled) or .npy")
+                   help="output .ome.zarr/.zarr (OME-NGFF, with a pyramid), .tif (OME-TIFF, BigTIFF) or .npy")
     n.add_argument("--k-b", type=_k_b, nargs="+", metavar="K",
                    help="inference blind-spot size(s) (teachers only; default: the model's). Several values give "
                    "several outputs, OUT_kbK, from one network pass per window. 'auto' chooses k_b from the data "
@@ -232,6 +232,8 @@ def _add_demo(sub: Any) -> None:
     m.add_argument("-o", "--output", default="atbsn-demo", help="folder for models and results")
     m.add_argument("--iters", type=int, default=None, help="teacher training iterations")
     m.add_argument("--distill-iters", type=int, default=None, help="distillation iterations")
+    m.add_argument("--planes", type=int, default=8, help="planes of the generated sample stack")
+    m.add_argument("--size", type=int, default=256, help="side of the sample's planes in pixels (at least 64)")
     m.add_argument("--preset", default="small", choices=["paper", "small", "tiny"], help=TRAIN_HELP["preset"])
     m.add_argument("--device", default="auto", help=TRAIN_HELP["device"])
     m.add_argument("--overwrite", action="store_true", help="replace the demo's files in a folder that is not empty")

@@ -352,7 +352,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(args.output, preset=args.preset, iters=args.iters, distill_iters=args.distill_iters, device=args.device,
-             overwrite=args.overwrite)
+             planes=args.planes, size=args.size, overwrite=args.overwrite)
     return 0
 
 

@@ -54,6 +54,10 @@ def run_demo(output: str | Path = "atbsn-demo", *, preset: str = "small", iters:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{flag} {value} must be a positive number of steps (leave it out for the preset's "
                               f"{t_iters if flag == '--iters' else d_iters}).")
+    for flag, value, least in (("--planes", planes, 2), ("--size", size, 64)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{flag} {value} must be a whole number of at least {least} (the defaults are 8 planes "
+                              f"of 256x256).")
     prepare_demo_folder(out, overwrite)
     noisy, clean = make_sample(planes=planes, size=size)
     write_image(out / "noisy.tif", noisy, "ZYX", overwrite=True)

@@ -344,9 +344,10 @@ def human_bytes(n: int) -> str:
 def check_free_space(stores: Sequence[OutputStore], ks: Sequence[Any], geom: Geometry, dtype: np.dtype) -> None:
     """Refuse up front what cannot fit, instead of failing hours in with a full disk.
 
-    A TIFF or .npy output needs its work store plus the final file, each about the raw size; a Zarr output
-    is its work store renamed, counted at the raw size plus a third for the pyramid (denoised float data
-    compresses little). What a resumed job's work store already holds on disk is not asked for again.
+    A TIFF or .npy output is its raw size, written in place; a Zarr output is its work store renamed,
+    counted at the raw size plus a third for the pyramid (denoised float data compresses little). What a
+    resumed job already holds on disk (its work store, a TIFF's or .npy's partly written file) is not asked
+    for again.
     """
     import shutil
 
@@ -354,16 +355,23 @@ def check_free_space(stores: Sequence[OutputStore], ks: Sequence[Any], geom: Geo
     need: dict[Path, int] = {}
     for store, k in zip(stores, ks, strict=True):
         raw = pixels * output_dtype(k, dtype).itemsize
-        total = 2 * raw if store.kind != "zarr" else raw * 4 // 3
+        total = raw if store.kind != "zarr" else raw * 4 // 3
         folder = store.final.parent.resolve()
-        need[folder] = need.get(folder, 0) + max(0, total - disk_usage(store.work))
+        held = disk_usage(store.work) + (file_usage(store.writing) if store.kind != "zarr" else 0)
+        need[folder] = need.get(folder, 0) + max(0, total - held)
     for folder, n in need.items():
         free = shutil.disk_usage(folder).free
         if n > free:
-            zarr_only = all(s.kind == "zarr" for s in stores if s.final.parent.resolve() == folder)
-            hint = "" if zarr_only else ", or use an .ome.zarr output (no second copy)"
             raise WriteError(f"the output needs about {human_bytes(n)} more in {folder} but only "
-                             f"{human_bytes(free)} is free; free space or write to another disk{hint}.")
+                             f"{human_bytes(free)} is free; free space or write to another disk.")
+
+
+def file_usage(path: Path) -> int:
+    """Bytes a (sparse, partly written) file takes on disk; 0 if it does not exist."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
 
 
 def disk_usage(folder: Path) -> int:

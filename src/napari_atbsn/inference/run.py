@@ -37,6 +37,7 @@ from .schedulers import (
 )
 
 if TYPE_CHECKING:
+    from ..io.outputs import OutputStore
     from ..io.readers import LazyImage
     from .denoiser import Denoiser
     from .geometry import Geometry
@@ -157,18 +158,23 @@ def start_stores(job: Plan) -> None:
     for s, resumed, k in zip(job.stores, job.resumed, job.ks, strict=True):
         if not resumed:
             s.create(job.store_record(k), shape=shape, chunks=chunks, dtype=str(output_dtype(k, job.out_dtype)),
-                     axes=st_axes)
+                     axes=st_axes, out_axes=output_axes(job, s), scale=job.source.scale)
 
 
 def finish_stores(job: Plan) -> None:
     """Every unit is done: build the final outputs; in two steps, so one output failing to write (disk full)
     leaves all of them resumable."""
     for s in job.stores:
-        out_axes = tiff_axes(job.geom.axes, job.geom.channels) if s.kind == "tiff" else file_axes(job.geom.axes)
-        s.prepare(axes=job.record["axes"], out_axes=out_axes, scale=job.source.scale,
-                  name=s.final.name)
+        s.prepare(axes=job.record["axes"], scale=job.source.scale, name=s.final.name)
     for s in job.stores:
         s.commit()
+
+
+def output_axes(job: Plan, store: OutputStore) -> str | None:
+    """The axis order of a TIFF or .npy output's file (None for OME-Zarr, which keeps the store's)."""
+    if store.kind == "tiff":
+        return tiff_axes(job.geom.axes, job.geom.channels)
+    return file_axes(job.geom.axes) if store.kind == "npy" else None
 
 
 def store_shape(geom: Geometry, st_axes: str) -> tuple[int, ...]:

@@ -1,45 +1,36 @@
-"""TIFF and .npy outputs, streamed from a finished work store (:mod:`napari_atbsn.io.outputs`) band by band,
-so no output is ever whole in memory."""
+"""TIFF and .npy outputs, written in place while the job runs.
+
+The file is created empty when the job starts: an uncompressed BigTIFF (or a .npy) whose pixels lie in one
+contiguous run after its header, in the output's axis order. Every unit writes its rows straight to their
+offsets with ``os.pwrite`` (thread- and process-safe, no lock: units never share a row span), so finishing
+the job is an fsync and a rename, not a second pass over the data. ``pwrite`` rather than a memory map: a
+full disk raises an ``OSError`` the caller can report (a map would die of SIGBUS), and written pages do not
+count against the process's memory.
+
+The file lives under a hidden name (``.NAME.writing``, see :class:`~napari_atbsn.io.outputs.OutputStore`)
+until every unit is done, so a half-written output never looks complete.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .fs import fsync_file
+from ..errors import WriteError
 from .units import OME_UNIT
 
-TIFF_TILE = 256
-BAND_BYTES = 64 << 20  # the most a TIFF or .npy output reads from its work store at once
+#: Rows per TIFF strip. The strips are contiguous in the file, so this only sets the granularity a reader
+#: fetches at: 64 rows of a 2048-wide float32 plane are 512 KiB.
+STRIP_ROWS = 64
 
 
 def file_axes(axes: str) -> str:
     """Axes of a TIFF/.npy output: the input's order with Y and X moved last (TIFF stores 2-D pages)."""
     return "".join(a for a in axes if a not in "YX") + "YX"
-
-
-def band_rows(arr: Any, yi: int, row_bytes: int, step: int = 1) -> int:
-    """Rows a TIFF or .npy output reads from its work store at once: as many whole storage chunk rows as fit
-    :data:`BAND_BYTES` (each chunk is decompressed once, not once per band), in multiples of ``step`` (the TIFF
-    tile); fewer than one chunk row only where a chunk row of a very wide plane does not fit."""
-    chunk_rows = arr.chunks[yi] if hasattr(arr, "chunks") else step
-    unit = max(step, -(-chunk_rows // step) * step)
-    fit = max(step, BAND_BYTES // max(1, row_bytes) // step * step)
-    return fit // unit * unit if unit <= fit else fit
-
-
-def _pages(arr: Any, store_ax: str, out_ax: str) -> Iterator[tuple[tuple[Any, ...], tuple[int, ...]]]:
-    """For each page of the output (index over its non-YX axes), the matching store index."""
-    lead = out_ax[:-2]
-    sizes = [arr.shape[store_ax.index(a)] for a in lead]
-    for page in np.ndindex(*sizes):
-        idx: list[Any] = [slice(None)] * len(store_ax)
-        for a, i in zip(lead, page, strict=True):
-            idx[store_ax.index(a)] = int(i)
-        yield tuple(idx), page
 
 
 def tiff_axes(axes: str, channels: int) -> str:
@@ -50,53 +41,31 @@ def tiff_axes(axes: str, channels: int) -> str:
     return file_axes(axes)
 
 
-def write_tiff_tiled(path: Path, arr: Any, store_ax: str, out_ax: str, scale: dict[str, float] | None = None,
-                     *, uid: str | None = None) -> None:
-    """Tiled BigTIFF streamed from ``arr`` one band of tiles at a time, read back as the input was read.
+def create_tiff(path: Path, shape: tuple[int, ...], dtype: Any, out_ax: str, scale: dict[str, float] | None = None,
+                *, uid: str | None = None) -> None:
+    """An empty (sparse) uncompressed BigTIFF of ``shape`` in axes ``out_ax``, its pixels contiguous.
 
     OME-TIFF metadata name the axes and the physical pixel sizes (``scale``, also as the resolution tags),
-    which Fiji (Bio-Formats), napari and tifffile read. One page per plane and channel, or, where ``out_ax``
-    ends in C (:func:`tiff_axes`), RGB pages with interleaved samples, which viewers show in colour.
-    Independent samples (S) have no OME axis: those files get tifffile's shaped description instead.
+    which Fiji (Bio-Formats, and ImageJ's own reader: strips, not tiles), napari and tifffile read. One page
+    per plane and channel, or, where ``out_ax`` ends in C (:func:`tiff_axes`), RGB pages with interleaved
+    samples, which viewers show in colour. Independent samples (S) have no OME axis: those files get
+    tifffile's shaped description instead.
     """
     import tifffile
 
-    yi, xi = store_ax.index("Y"), store_ax.index("X")
-    h, w = arr.shape[yi], arr.shape[xi]
-    tile = min(TIFF_TILE, -(-max(h, w) // 16) * 16)  # TIFF tiles are multiples of 16
-    shape = tuple(arr.shape[store_ax.index(a)] for a in out_ax)
     rgb = out_ax.endswith("C")
-    ci = store_ax.index("C") if rgb else None
-    samples = (arr.shape[ci],) if ci is not None else ()
-    page_ax = out_ax[:-1] if rgb else out_ax
-
-    rows = band_rows(arr, yi, w * arr.dtype.itemsize * int(np.prod(samples)), tile)
-
-    def tiles() -> Iterator[np.ndarray]:
-        for idx, _ in _pages(arr, store_ax, page_ax):
-            for y0 in range(0, h, rows):
-                band_idx = list(idx)
-                band_idx[yi] = slice(y0, min(y0 + rows, h))
-                band = np.asarray(arr[tuple(band_idx)])  # (rows, w), or (C, rows, w) for RGB (store order)
-                if rgb:
-                    band = np.moveaxis(band, 0, -1)
-                for y in range(0, band.shape[0], tile):
-                    for x in range(0, w, tile):
-                        part = band[y:y + tile, x:x + tile]
-                        if part.shape[:2] == (tile, tile):
-                            yield np.ascontiguousarray(part)
-                            continue
-                        t = np.zeros((tile, tile, *samples), dtype=arr.dtype)
-                        t[:part.shape[0], :part.shape[1]] = part
-                        yield t
-
     ome, metadata, extra = _tiff_metadata(out_ax, scale or {})
     if ome and uid:
         metadata["UUID"] = uid
-    with tifffile.TiffWriter(path, bigtiff=True, ome=ome) as tw:
-        tw.write(tiles(), shape=shape, dtype=arr.dtype, tile=(tile, tile), photometric="rgb" if rgb else "minisblack",
-                 planarconfig="contig" if rgb else None, metadata=metadata, **extra)
-    fsync_file(path, strict=False)
+    tifffile.imwrite(path, None, shape=shape, dtype=np.dtype(dtype), bigtiff=True, ome=ome,
+                     photometric="rgb" if rgb else "minisblack", planarconfig="contig" if rgb else None,
+                     rowsperstrip=STRIP_ROWS, metadata=metadata, **extra)
+
+
+def create_npy(path: Path, shape: tuple[int, ...], dtype: Any) -> None:
+    """An empty (sparse) .npy of ``shape`` and ``dtype``."""
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
+    del mm
 
 
 def _tiff_metadata(out_ax: str, scale: dict[str, float]) -> tuple[bool, dict[str, Any], dict[str, Any]]:
@@ -116,20 +85,96 @@ def _tiff_metadata(out_ax: str, scale: dict[str, float]) -> tuple[bool, dict[str
     return ome, metadata, extra
 
 
-def write_npy_banded(path: Path, arr: Any, store_ax: str, out_ax: str) -> None:
-    """A .npy in the output's axes order, written through a memory map one band at a time."""
-    yi = store_ax.index("Y")
-    h = arr.shape[yi]
-    shape = tuple(arr.shape[store_ax.index(a)] for a in out_ax)
-    mm = np.lib.format.open_memmap(path, mode="w+", dtype=arr.dtype, shape=shape)
+def data_offset(path: Path, kind: str, shape: tuple[int, ...], dtype: Any) -> int:
+    """Where the contiguous pixels of an output file created here start; a file that does not hold
+    ``shape`` x ``dtype`` contiguously (damaged, or replaced by another program) is refused."""
+    dtype = np.dtype(dtype)
     try:
-        rows = band_rows(arr, yi, arr.shape[store_ax.index("X")] * arr.dtype.itemsize)
-        for idx, page in _pages(arr, store_ax, out_ax):
-            for y in range(0, h, rows):
-                band_idx = list(idx)
-                band_idx[yi] = slice(y, min(y + rows, h))
-                mm[(*page, slice(y, min(y + rows, h)))] = np.asarray(arr[tuple(band_idx)])
-        mm.flush()
-    finally:
-        del mm
-    fsync_file(path, strict=False)
+        if kind == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                series = tf.series[0]
+                offset, found = series.dataoffset, (int(np.prod(series.shape)), series.dtype)
+        else:
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)(f)
+                offset, found = f.tell(), (int(np.prod(header[0])), header[2])
+        size = os.path.getsize(path)
+    except Exception as e:  # any parse failure means the same thing here: not the file this job created
+        raise WriteError(f"{path} is not the partial output this job created ({e}); run again with --overwrite "
+                         f"to start over.") from None
+    if offset is None or found != (int(np.prod(shape)), dtype) or size < offset + int(np.prod(shape)) * dtype.itemsize:
+        raise WriteError(f"{path} is not the partial output this job created (its pixels are not "
+                         f"{'x'.join(map(str, shape))} {dtype} in one run); run again with --overwrite to start over.")
+    return int(offset)
+
+
+def _pwrite_all(fd: int, buf: np.ndarray, offset: int) -> None:
+    view = memoryview(buf).cast("B")
+    while view.nbytes:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+class InPlaceFile:
+    """The pixels of an output file created by :func:`create_tiff` / :func:`create_npy`, written in place.
+
+    Indexed like the work store's array: ``f[idx] = data``, ``idx`` in the store's axis order ``store_ax``
+    (an int per plane axis, slices over Y, X and C), ``data`` with one axis per slice. The file holds the
+    same pixels in its own order ``out_ax``; each page's rows are written with one ``pwrite`` per run of
+    whole rows, or one per row where the unit is narrower than the plane.
+    """
+
+    def __init__(self, path: Path, kind: str, shape: tuple[int, ...], dtype: Any, store_ax: str, out_ax: str,
+                 ) -> None:
+        if sorted(store_ax) != sorted(out_ax) or len(shape) != len(store_ax):
+            raise ValueError(f"store axes {store_ax!r} and file axes {out_ax!r} do not match shape {shape}")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.store_ax, self.out_ax = store_ax, out_ax
+        self.out_shape = tuple(shape[store_ax.index(a)] for a in out_ax)
+        self.offset = data_offset(path, kind, self.out_shape, self.dtype)
+        self.tail = 3 if out_ax.endswith("C") else 2  # Y, X (and the interleaved samples of an RGB page)
+        self.row_bytes = int(np.prod(self.out_shape[-self.tail + 1:])) * self.dtype.itemsize
+        self.page_bytes = self.out_shape[-self.tail] * self.row_bytes
+        self.fd = os.open(path, os.O_WRONLY)
+        self._close = weakref.finalize(self, os.close, self.fd)
+
+    def close(self) -> None:
+        self._close()
+
+    def __setitem__(self, idx: tuple[Any, ...], data: np.ndarray) -> None:
+        starts, full = [], np.asarray(data)
+        for i, (a, sel) in enumerate(zip(self.store_ax, idx, strict=True)):
+            if isinstance(sel, slice):
+                start, _stop, step = sel.indices(self.shape[i])
+                if step != 1:
+                    raise ValueError("in-place outputs take contiguous slices only")
+                starts.append(start)
+            else:
+                starts.append(int(sel))
+                full = np.expand_dims(full, i)
+            if a in "YX" and starts[-1] + full.shape[i] > self.shape[i]:
+                raise ValueError(f"unit of {full.shape} at {starts} leaves the output {self.shape}")
+        order = [self.store_ax.index(a) for a in self.out_ax]
+        block = np.transpose(full, order)
+        start = [starts[i] for i in order]
+        lead = len(self.out_ax) - self.tail
+        if self.tail == 3 and block.shape[-1] != self.out_shape[-1]:
+            raise ValueError("a unit of an RGB output holds all its samples")
+        lead_shape = self.out_shape[:lead]
+        y0, x0 = start[lead], start[lead + 1]
+        h, w = block.shape[lead], block.shape[lead + 1]
+        x_bytes = x0 * self.row_bytes // self.out_shape[lead + 1]
+        for local in np.ndindex(*block.shape[:lead]):
+            page = int(np.ravel_multi_index(tuple(s + j for s, j in zip(start[:lead], local, strict=True)),
+                                            lead_shape)) if lead else 0
+            base = self.offset + page * self.page_bytes + y0 * self.row_bytes
+            rows = np.ascontiguousarray(block[local], dtype=self.dtype)
+            if w == self.out_shape[lead + 1]:
+                _pwrite_all(self.fd, rows, base)
+            else:
+                for r in range(h):
+                    _pwrite_all(self.fd, rows[r], base + r * self.row_bytes + x_bytes)

@@ -1,17 +1,20 @@
 """Streaming, resumable outputs of a chunked denoise: OME-Zarr, BigTIFF and .npy.
 
-Every output is first built in a work store beside it, ``.NAME.partial``: an
-OME-Zarr group (zarr v2, OME-NGFF 0.4) whose level-0 array has one storage
-chunk per unit of work, so units can be written by any worker in any order.
-After a unit's chunk is stored, an empty marker file records it as done. A
-run killed at any moment leaves at worst a chunk without its marker, which
-the next run recomputes; markers therefore never lie.
+Every output has a work store beside it, ``.NAME.partial``: a zarr group
+that records the job and, in ``.atbsn-done``, one empty marker file per unit
+of work whose pixels are stored. An OME-Zarr output (zarr v2, OME-NGFF 0.4)
+keeps its pixels in that group, one storage chunk per unit, so units can be
+written by any worker in any order; a TIFF or .npy output keeps them in the
+file itself, created empty under the hidden name ``.NAME.writing`` when the
+job starts and written in place (:mod:`napari_atbsn.io.filewriters`). A unit
+is marked done only after its pixels are stored. A run killed at any moment
+leaves at worst a unit stored without its marker, which the next run
+recomputes; markers therefore never lie.
 
-When every unit is done, the store is finished: OME-Zarr gets its pyramid
-and NGFF metadata and is renamed to NAME; TIFF and .npy are streamed tile by
-tile (band by band) into a temporary file renamed to NAME. So NAME exists
-only when it is complete, and an older NAME replaced with ``overwrite`` is
-kept until the new one is.
+When every unit is done, the output is finished: OME-Zarr gets its pyramid
+and NGFF metadata and is renamed to NAME; a TIFF or .npy file is flushed to
+the disk and renamed to NAME. So NAME exists only when it is complete, and an
+older NAME replaced with ``overwrite`` is kept until the new one is.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import numpy as np
 
 from ..config import NOISE_MAP
 from ..errors import AxesError, WriteError
-from .filewriters import write_npy_banded, write_tiff_tiled
-from .fs import check_writable
+from .filewriters import InPlaceFile, create_npy, create_tiff
+from .fs import check_writable, fsync_file
 from .units import NGFF_UNIT
 
 ZARR_FORMAT = 2  # OME-NGFF 0.4 sits on zarr v2: what napari-ome-zarr, Fiji (MoBIE/n5-viewer) and QuPath read today
@@ -62,7 +65,7 @@ def output_kind(path: str | os.PathLike) -> str:
     if name.endswith(".npy"):
         return "npy"
     raise WriteError(f"{path}: unsupported output type; use .ome.zarr / .zarr (chunked, any size), "
-                     f".tif (BigTIFF, tiled) or .npy.")
+                     f".tif (OME-TIFF, BigTIFF) or .npy.")
 
 
 def _split_suffix(name: str) -> tuple[str, str]:
@@ -161,32 +164,57 @@ class OutputStore:
     def job(self) -> dict[str, Any] | None:
         """The job recorded in an existing work store; None if there is none or it is unreadable."""
         job = self._record().get("job")
-        return job if isinstance(job, dict) and self.array_path.is_dir() else None
+        pixels = self.array_path.is_dir() if self.kind == "zarr" else self.writing.is_file()
+        return job if isinstance(job, dict) and pixels else None
 
     def has_partial(self) -> bool:
         return self.work.exists()
 
     def create(self, job: dict[str, Any], *, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str,
-               axes: str | None = None) -> None:
+               axes: str | None = None, out_axes: str | None = None, scale: dict[str, float] | None = None) -> None:
         """A fresh work store; the job is written last, so a readable job means a usable store.
 
-        For a Zarr output with its store ``axes`` given, the pyramid levels whose chunks a unit's chunk
-        fills exactly (:func:`unit_levels`) are created too: each unit writes its share of them as it is
-        computed, and only coarser levels are left for the end.
+        ``shape``, ``chunks`` and ``axes`` are in the store's axis order (:func:`store_axes`). For a Zarr
+        output the pyramid levels whose chunks a unit's chunk fills exactly (:func:`unit_levels`) are created
+        too: each unit writes its share of them as it is computed, and only coarser levels are left for the
+        end. A TIFF or .npy output gets its empty file instead, in the axis order ``out_axes`` (with the
+        physical pixel sizes ``scale`` in a TIFF's metadata).
         """
         import zarr
 
         self.discard()
         group = zarr.open_group(str(self.work), mode="w", zarr_format=ZARR_FORMAT)
-        # Blosc LZ4 (level 1) with bit-shuffle: the fastest Blosc setting on noisy float data, a quarter smaller
-        # than plain float32 and so faster to write than no compression at all (docs/benchmarks.md)
-        group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0, compressors=compressor())
-        levels = unit_levels(shape, chunks, axes) if self.kind == "zarr" and axes else []
-        for level, (lshape, lchunks) in enumerate(levels, start=1):
-            group.create_array(str(level), shape=lshape, chunks=lchunks, dtype=dtype, fill_value=0,
-                               compressors=compressor())
+        levels = []
+        record: dict[str, Any] = {"job": job, "complete": False}
+        if self.kind == "zarr":
+            # Blosc LZ4 (level 1) with bit-shuffle: the fastest Blosc setting on noisy float data, a quarter
+            # smaller than plain float32 and so faster to write than no compression at all (docs/benchmarks.md)
+            group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0, compressors=compressor())
+            levels = unit_levels(shape, chunks, axes) if axes else []
+            for level, (lshape, lchunks) in enumerate(levels, start=1):
+                group.create_array(str(level), shape=lshape, chunks=lchunks, dtype=dtype, fill_value=0,
+                                   compressors=compressor())
+            record["unit_levels"] = len(levels)
+        else:
+            if not axes or not out_axes:
+                raise ValueError("a TIFF or .npy output needs its store and file axes")
+            out_shape = tuple(shape[axes.index(a)] for a in out_axes)
+            self.writing.unlink(missing_ok=True)
+            try:
+                if self.kind == "tiff":
+                    # the OME UUID comes from the job, so a resumed job writes the same bytes as an uninterrupted one
+                    uid = uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(job, sort_keys=True))
+                    create_tiff(self.writing, out_shape, dtype, out_axes, scale, uid=f"urn:uuid:{uid}")
+                else:
+                    create_npy(self.writing, out_shape, dtype)
+            except OSError as e:
+                self.discard()
+                raise WriteError(f"could not create {self.writing}: {e.strerror or e}; check free space and "
+                                 f"permissions.") from None
+            record.update({"shape": list(shape), "dtype": str(np.dtype(dtype)), "axes": axes,
+                           "file_axes": out_axes})
         self.done_dir.mkdir()
-        group.attrs[ATTR] = {"job": job, "complete": False, "unit_levels": len(levels)}
+        group.attrs[ATTR] = record
 
     def unit_levels(self) -> int:
         """How many pyramid levels (beyond level 0) the units of this work store write themselves."""
@@ -196,8 +224,11 @@ class OutputStore:
             return 0
 
     def discard(self) -> None:
+        """Remove the work store and, for a TIFF or .npy output, its unfinished file."""
         if self.work.exists():
             shutil.rmtree(self.work)
+        if self.kind != "zarr":
+            self.writing.unlink(missing_ok=True)
 
     def done(self) -> set[str]:
         try:
@@ -206,8 +237,12 @@ class OutputStore:
             return set()
 
     def open_array(self) -> Any:
-        """The level-0 array of the work store, opened for writing units into (``r+``)."""
-        return open_for_writing(self.array_path)
+        """Where units store their level-0 pixels: the work store's array (``r+``), or for a TIFF or .npy
+        output its file, written in place (indexed in the store's axis order all the same)."""
+        if self.kind == "zarr":
+            return open_for_writing(self.array_path)
+        rec = self._record()
+        return InPlaceFile(self.writing, self.kind, tuple(rec["shape"]), rec["dtype"], rec["axes"], rec["file_axes"])
 
     def open_arrays(self) -> list[Any]:
         """Level 0 and the pyramid levels the units write (:meth:`unit_levels`), opened for writing."""
@@ -223,12 +258,12 @@ class OutputStore:
         (self.done_dir / key).touch()
 
     # -- finishing --------------------------------------------------------------
-    def prepare(self, *, axes: str, out_axes: str, scale: dict[str, float] | None = None,
-                name: str = "denoised") -> None:
+    def prepare(self, *, axes: str, scale: dict[str, float] | None = None, name: str = "denoised") -> None:
         """Build everything the final output needs beside it; nothing final is touched yet.
 
-        Zarr: the pyramid and the NGFF metadata, in the work store. TIFF/npy: the file, as
-        ``.NAME.writing``. A failure here leaves every work store intact, so the same command retries.
+        Zarr: the pyramid and the NGFF metadata, in the work store. TIFF/npy: the file its units wrote,
+        ``.NAME.writing``, flushed to the disk. A failure here leaves every work store intact, so the same
+        command retries.
         """
         import zarr
 
@@ -239,19 +274,11 @@ class OutputStore:
             meta["complete"] = True
             group.attrs.update({ATTR: meta, "multiscales": [multiscales(axes, levels, scale or {}, name)]})
             return
-        arr = zarr.open_array(str(self.array_path), mode="r")
-        tmp = self.writing
         try:
-            if self.kind == "tiff":
-                # the OME UUID comes from the job, so a resumed job writes the same bytes as an uninterrupted one
-                uid = uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(self.job(), sort_keys=True))
-                write_tiff_tiled(tmp, arr, axes, out_axes, scale, uid=f"urn:uuid:{uid}")
-            else:
-                write_npy_banded(tmp, arr, axes, out_axes)
+            fsync_file(self.writing)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise WriteError(f"could not write {self.final}: {e.strerror or e}; the finished work is kept in "
-                             f"{self.work}, so running the same command again only rewrites the file.") from None
+                             f"{self.writing}, so running the same command again only flushes it.") from None
 
     @property
     def writing(self) -> Path:
