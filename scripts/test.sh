@@ -22,8 +22,17 @@ echo "[test] ruff"
 echo "[test] import contracts: layers (imports point down), no cycles, a Qt-free core"
 (cd "$ROOT" && "$VENV/bin/lint-imports" --no-cache)
 echo "[test] pytest"
+# One pytest worker per core, up to 4, each test file on one worker (its module fixtures are trained once); the
+# suite is mostly single-threaded Python, so two workers on two cores take about half the time. Pass -n to
+# choose, or ATBSN_TEST_WORKERS=1 to run in one process.
+WORKERS="${ATBSN_TEST_WORKERS:-$(nproc 2>/dev/null || echo 1)}"
+[ "$WORKERS" -gt 4 ] && WORKERS=4
+XDIST=()
+if [ "$WORKERS" -gt 1 ] && [[ " $* " != *" -n "* ]] && "$VENV/bin/python" -c "import xdist" 2>/dev/null; then
+  XDIST=(-n "$WORKERS" --dist loadfile)
+fi
 if command -v xvfb-run >/dev/null 2>&1; then
-  exec xvfb-run -a "$VENV/bin/python" -m pytest "$@"
+  exec xvfb-run -a "$VENV/bin/python" -m pytest "${XDIST[@]}" "$@"
 else
-  exec "$VENV/bin/python" -m pytest "$@"
+  exec "$VENV/bin/python" -m pytest "${XDIST[@]}" "$@"
 fi
