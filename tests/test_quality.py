@@ -170,3 +170,18 @@ def test_light_noise_student_is_not_worse_than_the_input(tiny_teacher, tmp_path:
     rng = float(clean.max() - clean.min())
     out = res.model.denoise(light, "ZYX")
     assert psnr(out, clean, data_range=rng) >= psnr(light, clean, data_range=rng)
+
+
+def test_separate_images_are_calibrated_with_their_own_noise_level(tiny_teacher, sample_stack) -> None:
+    """Along S (separate images) each image's noise is measured on its own: an image with 3x the noise gets about
+    9x the variance, which the pooled model of a Z stack of the same planes cannot say."""
+    noisy, clean = sample_stack
+    scale = np.array([1.0, 3.0, 1.0, 3.0]).reshape(-1, 1, 1)
+    data = (clean + scale * (noisy.astype(np.float32) - clean)).astype(np.float32)
+    model = load_model(tiny_teacher)
+    cal = calibrate(model, data, "SYX")
+    per = cal.noise_level["per_plane"]
+    assert len(per) == 4
+    var = [float(np.mean(p["variances"][0])) for p in per]
+    assert 5 < var[1] / var[0] < 14 and 5 < var[3] / var[2] < 14, var
+    assert "per_plane" not in calibrate(model, data, "ZYX").noise_level

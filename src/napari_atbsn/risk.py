@@ -137,6 +137,50 @@ class NoiseLevel:
                    tuple(tuple(float(x) for x in v) for v in d["variances"]), int(d.get("correlation_length", 1)))
 
 
+@dataclass(frozen=True)
+class PlaneNoise:
+    """The noise of a sample whose planes are separate images (the S axis), each with its own model.
+
+    Separately acquired images rarely share a gain or read noise: on W2S's six images one model pooled over
+    them read each image's variance 0.65-2.8x (docs/never-worse-research.md), which biases every risk and
+    blend weight and, above 2x, makes a blend unsafe. ``planes[p]`` is the model of plane p of the sample the
+    arrays hold (P, C, H, W); ``pooled`` the model of all of them together, what a record keeps (and what
+    applies to planes outside the sample). Duck-types :class:`NoiseLevel` for the functions of this module.
+    """
+
+    planes: tuple[NoiseLevel, ...]
+    pooled: NoiseLevel
+
+    @property
+    def channels(self) -> int:
+        return self.pooled.channels
+
+    @property
+    def correlation_length(self) -> int:
+        return self.pooled.correlation_length
+
+    def variance(self, signal: np.ndarray) -> np.ndarray:
+        """Noise variance at ``signal`` (P, C, H, W), plane p by its own model."""
+        signal = np.asarray(signal, dtype=np.float64)
+        if signal.ndim != 4 or signal.shape[0] != len(self.planes):
+            raise ImageError(f"signal of shape {signal.shape} does not hold the {len(self.planes)} planes whose "
+                             f"noise was measured one by one.")
+        out = np.empty_like(signal)
+        for p, level in enumerate(self.planes):
+            out[p] = level.variance(signal[p])
+        return out
+
+    def scaled(self, factor: float) -> PlaneNoise:
+        return PlaneNoise(tuple(lv.scaled(factor) for lv in self.planes), self.pooled.scaled(factor))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The pooled model (what :meth:`NoiseLevel.from_dict` reads back), with each plane's beside it."""
+        return {**self.pooled.to_dict(), "per_plane": [lv.to_dict() for lv in self.planes]}
+
+
+#: A noise model the risk functions take: one for every plane, or one per plane of the sample.
+Noise = NoiseLevel | PlaneNoise
+
 def correlation_length(acf: np.ndarray | None) -> int:
     """First lag whose normalised autocorrelation (radial, lags 0..L, or 2-D (2L+1, 2L+1)) is below 0.1."""
     if acf is None:
@@ -262,6 +306,26 @@ def _fit_affine(level: np.ndarray, var: np.ndarray) -> tuple[float, float] | Non
     return (float(a), float(b)) if a >= 0 else None
 
 
+def estimate_noise_levels(planes: np.ndarray, groups: Any, correlation: np.ndarray | None = None, *,
+                          differences: bool = False) -> NoiseLevel | PlaneNoise:
+    """:func:`estimate_noise_level` for each group of ``planes`` (P, C, H, W) separately: ``groups[p]`` names
+    the image plane p belongs to (its index along S). One group: the plain estimate. A group whose planes
+    are too few or too saturated to measure takes the pooled estimate; plane differences need two planes
+    of a group (else its planes are measured one by one)."""
+    groups = np.asarray(groups)
+    pooled = estimate_noise_level(planes, correlation, differences=differences)
+    if groups.shape != (len(planes),) or len(np.unique(groups)) < 2:
+        return pooled
+    own: dict[Any, NoiseLevel] = {}
+    for g in np.unique(groups):
+        sel = np.asarray(planes)[groups == g]
+        try:
+            own[g] = estimate_noise_level(sel, correlation, differences=differences and len(sel) > 1)
+        except ImageError:
+            own[g] = pooled
+    return PlaneNoise(tuple(own[g] for g in groups), pooled)
+
+
 def estimate_noise_level(planes: np.ndarray, correlation: np.ndarray | None = None, *,
                          differences: bool = False, model: str = "auto") -> NoiseLevel:
     """Estimate the noise variance model of noisy ``planes`` (P, C, H, W), from the data alone.
@@ -338,7 +402,7 @@ def reusing_variance_maps() -> Iterator[None]:
         _REUSE.maps = outer
 
 
-def noise_variance_map(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel) -> np.ndarray:
+def noise_variance_map(f: np.ndarray, y: np.ndarray, noise_level: Noise) -> np.ndarray:
     """σ_i² at every pixel (:func:`_noise_variance_map`); computed once per (f, y, level) inside
     :func:`reusing_variance_maps`. Callers must not change the returned array."""
     maps = getattr(_REUSE, "maps", None)
@@ -356,7 +420,7 @@ def noise_variance_map(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel) ->
 MAPS_KEPT = 16  # a calibration's candidates (7 blind spots, their probes) and then some
 
 
-def _noise_variance_map(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel) -> np.ndarray:
+def _noise_variance_map(f: np.ndarray, y: np.ndarray, noise_level: Noise) -> np.ndarray:
     """σ_i² at every pixel, evaluated at f corrected by the local mean of y − f around i.
 
     Not at y (it holds n_i) and not at f alone: a network trained with an L1 loss estimates the
@@ -368,7 +432,7 @@ def _noise_variance_map(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel) -
     return noise_level.variance(f + _local_mean_without_centre(y - f, hole + 4, hole))
 
 
-def blend_weights(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel, *, window: int | None = BLEND_WINDOW,
+def blend_weights(f: np.ndarray, y: np.ndarray, noise_level: Noise, *, window: int | None = BLEND_WINDOW,
                   safety: float = BLEND_SAFETY) -> np.ndarray:
     """Weights α of f in the blend (1 − α)·y + α·f, in [0, 1].
 
@@ -400,7 +464,7 @@ def blend(y: np.ndarray, f: np.ndarray, alpha: np.ndarray | float) -> np.ndarray
     return y + alpha * (f - y)
 
 
-def risk(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel, alpha: np.ndarray | float = 1.0,
+def risk(f: np.ndarray, y: np.ndarray, noise_level: Noise, alpha: np.ndarray | float = 1.0,
          leak: np.ndarray | float = 0.0) -> float:
     """Estimated MSE against the clean image of f (α = 1) or of the blend with weights ``alpha``.
 
@@ -437,7 +501,7 @@ def correlated_field(shape: tuple[int, ...], correlation: np.ndarray | None, see
     return b / max(float(b.std()), VAR_FLOOR)
 
 
-def noise_probe(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel, correlation: np.ndarray | None,
+def noise_probe(f: np.ndarray, y: np.ndarray, noise_level: Noise, correlation: np.ndarray | None,
                 seed: int = 0) -> np.ndarray:
     """A probe b with the noise's covariance: σ_i times a unit field of the noise's correlation."""
     f, y = _check_pair(f, y)
@@ -455,13 +519,13 @@ def leak(f: np.ndarray, f_probed: np.ndarray, probe: np.ndarray, scale: float = 
     return (probe * (f_probed - f)).mean(axis=(0, 2, 3), keepdims=True) / scale
 
 
-def noise_mse(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel) -> float:
+def noise_mse(f: np.ndarray, y: np.ndarray, noise_level: Noise) -> float:
     """Estimated MSE of the noisy input itself: the mean σ_i² (see :func:`noise_variance_map`)."""
     f, y = _check_pair(f, y)
     return float(np.mean(noise_variance_map(f, y, noise_level)))
 
 
-def estimated_gain_db(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel,
+def estimated_gain_db(f: np.ndarray, y: np.ndarray, noise_level: Noise,
                       alpha: np.ndarray | float = 1.0, leak: np.ndarray | float = 0.0) -> float:
     """10·log10(σ̂² / R̂): estimated PSNR gain over the noisy input of f or of its blend."""
     r, n = risk(f, y, noise_level, alpha, leak), noise_mse(f, y, noise_level)
@@ -469,7 +533,7 @@ def estimated_gain_db(f: np.ndarray, y: np.ndarray, noise_level: NoiseLevel,
     return float(10 * np.log10(n / max(r, n * 10 ** (-MAX_GAIN_DB / 10))))
 
 
-def choose_k_b(outputs: dict[int, np.ndarray], y: np.ndarray, noise_level: NoiseLevel,
+def choose_k_b(outputs: dict[int, np.ndarray], y: np.ndarray, noise_level: Noise,
                valid_ks: Any = None, *, window: int | None = BLEND_WINDOW) -> tuple[int, dict[int, float]]:
     """The valid k_b whose blend has the lowest estimated risk, and every valid k_b's risk.
 
@@ -486,7 +550,7 @@ def choose_k_b(outputs: dict[int, np.ndarray], y: np.ndarray, noise_level: Noise
     return min(risks, key=risks.__getitem__), risks
 
 
-def best_blend(outputs: dict[int, np.ndarray], y: np.ndarray, noise_level: NoiseLevel, valid_ks: Any = None, *,
+def best_blend(outputs: dict[int, np.ndarray], y: np.ndarray, noise_level: Noise, valid_ks: Any = None, *,
                window: int | None = BLEND_WINDOW) -> tuple[int, np.ndarray, float]:
     """The default output: (auto k_b, its blend with ``y``, the blend's estimated gain in dB)."""
     k, _ = choose_k_b(outputs, y, noise_level, valid_ks, window=window)

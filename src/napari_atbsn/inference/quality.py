@@ -24,8 +24,9 @@ from ..risk import (
     BLEND_SAFETY,
     LENGTH_THRESHOLD,
     PROBE_SCALE,
-    NoiseLevel,
+    Noise,
     estimate_noise_level,
+    estimate_noise_levels,
     estimated_gain_db,
     leak,
     noise_probe,
@@ -133,11 +134,27 @@ def sample_planes(data: Any, axes: str, context: int = 0, *, single_plane: bool 
     context = 0 if unused else context
     h, w = min(source.height, SAMPLE_SIDE), min(source.width, SAMPLE_SIDE)
     y0, x0 = (source.height - h) // 2, (source.width - w) // 2
-    idx = np.unique(np.linspace(0, source.n_planes - 1, min(SAMPLE_PLANES, source.n_planes)).round().astype(int))
+    idx = sampled_plane_numbers(source.n_planes)
     planes = np.stack([source.read_unit(int(i), y0, x0, h, w, context) for i in idx])
     whole = len(idx) == source.n_planes and (h, w) == (source.height, source.width)
     sample = "the whole image" if whole else f"{len(idx)} plane(s), centre {h}x{w}"
     return planes, sample if unused is None else f"{sample}; {context_note(unused)}"
+
+
+def sampled_plane_numbers(n_planes: int) -> np.ndarray:
+    """The planes :func:`sample_planes` takes: up to :data:`SAMPLE_PLANES`, evenly spaced."""
+    return np.unique(np.linspace(0, n_planes - 1, min(SAMPLE_PLANES, n_planes)).round().astype(int))
+
+
+def sample_groups(data: Any, axes: str) -> np.ndarray | None:
+    """For each plane :func:`sample_planes` takes, its index along S (separate images, each with its own noise
+    level: risk.PlaneNoise); None without an S axis."""
+    source = plane_source(data, axes)
+    plane_axes = "".join(source.axes[d] for d in source.plane_dims)
+    if "S" not in plane_axes:
+        return None
+    idx = sampled_plane_numbers(source.n_planes)
+    return np.unravel_index(idx, source.plane_shape)[plane_axes.index("S")]
 
 
 def candidate_ks(model: Denoiser, window: int) -> list[int]:
@@ -158,7 +175,7 @@ def calibrate(model: Denoiser, data: Any, axes: str, *, window: int | None = Non
     # blend are the plane's own; the neighbours only go to the network (their noise is independent of it)
     own, context = planes[:, :model.in_channels], planes[:, model.in_channels:]
     try:
-        level, corr = measure_noise(data, axes, own)
+        level, corr = measure_noise(data, axes, own, sample_groups(data, axes))
     except ImageError as e:
         return unmeasured(model, str(e))
     with reusing_variance_maps():
@@ -180,12 +197,17 @@ def run_sample(model: Denoiser, y: np.ndarray, context: np.ndarray | None, keys:
     return [o.astype(np.float64) for o in outs]
 
 
-def measure_noise(data: Any, axes: str, planes: np.ndarray) -> tuple[NoiseLevel, np.ndarray | None]:
+def measure_noise(data: Any, axes: str, planes: np.ndarray, groups: np.ndarray | None = None,
+                  ) -> tuple[Noise, np.ndarray | None]:
     """The noise of ``data``: its level (variance against signal, per channel), measured on ``planes`` (the
-    calibration's sample, :func:`sample_planes`), and its 2-D correlation (None: uncorrelated). Raises ImageError
-    where it cannot be measured (planes under 64x64, a constant or saturated image, NaN pixels)."""
+    calibration's sample, :func:`sample_planes`), and its 2-D correlation (None: uncorrelated). With ``groups``
+    (:func:`sample_groups`), the planes of each separate image get their own level. Raises ImageError where
+    it cannot be measured (planes under 64x64, a constant or saturated image, NaN pixels)."""
     corr, differences = noise_correlation(data, axes)
-    return estimate_noise_level(planes.astype(np.float64), corr, differences=differences), corr
+    y = planes.astype(np.float64)
+    if groups is None:
+        return estimate_noise_level(y, corr, differences=differences), corr
+    return estimate_noise_levels(y, groups, corr, differences=differences), corr
 
 
 def noise_correlation(data: Any, axes: str) -> tuple[np.ndarray | None, bool]:
@@ -203,7 +225,7 @@ def unmeasured(model: Denoiser, reason: str) -> Calibration:
                        f"no estimate: {reason.rstrip('.')}", model_kind=model.kind)
 
 
-def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: NoiseLevel, correlation: np.ndarray | None,
+def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: Noise, correlation: np.ndarray | None,
                       sample: str, *, window: int, batch_size: int = 4, context: np.ndarray | None = None,
                       ) -> Calibration:
     """Choose k_b and the blend with the input by the lowest estimated risk.
@@ -239,7 +261,7 @@ def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: NoiseLevel, co
                        tuple(keys), reliable, sample, gains, correlation=correlation)
 
 
-def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: NoiseLevel, correlation: np.ndarray | None,
+def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: Noise, correlation: np.ndarray | None,
                      sample: str, *, batch_size: int = 4, context: np.ndarray | None = None) -> Calibration:
     """Outputs that see the pixel they denoise (a student; a D-BSN's fusion, which weighs the pixel in): their
     risk is E(f − y)² − σ² + 2·E[f_i n_i], the last term measured by a probe of the noise's covariance
@@ -276,7 +298,7 @@ def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: NoiseLevel, cor
                        model_kind=model.kind, correlation=correlation)
 
 
-def fusion_loses_at_the_upper_noise(outs: list[np.ndarray], y: np.ndarray, level: NoiseLevel, leaks: list[Any],
+def fusion_loses_at_the_upper_noise(outs: list[np.ndarray], y: np.ndarray, level: Noise, leaks: list[Any],
                                     full: np.ndarray) -> bool:
     """Whether the blend of mu beats the fusion when the noise is as strong as mu's Noise2Self residual says.
 
@@ -301,7 +323,7 @@ def correlation_fits(correlation: np.ndarray) -> bool:
     return bool(border.max() < LENGTH_THRESHOLD)
 
 
-def channel_alpha(f: np.ndarray, y: np.ndarray, level: NoiseLevel, leak: np.ndarray | float = 0.0) -> np.ndarray:
+def channel_alpha(f: np.ndarray, y: np.ndarray, level: Noise, leak: np.ndarray | float = 0.0) -> np.ndarray:
     """One weight per channel for all planes: (σ̂² − c) / E (f − y)² pooled over the sample (c the noise f keeps
     of its pixel, 0 for a blind spot), clipped to [0, 1] (the global weight of
     :func:`napari_atbsn.risk.blend_weights`, with its safety factor)."""
