@@ -8,6 +8,7 @@ import pytest
 from napari_atbsn import risk as rk
 from napari_atbsn.errors import ImageError
 from napari_atbsn.filters import gaussian_kernel, separable
+from napari_atbsn.plane_noise import PlaneNoise, estimate_noise_levels
 from napari_atbsn.sample_data import make_clean
 
 RNG = np.random.default_rng(0)
@@ -79,8 +80,8 @@ def test_separate_images_get_their_own_noise_level(clean) -> None:
     x = clean[:, None]
     sigma = np.array([2.0, 8.0]).reshape(2, 1, 1, 1)
     y = x + RNG.normal(0, 1, x.shape) * sigma
-    nl = rk.estimate_noise_levels(y, [0, 1])
-    assert isinstance(nl, rk.PlaneNoise) and nl.channels == 1 and nl.correlation_length == 1
+    nl = estimate_noise_levels(y, [0, 1])
+    assert isinstance(nl, PlaneNoise) and nl.channels == 1 and nl.correlation_length == 1
     est = nl.variance(x).mean(axis=(1, 2, 3))
     assert np.all(np.abs(est / sigma.ravel() ** 2 - 1) < 0.1), est
     pooled = nl.pooled.variance(x).mean(axis=(1, 2, 3))
@@ -92,7 +93,7 @@ def test_separate_images_get_their_own_noise_level(clean) -> None:
     assert abs(rk.risk(f[:1], y[:1], nl.planes[0]) - 1.0) < 0.5 and rk.risk(f[:1], y[:1], nl.pooled) < -10
     with pytest.raises(ImageError, match="planes whose noise was measured one by one"):
         nl.variance(x[:1])
-    assert isinstance(rk.estimate_noise_levels(y, [0, 0]), rk.NoiseLevel)
+    assert isinstance(estimate_noise_levels(y, [0, 0]), rk.NoiseLevel)
 
 
 def test_correlated_noise_level_with_the_measured_correlation(clean) -> None:

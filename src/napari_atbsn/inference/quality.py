@@ -20,13 +20,12 @@ from ..axes import context_note, context_unused
 from ..config import BLIND_ESTIMATE, DEFAULT_KS, OutputKey
 from ..errors import ImageError
 from ..events import drain
+from ..plane_noise import estimate_noise_levels
 from ..risk import (
     BLEND_SAFETY,
     LENGTH_THRESHOLD,
     PROBE_SCALE,
-    Noise,
     estimate_noise_level,
-    estimate_noise_levels,
     estimated_gain_db,
     leak,
     noise_probe,
@@ -39,6 +38,7 @@ from ..sampling import plane_source
 from .runtime import iter_array
 
 if TYPE_CHECKING:
+    from ..risk import Noise
     from .denoiser import Denoiser
 
 #: A D-BSN's fusion gives way to the blend of mu only when that is estimated better by this much: on heavy noise
@@ -148,7 +148,7 @@ def sampled_plane_numbers(n_planes: int) -> np.ndarray:
 
 def sample_groups(data: Any, axes: str) -> np.ndarray | None:
     """For each plane :func:`sample_planes` takes, its index along S (separate images, each with its own noise
-    level: risk.PlaneNoise); None without an S axis."""
+    level: plane_noise.PlaneNoise); None without an S axis."""
     source = plane_source(data, axes)
     plane_axes = "".join(source.axes[d] for d in source.plane_dims)
     if "S" not in plane_axes:

@@ -1,0 +1,75 @@
+"""Noise models of samples whose planes are separate images (the S axis): one model per image.
+
+Kept apart from :mod:`napari_atbsn.risk` (numpy only, like it), whose functions take either model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ImageError
+from .risk import NoiseLevel, estimate_noise_level
+
+
+@dataclass(frozen=True)
+class PlaneNoise:
+    """The noise of a sample whose planes are separate images (the S axis), each with its own model.
+
+    Separately acquired images rarely share a gain or read noise: on W2S's six images one model pooled over
+    them read each image's variance 0.65-2.8x (docs/never-worse-research.md), which biases every risk and
+    blend weight and, above 2x, makes a blend unsafe. ``planes[p]`` is the model of plane p of the sample the
+    arrays hold (P, C, H, W); ``pooled`` the model of all of them together, what a record keeps (and what
+    applies to planes outside the sample). Duck-types :class:`NoiseLevel` for the functions of :mod:`napari_atbsn.risk`.
+    """
+
+    planes: tuple[NoiseLevel, ...]
+    pooled: NoiseLevel
+
+    @property
+    def channels(self) -> int:
+        return self.pooled.channels
+
+    @property
+    def correlation_length(self) -> int:
+        return self.pooled.correlation_length
+
+    def variance(self, signal: np.ndarray) -> np.ndarray:
+        """Noise variance at ``signal`` (P, C, H, W), plane p by its own model."""
+        signal = np.asarray(signal, dtype=np.float64)
+        if signal.ndim != 4 or signal.shape[0] != len(self.planes):
+            raise ImageError(f"signal of shape {signal.shape} does not hold the {len(self.planes)} planes whose "
+                             f"noise was measured one by one.")
+        out = np.empty_like(signal)
+        for p, level in enumerate(self.planes):
+            out[p] = level.variance(signal[p])
+        return out
+
+    def scaled(self, factor: float) -> PlaneNoise:
+        return PlaneNoise(tuple(lv.scaled(factor) for lv in self.planes), self.pooled.scaled(factor))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The pooled model (what :meth:`NoiseLevel.from_dict` reads back), with each plane's beside it."""
+        return {**self.pooled.to_dict(), "per_plane": [lv.to_dict() for lv in self.planes]}
+
+
+def estimate_noise_levels(planes: np.ndarray, groups: Any, correlation: np.ndarray | None = None, *,
+                          differences: bool = False) -> NoiseLevel | PlaneNoise:
+    """:func:`estimate_noise_level` for each group of ``planes`` (P, C, H, W) separately: ``groups[p]`` names
+    the image plane p belongs to (its index along S). One group: the plain estimate. A group whose planes
+    are too few or too saturated to measure takes the pooled estimate; plane differences need two planes
+    of a group (else its planes are measured one by one)."""
+    groups = np.asarray(groups)
+    pooled = estimate_noise_level(planes, correlation, differences=differences)
+    if groups.shape != (len(planes),) or len(np.unique(groups)) < 2:
+        return pooled
+    own: dict[Any, NoiseLevel] = {}
+    for g in np.unique(groups):
+        sel = np.asarray(planes)[groups == g]
+        try:
+            own[g] = estimate_noise_level(sel, correlation, differences=differences and len(sel) > 1)
+        except ImageError:
+            own[g] = pooled
+    return PlaneNoise(tuple(own[g] for g in groups), pooled)
