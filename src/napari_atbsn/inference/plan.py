@@ -357,7 +357,7 @@ def check_free_space(stores: Sequence[OutputStore], ks: Sequence[Any], geom: Geo
         raw = pixels * output_dtype(k, dtype).itemsize
         total = raw if store.kind != "zarr" else raw * 4 // 3
         folder = store.final.parent.resolve()
-        held = disk_usage(store.work) + (file_usage(store.writing) if store.kind != "zarr" else 0)
+        held = disk_usage(store.work) + disk_usage(store.writing)
         need[folder] = need.get(folder, 0) + max(0, total - held)
     for folder, n in need.items():
         free = shutil.disk_usage(folder).free
@@ -366,18 +366,13 @@ def check_free_space(stores: Sequence[OutputStore], ks: Sequence[Any], geom: Geo
                              f"{human_bytes(free)} is free; free space or write to another disk.")
 
 
-def file_usage(path: Path) -> int:
-    """Bytes a (sparse, partly written) file takes on disk; 0 if it does not exist."""
-    try:
+def disk_usage(path: Path) -> int:
+    """Bytes a work store folder, or a partly written (sparse) output file, takes on disk; 0 if it does not
+    exist."""
+    if path.is_file():
         return os.stat(path).st_blocks * 512
-    except OSError:
-        return 0
-
-
-def disk_usage(folder: Path) -> int:
-    """Bytes a (work store) folder takes on disk; 0 if it does not exist."""
     total = 0
-    for root, _dirs, names in os.walk(folder):
+    for root, _dirs, names in os.walk(path):
         for name in names:
             with contextlib.suppress(OSError):
                 total += os.stat(os.path.join(root, name)).st_blocks * 512

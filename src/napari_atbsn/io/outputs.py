@@ -199,7 +199,6 @@ class OutputStore:
             if not axes or not out_axes:
                 raise ValueError("a TIFF or .npy output needs its store and file axes")
             out_shape = tuple(shape[axes.index(a)] for a in out_axes)
-            self.writing.unlink(missing_ok=True)
             try:
                 if self.kind == "tiff":
                     # the OME UUID comes from the job, so a resumed job writes the same bytes as an uninterrupted one
