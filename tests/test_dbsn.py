@@ -334,3 +334,52 @@ def test_cli_dbsn_train_distill_denoise_with_noise_map_and_analyze(tmp_path: Pat
     ):
         code, out = run(*args)
         assert code == 2 and word in out, (args, out)
+
+
+def test_separate_images_are_charged_their_own_noise_level(tmp_path: Path, pg_data) -> None:
+    """Separate images (S) with different gains: sigma_n, a function of the signal alone, cannot tell them
+    apart, so the likelihood that trains sigma_mu charges each patch its own image's measured noise; charged the
+    pooled level, sigma_mu absorbed the noise it misses on the images it under-reads (W2S: fusion 5 dB below mu)."""
+    from napari_atbsn.models.dbsn import marginal_nll
+    from napari_atbsn.normalization import Normalization
+    from napari_atbsn.sampling import PlaneSource, sample_batch
+    from napari_atbsn.training.dbsn import LossGuard, noise_supervision, phase_loss, with_images
+
+    clean = pg_data["clean"][:4]
+    noisy = clean + (pg_data["noisy"][:4] - clean) * np.array([1, 1, 3, 3], np.float32)[:, None, None]
+    cfg = DBSNConfig(preset="tiny", iters=6, patch=32, batch=8, device="cpu", monitor=False).resolved()
+    norm = Normalization("zscore", (50.0,), (30.0,))
+    torch.manual_seed(0)
+    model = DBSN(1, "tiny")
+    src = PlaneSource(noisy, "SYX")
+    sup = noise_supervision(cfg, src, norm, model)
+    assert sup.images is not None and sup.measured is not None
+    assert noise_supervision(cfg, PlaneSource(noisy, "ZYX"), norm, model).images is None  # one image: pooled
+    f = sup.images.factor(norm.apply(torch.full((4, 1, 2, 2), 50.0)), torch.tensor([0, 1, 2, 3]))
+    ratio = float(f[2:].mean() / f[:2].mean())
+    assert 7.0 < ratio < 11.0, ratio  # 9x the variance
+    assert float(f[:2].mean()) < 0.5 < 1.5 < float(f[2:].mean())  # the pooled level sits between them
+
+    batch = with_images(norm.apply(sample_batch(src, 0, seed=cfg.seed, batch=8, patch=32)), src, 0, cfg)
+    x = torch.from_numpy(batch)
+    images = x[:, -1, 0, 0].long()
+    assert set(images.tolist()) <= {0, 1, 2, 3} and len(set(images.tolist())) > 1
+    with torch.no_grad():
+        own = phase_loss(model, "joint", LossGuard(6), sup.measured, sup.grid, sup.images)(x)
+        pooled = phase_loss(model, "joint", LossGuard(6), sup.measured, sup.grid)(x[:, :-1])
+        y = x[:, :-1]
+        mu, mid = model.features(y)
+        var_mu, var_n = model.var_mu(mid), model.var_n(model.noise_input(y, mu))
+        expected = (marginal_nll(y, mu, var_mu, var_n * sup.images.factor(mu, images))[0]
+                    - marginal_nll(y, mu, var_mu, var_n)[0])
+    torch.testing.assert_close(own - pooled, expected, rtol=1e-4, atol=1e-5)
+
+    res = train_dbsn(noisy, "SYX", dataclasses_replace(cfg, monitor=True), tmp_path / "m")  # the loop carries it
+    assert res.steps == 6 and np.isfinite(res.losses).all()
+    assert read_config(tmp_path / "m")["quality"]["default"]["noise_level"]["per_plane"]
+
+
+def dataclasses_replace(cfg: DBSNConfig, **kw) -> DBSNConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)

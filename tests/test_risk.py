@@ -96,6 +96,23 @@ def test_separate_images_get_their_own_noise_level(clean) -> None:
     assert isinstance(estimate_noise_levels(y, [0, 0]), rk.NoiseLevel)
 
 
+def test_a_recorded_per_image_model_is_read_back_for_other_planes_of_the_same_images(clean) -> None:
+    """The distillation report scores other planes than the calibration measured: each gets its image's own
+    level from the record, the pooled one where its image was not sampled or the record has one model."""
+    from napari_atbsn.plane_noise import noise_of_images
+
+    x = clean[:, None]
+    y = x + np.random.default_rng(7).normal(0, 1, x.shape) * np.array([2.0, 8.0]).reshape(2, 1, 1, 1)
+    rec = estimate_noise_levels(y, [5, 7]).to_dict()
+    got = noise_of_images(rec, [5, 7], [7, 7, 5, 9])
+    assert isinstance(got, PlaneNoise) and got.pooled == rk.NoiseLevel.from_dict(rec)
+    own = [rk.NoiseLevel.from_dict(d) for d in rec["per_plane"]]
+    assert got.planes == (own[1], own[1], own[0], got.pooled)
+    assert noise_of_images(rec, None, [5, 7]) == got.pooled and noise_of_images(rec, [5, 7], None) == got.pooled
+    assert noise_of_images(rec, [5], [5]) == got.pooled  # the record's planes do not match: pooled
+    assert noise_of_images(own[0].to_dict(), [5, 7], [5]) == own[0]
+
+
 def test_correlated_noise_level_with_the_measured_correlation(clean) -> None:
     """Noise blurred to a 0.67 neighbour correlation: the residual loses part of it, the acf restores it."""
     k = gaussian_kernel(0.8)

@@ -272,6 +272,20 @@ def test_patches_come_only_from_the_rows_not_held_out() -> None:
         sample_batch(src, 0, seed=0, batch=1, patch=32, rows=20)
 
 
+def test_batch_planes_names_the_plane_and_image_of_every_patch_sample_batch_draws() -> None:
+    from napari_atbsn.sampling import PlaneSource, batch_planes, sample_batch
+
+    img = np.broadcast_to(np.arange(12, dtype=np.float32).reshape(3, 4, 1, 1), (3, 4, 40, 40)).copy()  # TSYX
+    src = PlaneSource(img, "TSYX")
+    for step in range(5):
+        for augment in (True, False):
+            kw = dict(seed=3, batch=6, patch=32, augment=augment, rows=36)
+            planes = batch_planes(src, step, **kw)
+            np.testing.assert_array_equal(sample_batch(src, step, **kw)[:, 0, 0, 0], planes)  # plane p holds p
+            np.testing.assert_array_equal(src.separate_images(planes), planes % 4)  # S is the faster axis
+    assert PlaneSource(img.reshape(12, 40, 40), "ZYX").separate_images([0, 5]) is None
+
+
 def test_training_data_from_a_file_is_read_into_memory_once_when_it_fits_with_the_same_batches(tmp_path) -> None:
     """Sampling patch by patch from a file costs a read per patch (13 ms a batch from a TIFF, 0.5 ms from
     memory): data that fits in a quarter of the free memory is read once, and gives the same batches."""

@@ -73,3 +73,16 @@ def estimate_noise_levels(planes: np.ndarray, groups: Any, correlation: np.ndarr
         except ImageError:
             own[g] = pooled
     return PlaneNoise(tuple(own[g] for g in groups), pooled)
+
+
+def noise_of_images(record: dict[str, Any], record_images: Any, images: Any) -> NoiseLevel | PlaneNoise:
+    """The noise model of planes of separate images (``images``: each plane's index along S) from a recorded
+    model (:meth:`PlaneNoise.to_dict` of a sample whose planes belonged to ``record_images``): each plane gets its
+    image's own level, the pooled one where its image was not in the sample. The pooled model alone where the
+    record holds one or either side has no S axis (None)."""
+    pooled = NoiseLevel.from_dict(record)
+    per = record.get("per_plane")
+    if not per or images is None or record_images is None or len(record_images) != len(per):
+        return pooled
+    own = {int(s): NoiseLevel.from_dict(d) for s, d in zip(record_images, per, strict=True)}
+    return PlaneNoise(tuple(own.get(int(s), pooled) for s in images), pooled)

@@ -9,6 +9,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,13 @@ class PlaneSource:
         self.width = int(data.shape[self.axes.index("X")])
         if self.n_planes == 0 or self.height == 0 or self.width == 0:
             raise ImageError(f"the image has an empty dimension (shape {tuple(data.shape)}).")
+
+    def separate_images(self, planes: Any) -> np.ndarray | None:
+        """The index along S (separate images) of each of ``planes`` (plane numbers); None without an S axis."""
+        plane_axes = "".join(self.axes[d] for d in self.plane_dims)
+        if "S" not in plane_axes:
+            return None
+        return np.unravel_index(np.asarray(planes, dtype=np.int64), self.plane_shape)[plane_axes.index("S")]
 
     def read(self, plane: int, y0: int = 0, x0: int = 0, h: int | None = None, w: int | None = None) -> np.ndarray:
         """Crop of one plane as float32 (C, h, w)."""
@@ -134,15 +142,30 @@ def sample_batch(source: PlaneSource, step: int, *, seed: int, batch: int, patch
     rows = source.height if rows is None else rows
     if not patch <= rows <= source.height:
         raise ImageError(f"rows={rows}: patches of {patch} must come from 1 to {source.height} rows.")
-    rng = np.random.default_rng([seed, step])
     out = np.empty((batch, source.channels * (2 * context + 1), patch, patch), dtype=np.float32)
-    for b in range(batch):
+    for b, (plane, y0, x0, turn) in enumerate(_draws(source, step, seed, batch, patch, rows, augment)):
+        crop = source.read_unit(plane, y0, x0, patch, patch, context)
+        out[b] = dihedral(crop, turn) if augment else crop
+    return out
+
+
+def _draws(source: PlaneSource, step: int, seed: int, batch: int, patch: int, rows: int,
+           augment: bool) -> Iterator[tuple[int, int, int, int]]:
+    """(plane, y0, x0, dihedral op) of each patch of step ``step``: a function of (seed, step) alone."""
+    rng = np.random.default_rng([seed, step])
+    for _ in range(batch):
         plane = int(rng.integers(source.n_planes))
         y0 = int(rng.integers(rows - patch + 1))
         x0 = int(rng.integers(source.width - patch + 1))
-        crop = source.read_unit(plane, y0, x0, patch, patch, context)
-        out[b] = dihedral(crop, int(rng.integers(8))) if augment else crop
-    return out
+        yield plane, y0, x0, int(rng.integers(8)) if augment else 0
+
+
+def batch_planes(source: PlaneSource, step: int, *, seed: int, batch: int, patch: int,
+                 augment: bool = True, rows: int | None = None) -> np.ndarray:
+    """The plane each patch of :func:`sample_batch` (same arguments) comes from, without reading any: what a
+    loss needs that treats separate images apart (D-BSN's per-image noise level)."""
+    rows = source.height if rows is None else rows
+    return np.array([d[0] for d in _draws(source, step, seed, batch, patch, rows, augment)], dtype=np.int64)
 
 
 #: The stream of (seed, step) random numbers that context dropout draws from: apart from the patches' (whose draws

@@ -150,11 +150,7 @@ def sample_groups(data: Any, axes: str) -> np.ndarray | None:
     """For each plane :func:`sample_planes` takes, its index along S (separate images, each with its own noise
     level: plane_noise.PlaneNoise); None without an S axis."""
     source = plane_source(data, axes)
-    plane_axes = "".join(source.axes[d] for d in source.plane_dims)
-    if "S" not in plane_axes:
-        return None
-    idx = sampled_plane_numbers(source.n_planes)
-    return np.unravel_index(idx, source.plane_shape)[plane_axes.index("S")]
+    return source.separate_images(sampled_plane_numbers(source.n_planes))
 
 
 def candidate_ks(model: Denoiser, window: int) -> list[int]:

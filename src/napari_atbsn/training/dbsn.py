@@ -35,8 +35,8 @@ from ..modelio import arch_dict, load_network
 from ..models import DBSN, Student
 from ..models.dbsn import BLOWUP, bayes_fusion, constrained_nll, marginal_nll
 from ..normalization import Normalization
-from ..risk import NoiseLevel
-from ..sampling import PlaneSource, check_patch_fits, plane_source, sample_batch
+from ..plane_noise import PlaneNoise
+from ..sampling import PlaneSource, batch_planes, check_patch_fits, plane_source, sample_batch
 from .harness import (
     TrainResult,
     checkpoint_config,
@@ -48,7 +48,8 @@ from .harness import (
     removes_empty_output,
 )
 from .loop import LoopSpec, gpu_options, iter_optimize
-from .monitor import QualityMonitor, final_quality, measure_noise, monitor_every
+from .monitor import QualityMonitor, final_quality, image_levels, measure_noise, monitor_every
+from .noise_targets import ImageNoise, measured_variance, signal_grid
 
 PHASES = ("mu", "sigma", "joint")
 #: The sigma phase runs at this multiple of the learning rate. The noise estimator starts flat (a constant
@@ -80,55 +81,16 @@ class LossGuard:
         return ok
 
 
-def measured_variance(level: NoiseLevel, norm: Normalization) -> Callable[[torch.Tensor], torch.Tensor]:
-    """signal (B, C, Y, X), normalised -> the noise variance measured at it (risk.estimate_noise_level: per
-    channel, interpolated between signal levels), normalised units.
-
-    Beyond the end levels (the centres of the outer signal bins) the end segments go on as lines, as
-    Poisson-Gaussian noise does, down to a quarter of the smallest measured variance: held constant there, the
-    noise of the dimmest tenth of a smooth test image read 1.27x its true std."""
-    tables = [(torch.tensor(lv, dtype=torch.float32), torch.tensor(vv, dtype=torch.float32))
-              for lv, vv in zip(level.levels, level.variances, strict=True)]
-
-    def variance(signal: torch.Tensor) -> torch.Tensor:
-        data = norm.undo(signal.float())
-        out = []
-        for c, (lv, vv) in enumerate(tables):
-            x = data[:, c].contiguous()
-            lv, vv = lv.to(x.device), vv.to(x.device)
-            if len(lv) == 1:
-                v = vv[0].expand_as(x)
-            else:
-                i = torch.searchsorted(lv, x).clamp(1, len(lv) - 1)
-                t = (x - lv[i - 1]) / (lv[i] - lv[i - 1]).clamp_min(1e-12)
-                v = (vv[i - 1] + t * (vv[i] - vv[i - 1])).clamp_min(0.25 * float(vv.min()))
-            out.append(v / norm.scale[c] ** 2)
-        return torch.stack(out, dim=1).clamp_min(1e-12)
-
-    return variance
-
-
-def signal_grid(level: NoiseLevel, norm: Normalization, n: int = 64) -> torch.Tensor:
-    """(n, C, 1, 1) signal values, normalised, evenly spread from half the measured levels' span below the
-    lowest to half above the highest: sigma_n is fitted on them besides mu's pixels, so that it follows the
-    measured curve where the data has few pixels (a fit on the pixels alone read the dimmest ones' noise std
-    1.5x too high). Deterministic: no random state, so resuming stays exact."""
-    cols = []
-    for lv in level.levels:
-        lo, hi = min(lv), max(lv)
-        span = max(hi - lo, abs(hi) * 0.1, 1e-6)
-        cols.append(torch.linspace(lo - span / 2, hi + span / 2, n))
-    return norm.apply(torch.stack(cols, dim=1).reshape(n, len(cols), 1, 1))
-
-
 def phase_loss(model: DBSN, phase: str, guard: LossGuard,
                measured: Callable[[torch.Tensor], torch.Tensor] | None = None, grid: torch.Tensor | None = None,
-               ) -> Callable[[torch.Tensor], torch.Tensor | None]:
+               images: ImageNoise | None = None) -> Callable[[torch.Tensor], torch.Tensor | None]:
     """The loss of one phase. ``measured`` (signal -> the noise variance measured from the data) is the
     ``sigma_fit="measured"`` mode: sigma_n is fitted to it at mu (a log-variance regression), and sigma_mu and
     mu (in the joint phase) follow the plain likelihood given sigma_n. Without it, the sigma and joint phases
-    use the paper's constrained likelihood."""
-    def loss_fn(x: torch.Tensor) -> torch.Tensor | None:
+    use the paper's constrained likelihood. With ``images`` the batch carries one more channel, each patch's
+    index along S (:func:`with_images`), and the likelihood charges each patch its own image's noise."""
+    def loss_fn(batch: torch.Tensor) -> torch.Tensor | None:
+        x, which = (batch[:, :-1], batch[:, -1, 0, 0].round().long()) if images is not None else (batch, None)
         if phase == "sigma":
             # mu is frozen: no graph through the backbone, so a sigma step costs about a third of a mu step
             with torch.no_grad():
@@ -148,7 +110,10 @@ def phase_loss(model: DBSN, phase: str, guard: LossGuard,
             if grid is not None and model.noise_model == "poisson-gaussian":  # sigma_n reads the signal per pixel
                 g = grid.to(x.device)
                 fit = fit + (torch.log(model.var_n(g)) - torch.log(measured(g))).square().mean()
-            loss, maha = marginal_nll(x, mu, var_mu, var_n.detach())
+            charged = var_n.detach()
+            if images is not None:
+                charged = charged * images.factor(mu.detach(), which).to(charged.dtype)
+            loss, maha = marginal_nll(x, mu, var_mu, charged)
             loss = loss + fit
         return loss if guard.check(loss, maha) else None  # None: the loop skips the update entirely
 
@@ -169,19 +134,39 @@ def _run_config(config: DBSNConfig | None, out_dir: str | Path | None,
     return saved, cfg
 
 
-def noise_supervision(cfg: DBSNConfig, source: PlaneSource, norm: Normalization, model: DBSN,
-                      ) -> tuple[QualityMonitor | None, Callable[[torch.Tensor], torch.Tensor] | None,
-                                 torch.Tensor | None]:
+@dataclass
+class NoiseSupervision:
     """What the run measures once, before the first step: the monitor of its quality (None: off, or the noise
-    cannot be measured), and the measured noise variance with the signal grid sigma_n is fitted on (None: the
-    paper's likelihood, by choice, for the multivariate model, or when the noise cannot be measured)."""
+    cannot be measured); the measured noise variance with the signal grid sigma_n is fitted on (None: the
+    paper's likelihood, by choice, for the multivariate model, or when the noise cannot be measured); and each
+    separate image's own level (None: one image, or no S axis)."""
+
+    monitor: QualityMonitor | None = None
+    measured: Callable[[torch.Tensor], torch.Tensor] | None = None
+    grid: torch.Tensor | None = None
+    images: ImageNoise | None = None
+
+
+def noise_supervision(cfg: DBSNConfig, source: PlaneSource, norm: Normalization, model: DBSN) -> NoiseSupervision:
     noise = measure_noise(source) if cfg.monitor or cfg.sigma_fit == "measured" else None
     if noise is None:
-        return None, None, None
+        return NoiseSupervision()
     monitor = QualityMonitor.for_source(source, noise) if cfg.monitor else None
     if cfg.sigma_fit != "measured" or model.full:
-        return monitor, None, None
-    return monitor, measured_variance(noise[0], norm), signal_grid(noise[0], norm)
+        return NoiseSupervision(monitor)
+    level = noise[0]
+    pooled = level.pooled if isinstance(level, PlaneNoise) else level
+    images = ImageNoise.of(image_levels(source, level), pooled, norm) if isinstance(level, PlaneNoise) else None
+    return NoiseSupervision(monitor, measured_variance(pooled, norm), signal_grid(pooled, norm), images)
+
+
+def with_images(batch: np.ndarray, source: PlaneSource, step: int, cfg: DBSNConfig) -> np.ndarray:
+    """``batch`` with one more channel holding each patch's index along S (the same draws as sample_batch), which
+    the loss splits off: the batch goes through the loop's prefetching and device transfer as one array."""
+    planes = batch_planes(source, step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch)
+    images = source.separate_images(planes)
+    tag = np.broadcast_to(np.asarray(images, dtype=np.float32)[:, None, None, None], (len(batch), 1, *batch.shape[2:]))
+    return np.concatenate([batch, tag], axis=1)
 
 
 def monitor_fields(monitor: QualityMonitor | None, phase: str, offset: int, iters: int,
@@ -225,7 +210,8 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
                     "data": record}
         return config_fn
 
-    monitor, measured, grid = noise_supervision(cfg, source, norm, model)
+    noise = noise_supervision(cfg, source, norm, model)
+    monitor = noise.monitor
 
     losses: list[float] = []
     for phase in range(start_phase, len(PHASES)):
@@ -233,11 +219,13 @@ def iter_train_dbsn(data: Any, axes: str | None = None, config: DBSNConfig | Non
             continue
 
         def batch_fn(step: int, _off: int = int(offsets[phase])) -> np.ndarray:
-            return norm.apply(sample_batch(source, _off + step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch))
+            batch = norm.apply(sample_batch(source, _off + step, seed=cfg.seed, batch=cfg.batch, patch=cfg.patch))
+            return batch if noise.images is None else with_images(batch, source, _off + step, cfg)
 
         lr = cfg.lr * {"mu": 1.0, "sigma": SIGMA_LR_FACTOR, "joint": JOINT_LR_FACTOR}[PHASES[phase]]
         spec = LoopSpec(f"dbsn-{PHASES[phase]}", model, iters[phase], lr, device, cfg.amp, batch_fn,
-                        phase_loss(model, PHASES[phase], LossGuard(iters[phase]), measured, grid),
+                        phase_loss(model, PHASES[phase], LossGuard(iters[phase]), noise.measured, noise.grid,
+                                   noise.images),
                         cfg.checkpoint_every, out,
                         config_fn_for(phase), should_stop,
                         **preview_runner(preview, model, config_fn_for(phase), device,

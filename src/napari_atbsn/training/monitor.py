@@ -23,9 +23,13 @@ import numpy as np
 from ..config import BLIND_ESTIMATE
 from ..errors import ImageError
 from ..events import QualityEvent
-from ..inference.quality import Calibration, calibrate_seeing, sample_planes
+from ..inference.quality import Calibration, calibrate_seeing, sample_groups, sample_planes, sampled_plane_numbers
 from ..inference.quality import measure_noise as measure_noise_of
+from ..plane_noise import PlaneNoise
 from ..risk import NoiseLevel
+
+if TYPE_CHECKING:
+    from ..risk import Noise
 
 if TYPE_CHECKING:
     from ..inference.denoiser import Denoiser
@@ -48,16 +52,17 @@ class QualityMonitor:
     """The fixed sample and its measured noise; :meth:`estimate` scores a D-BSN in training on it."""
 
     planes: np.ndarray            # (P, C, h, w) float64, data units
-    level: NoiseLevel
+    level: Noise                  # a PlaneNoise where the tiles are separate images (S), each its own
     correlation: np.ndarray | None
     sample: str
     last: Calibration | None = None  # the latest estimate (at the end of a run: the final weights')
 
     @classmethod
-    def for_source(cls, source: PlaneSource, noise: tuple[NoiseLevel, np.ndarray | None]) -> QualityMonitor:
+    def for_source(cls, source: PlaneSource, noise: tuple[Noise, np.ndarray | None]) -> QualityMonitor:
         """The monitor for a training run's data and its measured ``noise`` (:func:`measure_noise`): tiles of
         evenly spaced planes at the centres of the plane's four quadrants in turn, smaller than the noise's
-        sample so that the estimates cost a small share of the steps."""
+        sample so that the estimates cost a small share of the steps. Tiles of separate images (S) are scored
+        with their image's own noise level, as ``denoise`` scores them."""
         side = min(source.height, source.width, MONITOR_SIDE)
         idx = np.linspace(0, source.n_planes - 1, MONITOR_TILES).round().astype(int)
         tiles = []
@@ -66,7 +71,12 @@ class QualityMonitor:
             y0 = int(np.clip(cy - side // 2, 0, source.height - side))
             x0 = int(np.clip(cx - side // 2, 0, source.width - side))
             tiles.append(source.read(int(i), y0, x0, side, side))
-        return cls(np.stack(tiles).astype(np.float64), noise[0], noise[1],
+        level = noise[0]
+        if isinstance(level, PlaneNoise):
+            own = image_levels(source, level)
+            level = PlaneNoise(tuple(own.get(int(s), level.pooled) for s in source.separate_images(idx)),
+                               level.pooled)
+        return cls(np.stack(tiles).astype(np.float64), level, noise[1],
                    f"{MONITOR_TILES} tiles {side}x{side} of the training data")
 
     def estimate(self, model: Denoiser, stage: str, step: int) -> QualityEvent:
@@ -80,15 +90,25 @@ class QualityMonitor:
         return QualityEvent(stage, step, estimates, f"estimated gain over the input at step {step}: {text}")
 
 
-def measure_noise(source: PlaneSource) -> tuple[NoiseLevel, np.ndarray | None] | None:
-    """The training data's noise level (variance against signal, per channel) and 2-D correlation (None:
-    uncorrelated), measured as ``denoise`` measures it (:func:`~napari_atbsn.inference.quality.measure_noise`);
-    None when it cannot be (planes under 64x64, a constant image): the run then trains unmonitored, with the
-    paper's likelihood for the noise model."""
+def measure_noise(source: PlaneSource) -> tuple[Noise, np.ndarray | None] | None:
+    """The training data's noise level (variance against signal, per channel; a PlaneNoise where the data holds
+    separate images, S, each with its own) and 2-D correlation (None: uncorrelated), measured as ``denoise``
+    measures it (:func:`~napari_atbsn.inference.quality.measure_noise`); None when it cannot be (planes under
+    64x64, a constant image): the run then trains unmonitored, with the paper's likelihood for the noise model."""
     try:
-        return measure_noise_of(source.data, source.axes, sample_planes(source.data, source.axes)[0])
+        return measure_noise_of(source.data, source.axes, sample_planes(source.data, source.axes)[0],
+                                sample_groups(source.data, source.axes))
     except ImageError:
         return None
+
+
+def image_levels(source: PlaneSource, level: PlaneNoise) -> dict[int, NoiseLevel]:
+    """Index along S -> that image's own noise level, for the images :func:`measure_noise` sampled (images it
+    did not sample take the pooled level)."""
+    images = source.separate_images(sampled_plane_numbers(source.n_planes))
+    if images is None or len(images) != len(level.planes):
+        return {}
+    return {int(s): lv for s, lv in zip(images, level.planes, strict=True)}
 
 
 #: A run whose mu is worse than the input and whose fusion gains less than this has learned nothing useful:
@@ -137,4 +157,4 @@ def final_quality(monitor: QualityMonitor, steps: int) -> dict[str, Any]:
     return {"quality": record}
 
 
-__all__ = ["QualityMonitor", "diagnose", "final_quality", "measure_noise", "monitor_every"]
+__all__ = ["QualityMonitor", "diagnose", "final_quality", "image_levels", "measure_noise", "monitor_every"]

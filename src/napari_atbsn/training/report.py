@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..events import drain
+from ..inference.quality import sampled_plane_numbers
 from ..inference.runtime import iter_array
-from ..risk import MAX_GAIN_DB, PROBE_SCALE, NoiseLevel, blend, leak, noise_mse, noise_probe, risk
+from ..plane_noise import noise_of_images
+from ..risk import MAX_GAIN_DB, PROBE_SCALE, blend, leak, noise_mse, noise_probe, risk
 
 if TYPE_CHECKING:
     from ..inference.denoiser import Denoiser
@@ -68,6 +70,11 @@ class DistillReport:
                 f"departure {self.departure_db:.1f} dB below the noise, so at least {self.gain_bound_db:+.2f}")
 
 
+def report_plane_numbers(n_planes: int) -> np.ndarray:
+    """The planes the report looks at: up to :data:`REPORT_PLANES`, evenly spaced."""
+    return np.unique(np.linspace(0, n_planes - 1, min(REPORT_PLANES, n_planes)).round().astype(int))
+
+
 def report_planes(source: PlaneSource, band: int, context: int = 0) -> tuple[np.ndarray, int, tuple[int, int]]:
     """The report's input: up to :data:`REPORT_PLANES` evenly spaced planes, the centre columns, the held-out band
     with :data:`CONTEXT` rows above it, as (P, C, h, w) float32 (each followed by its ``context`` planes'
@@ -76,7 +83,7 @@ def report_planes(source: PlaneSource, band: int, context: int = 0) -> tuple[np.
     r0 = h - band if band else max(0, h - REPORT_WIDTH)
     top = max(0, r0 - CONTEXT)
     x0 = (source.width - w) // 2
-    idx = np.unique(np.linspace(0, source.n_planes - 1, min(REPORT_PLANES, source.n_planes)).round().astype(int))
+    idx = report_plane_numbers(source.n_planes)
     planes = np.stack([source.read_unit(int(i), top, x0, h - top, w, context) for i in idx])
     return planes, r0 - top, (r0, h)
 
@@ -95,7 +102,9 @@ def distill_report(student: Denoiser, teacher: Denoiser, calibration: Calibratio
                                dtype="float32", assembled=bool(model.context)))[0]
         return out.astype(np.float64)
 
-    level = NoiseLevel.from_dict(calibration.noise_level)
+    # separate images (S) each with its own level, as the calibration measured them (plane_noise.PlaneNoise)
+    level = noise_of_images(calibration.noise_level, source.separate_images(sampled_plane_numbers(source.n_planes)),
+                            source.separate_images(report_plane_numbers(source.n_planes)))
     f, s = run(teacher, planes, calibration.k_b), run(student, planes, None)
     # the probe over the whole crop (its correlation is that of the noise), scored on the band
     probe = noise_probe(s, planes.astype(np.float64), level, correlation)
@@ -117,4 +126,4 @@ def distill_report(student: Denoiser, teacher: Denoiser, calibration: Calibratio
                          db(var, r_s), db(var, (np.sqrt(r_g) + np.sqrt(d)) ** 2), db(peak**2, d))
 
 
-__all__ = ["DistillReport", "distill_report", "held_out_rows", "report_planes"]
+__all__ = ["DistillReport", "distill_report", "held_out_rows", "report_plane_numbers", "report_planes"]
