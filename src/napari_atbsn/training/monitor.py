@@ -29,10 +29,8 @@ from ..plane_noise import PlaneNoise
 from ..risk import NoiseLevel
 
 if TYPE_CHECKING:
-    from ..risk import Noise
-
-if TYPE_CHECKING:
     from ..inference.denoiser import Denoiser
+    from ..risk import Noise
     from ..sampling import PlaneSource
 
 #: The in-training estimate looks at this many tiles, spread over planes and positions: on FMD a 2-plane centre
