@@ -99,11 +99,17 @@ def test_separate_images_get_their_own_noise_level(clean) -> None:
 def test_a_recorded_per_image_model_is_read_back_for_other_planes_of_the_same_images(clean) -> None:
     """The distillation report scores other planes than the calibration measured: each gets its image's own
     level from the record, the pooled one where its image was not sampled or the record has one model."""
-    from napari_atbsn.plane_noise import noise_of_images
+    from napari_atbsn.plane_noise import noise_from_dict
+
+    def noise_of_images(record, record_images, images):
+        from napari_atbsn.plane_noise import noise_of_images as of_images
+
+        return of_images(noise_from_dict(record), record_images, images)
 
     x = clean[:, None]
     y = x + np.random.default_rng(7).normal(0, 1, x.shape) * np.array([2.0, 8.0]).reshape(2, 1, 1, 1)
     rec = estimate_noise_levels(y, [5, 7]).to_dict()
+    assert noise_from_dict(rec) == estimate_noise_levels(y, [5, 7])  # read back whole
     got = noise_of_images(rec, [5, 7], [7, 7, 5, 9])
     assert isinstance(got, PlaneNoise) and got.pooled == rk.NoiseLevel.from_dict(rec)
     own = [rk.NoiseLevel.from_dict(d) for d in rec["per_plane"]]

@@ -75,14 +75,32 @@ def estimate_noise_levels(planes: np.ndarray, groups: Any, correlation: np.ndarr
     return PlaneNoise(tuple(own[g] for g in groups), pooled)
 
 
-def noise_of_images(record: dict[str, Any], record_images: Any, images: Any) -> NoiseLevel | PlaneNoise:
-    """The noise model of planes of separate images (``images``: each plane's index along S) from a recorded
-    model (:meth:`PlaneNoise.to_dict` of a sample whose planes belonged to ``record_images``): each plane gets its
-    image's own level, the pooled one where its image was not in the sample. The pooled model alone where the
-    record holds one or either side has no S axis (None)."""
+def pooled_level(noise: NoiseLevel | PlaneNoise) -> NoiseLevel:
+    """The one model for every plane: a PlaneNoise's pooled model, or the model itself."""
+    return noise.pooled if isinstance(noise, PlaneNoise) else noise
+
+
+def levels_by_image(noise: NoiseLevel | PlaneNoise, images: Any) -> dict[int, NoiseLevel]:
+    """Index along S -> that image's own model, for a PlaneNoise whose planes belonged to ``images`` (each
+    plane's S index); empty for one model, or when ``images`` (None: no S axis) does not match its planes."""
+    if not isinstance(noise, PlaneNoise) or images is None or len(images) != len(noise.planes):
+        return {}
+    return {int(s): lv for s, lv in zip(images, noise.planes, strict=True)}
+
+
+def noise_of_images(noise: NoiseLevel | PlaneNoise, noise_images: Any, images: Any) -> NoiseLevel | PlaneNoise:
+    """The noise model of other planes of the same separate images (``images``: each plane's index along S;
+    None: no S axis), from ``noise`` measured on planes of ``noise_images``: each plane gets its image's own
+    level, the pooled one where its image was not measured. The pooled model alone where ``noise`` is one
+    model or either side has no S axis."""
+    base, own = pooled_level(noise), levels_by_image(noise, noise_images)
+    if not own or images is None:
+        return base
+    return PlaneNoise(tuple(own.get(int(s), base) for s in images), base)
+
+
+def noise_from_dict(record: dict[str, Any]) -> NoiseLevel | PlaneNoise:
+    """A recorded model (:meth:`PlaneNoise.to_dict` or :meth:`NoiseLevel.to_dict`) read back."""
     pooled = NoiseLevel.from_dict(record)
     per = record.get("per_plane")
-    if not per or images is None or record_images is None or len(record_images) != len(per):
-        return pooled
-    own = {int(s): NoiseLevel.from_dict(d) for s, d in zip(record_images, per, strict=True)}
-    return PlaneNoise(tuple(own.get(int(s), pooled) for s in images), pooled)
+    return PlaneNoise(tuple(NoiseLevel.from_dict(d) for d in per), pooled) if per else pooled

@@ -31,11 +31,12 @@ from ..device import resolve_device
 from ..errors import ATBSNError, ConfigError, ImageError, ModelFolderError
 from ..events import CheckpointEvent, Preview, PreviewEvent, QualityEvent, StepEvent, drain
 from ..inference.denoiser import Denoiser
+from ..inference.quality import sample_groups
 from ..modelio import arch_dict, load_network
 from ..models import DBSN, Student
 from ..models.dbsn import BLOWUP, bayes_fusion, constrained_nll, marginal_nll
 from ..normalization import Normalization
-from ..plane_noise import PlaneNoise
+from ..plane_noise import levels_by_image, pooled_level
 from ..sampling import PlaneSource, batch_planes, check_patch_fits, plane_source, sample_batch
 from .harness import (
     TrainResult,
@@ -48,7 +49,7 @@ from .harness import (
     removes_empty_output,
 )
 from .loop import LoopSpec, gpu_options, iter_optimize
-from .monitor import QualityMonitor, final_quality, image_levels, measure_noise, monitor_every
+from .monitor import QualityMonitor, final_quality, measure_noise, monitor_every
 from .noise_targets import ImageNoise, measured_variance, signal_grid
 
 PHASES = ("mu", "sigma", "joint")
@@ -154,9 +155,8 @@ def noise_supervision(cfg: DBSNConfig, source: PlaneSource, norm: Normalization,
     monitor = QualityMonitor.for_source(source, noise) if cfg.monitor else None
     if cfg.sigma_fit != "measured" or model.full:
         return NoiseSupervision(monitor)
-    level = noise[0]
-    pooled = level.pooled if isinstance(level, PlaneNoise) else level
-    images = ImageNoise.of(image_levels(source, level), pooled, norm) if isinstance(level, PlaneNoise) else None
+    pooled = pooled_level(noise[0])
+    images = ImageNoise.of(levels_by_image(noise[0], sample_groups(source.data, source.axes)), pooled, norm)
     return NoiseSupervision(monitor, measured_variance(pooled, norm), signal_grid(pooled, norm), images)
 
 

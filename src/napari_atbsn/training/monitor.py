@@ -23,10 +23,9 @@ import numpy as np
 from ..config import BLIND_ESTIMATE
 from ..errors import ImageError
 from ..events import QualityEvent
-from ..inference.quality import Calibration, calibrate_seeing, sample_groups, sample_planes, sampled_plane_numbers
+from ..inference.quality import Calibration, calibrate_seeing, sample_groups, sample_planes
 from ..inference.quality import measure_noise as measure_noise_of
-from ..plane_noise import PlaneNoise
-from ..risk import NoiseLevel
+from ..plane_noise import noise_of_images
 
 if TYPE_CHECKING:
     from ..inference.denoiser import Denoiser
@@ -69,11 +68,7 @@ class QualityMonitor:
             y0 = int(np.clip(cy - side // 2, 0, source.height - side))
             x0 = int(np.clip(cx - side // 2, 0, source.width - side))
             tiles.append(source.read(int(i), y0, x0, side, side))
-        level = noise[0]
-        if isinstance(level, PlaneNoise):
-            own = image_levels(source, level)
-            level = PlaneNoise(tuple(own.get(int(s), level.pooled) for s in source.separate_images(idx)),
-                               level.pooled)
+        level = noise_of_images(noise[0], sample_groups(source.data, source.axes), source.separate_images(idx))
         return cls(np.stack(tiles).astype(np.float64), level, noise[1],
                    f"{MONITOR_TILES} tiles {side}x{side} of the training data")
 
@@ -98,15 +93,6 @@ def measure_noise(source: PlaneSource) -> tuple[Noise, np.ndarray | None] | None
                                 sample_groups(source.data, source.axes))
     except ImageError:
         return None
-
-
-def image_levels(source: PlaneSource, level: PlaneNoise) -> dict[int, NoiseLevel]:
-    """Index along S -> that image's own noise level, for the images :func:`measure_noise` sampled (images it
-    did not sample take the pooled level)."""
-    images = source.separate_images(sampled_plane_numbers(source.n_planes))
-    if images is None or len(images) != len(level.planes):
-        return {}
-    return {int(s): lv for s, lv in zip(images, level.planes, strict=True)}
 
 
 #: A run whose mu is worse than the input and whose fusion gains less than this has learned nothing useful:
@@ -155,4 +141,4 @@ def final_quality(monitor: QualityMonitor, steps: int) -> dict[str, Any]:
     return {"quality": record}
 
 
-__all__ = ["QualityMonitor", "diagnose", "final_quality", "image_levels", "measure_noise", "monitor_every"]
+__all__ = ["QualityMonitor", "diagnose", "final_quality", "measure_noise", "monitor_every"]

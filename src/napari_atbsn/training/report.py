@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..events import drain
-from ..inference.quality import sampled_plane_numbers
+from ..inference.quality import sample_groups
 from ..inference.runtime import iter_array
-from ..plane_noise import noise_of_images
+from ..plane_noise import noise_from_dict, noise_of_images
 from ..risk import MAX_GAIN_DB, PROBE_SCALE, blend, leak, noise_mse, noise_probe, risk
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def distill_report(student: Denoiser, teacher: Denoiser, calibration: Calibratio
         return out.astype(np.float64)
 
     # separate images (S) each with its own level, as the calibration measured them (plane_noise.PlaneNoise)
-    level = noise_of_images(calibration.noise_level, source.separate_images(sampled_plane_numbers(source.n_planes)),
+    level = noise_of_images(noise_from_dict(calibration.noise_level), sample_groups(source.data, source.axes),
                             source.separate_images(report_plane_numbers(source.n_planes)))
     f, s = run(teacher, planes, calibration.k_b), run(student, planes, None)
     # the probe over the whole crop (its correlation is that of the noise), scored on the band
