@@ -383,3 +383,32 @@ def dataclasses_replace(cfg: DBSNConfig, **kw) -> DBSNConfig:
     import dataclasses
 
     return dataclasses.replace(cfg, **kw)
+
+
+@pytest.mark.parametrize("fit", ["measured", "likelihood"])
+def test_the_joint_phase_trains_the_backbone_on_the_data_term_alone(fit: str) -> None:
+    """Sigma_mu reads the backbone's features detached: the backbone's gradient in the joint phase is exactly the
+    gradient with Sigma_mu held constant, while Sigma_mu's head still learns (on PolyU the variance head's pull
+    on the shared features cost mu 9 dB)."""
+    from napari_atbsn.models.dbsn import marginal_nll
+    from napari_atbsn.training.dbsn import LossGuard, phase_loss
+
+    torch.manual_seed(0)
+    model = DBSN(3, "tiny")
+    x = torch.rand(2, 3, 32, 32)
+    measured = (lambda s: torch.full_like(s, 1e-3)) if fit == "measured" else None
+    phase_loss(model, "joint", LossGuard(10), measured)(x).backward()
+    backbone = [p for n, p in model.named_parameters() if not n.startswith(("sigma_mu", "sigma_n"))]
+    got = [p.grad.clone() for p in backbone]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.sigma_mu.parameters())
+    model.zero_grad()
+    mu, mid = model.features(x)
+    var_mu = model.var_mu(mid).detach()  # Sigma_mu a constant: only the data term reaches the backbone
+    var_n = model.var_n(model.noise_input(x, mu.detach()))
+    if fit == "measured":
+        loss = marginal_nll(x, mu, var_mu, var_n.detach())[0]
+    else:
+        loss = constrained_nll(x, mu, var_mu, var_n)[0]
+    loss.backward()
+    for g, p in zip(got, backbone, strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-8)

@@ -5,7 +5,8 @@ Training runs three phases on the shared loop (events, stop, checkpoints):
 1. ``dbsn-mu``: the blind-spot network alone, MSE between mu and the noisy input;
 2. ``dbsn-sigma``: the uncertainty head and the noise estimator with mu frozen,
    on the constrained likelihood, at 3x the learning rate (:data:`SIGMA_LR_FACTOR`);
-3. ``dbsn-joint``: all three on the constrained likelihood.
+3. ``dbsn-joint``: all three on the likelihood; the backbone (mu) learns from its data term only, Sigma_mu
+   reads the backbone's features detached.
 
 Each phase has its own Adam and cosine schedule, like the reference's separate
 scripts. The checkpoint records its phase, so a resumed run continues that
@@ -100,7 +101,12 @@ def phase_loss(model: DBSN, phase: str, guard: LossGuard,
             mu, mid = model.features(x)
         if phase == "mu":
             return F.mse_loss(mu.float(), x.float())
-        var_mu = model.var_mu(mid)
+        # Sigma_mu reads the backbone's features detached: the backbone learns from the likelihood's data term
+        # only (mu's residual weighted by 1 / (sigma_mu^2 + sigma_n^2)). Let Sigma_mu's log-variance gradient
+        # reshape the shared features too (the reference's joint phase) and on PolyU's RGB camera noise mu lost
+        # 9 dB in the joint phase (27.6 -> 18.3 dB at 300 small steps); detached it kept 27.0 and FMD's mu was
+        # unchanged (39.3 dB; docs/benchmarks.md, issue 17)
+        var_mu = model.var_mu(mid.detach())
         var_n = model.var_n(model.noise_input(x, mu.detach()))
         if measured is None:
             loss, maha = constrained_nll(x, mu, var_mu, var_n)
