@@ -14,6 +14,7 @@ float, no clipping, data range 255 for the 8-bit sets, clean max - min for the s
   the same clean volume with its noise scaled down 4x (the light-noise case of the issue);
 * ``polyu``: 4 PolyU sRGB images (SYXC), correlated camera noise, light;
 * ``fmd``: FMD confocal field 1, the 50 frames as a ZYX stack (training), 4 frames scored;
+* ``sidd``: the two 256x256 SIDD sample images (SYXC), heavy correlated sRGB noise, k_a 5;
 * ``w2s``: W2S widefield, fields 001-002, channels 0-2: 6 single 512x512 images (SYX),
   heavy independent noise; each image gets its own noise estimate.
 
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 CACHE = ROOT / ".bench-cache"
 KS = (0, 1, 3, 5, 7, 9, 11)
-DATASETS = ("sample", "sample-light", "polyu", "fmd", "w2s")
+DATASETS = ("sample", "sample-light", "polyu", "fmd", "w2s", "sidd")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -76,6 +77,10 @@ def load(name: str) -> dict:
         clean = np.stack([tifffile.imread(DATA / "w2s_dev" / "avg400" / f"target_avg400_{f}_{c}.tif")
                           for f, c in ids])
         return dict(train=noisy, axes="SYX", noisy=noisy, clean=clean.astype(np.float32), drange=255.0, pool=False)
+    if name == "sidd":  # the two 256x256 SIDD sample images: heavy sRGB noise, clipped at 0 in dark areas
+        noisy = np.stack([np.asarray(Image.open(DATA / "sidd_dev" / f"NOISY_{i}.png")) for i in (6, 9)])
+        clean = np.stack([np.asarray(Image.open(DATA / "sidd_dev" / f"GT_{i}.png")) for i in (6, 9)])
+        return dict(train=noisy, axes="SYXC", noisy=noisy, clean=clean.astype(np.float32), drange=255.0, pool=False)
     raise SystemExit(f"unknown dataset {name}")
 
 
@@ -174,7 +179,7 @@ def student_denoise_estimate(folder: Path, d: dict) -> float | None:
     return outs.calibration.gain_db
 
 
-K_A = {"sample": 7, "sample-light": 7, "polyu": 9, "fmd": 1, "w2s": 1}  # analysis.recommendation (dbsn -> 1)
+K_A = {"sample": 7, "sample-light": 7, "polyu": 9, "fmd": 1, "w2s": 1, "sidd": 5}  # analysis.recommendation (dbsn -> 1)
 ITERS, PATCH, BATCH = 400, 64, 8
 STUDENTS = False  # --defaults
 THREADS = 1  # --threads

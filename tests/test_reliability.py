@@ -736,7 +736,8 @@ def test_api_multi_series_tiff_says_which_series_is_used(files, tmp_path: Path, 
         err = capsys.readouterr().err
         assert f"series {used} of 2" in err, err
         assert "--series" in err or used == 1
-    tifffile.imwrite(tmp_path / "one.tif", tifffile.imread(two, series=1))
+    # the same axes as the series (without them the file reads as separate images, S, each blended on its own)
+    tifffile.imwrite(tmp_path / "one.tif", tifffile.imread(two, series=1), metadata={"axes": "ZYX"})
     assert main(["denoise", str(tmp_path / "one.tif"), "-m", str(files["teacher"]), "-o", str(tmp_path / "r.tif")]) == 0
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "o1.tif"), tifffile.imread(tmp_path / "r.tif"))
 
@@ -769,9 +770,13 @@ def test_api_sigterm_during_training_saves_a_checkpoint(files, tmp_path: Path) -
     ('"patch": 1' + "0" * 5000, r"is not valid JSON .*digits"),
     ('"k_a": -1', r"k_a=-1 must be 0 or a positive odd whole number"),
     ('"k_b": 4', r"k_b=4 must be 0 or a positive odd"),
+    ('"k_b": null', r"k_b=None must be 0 or a positive odd whole number or 'auto'"),
+    ('"k_a": 1000001', r"k_a=1000001 is a blind spot as wide as the training patch \(32 px\)"),
+    ('"k_b": 999', r"config\.json: k_b=999 is a blind spot as wide as the training patch"),
     ('"steps": -3', r"steps=-3 must be a whole number >= 0"),
     ("deep", r"is not valid JSON .*recursion"),
-], ids=["nan", "string", "float", "not-multiple", "5000-digits", "k_a", "k_b", "steps", "deep"])
+], ids=["nan", "string", "float", "not-multiple", "5000-digits", "k_a", "k_b", "k_b-null", "k_a-huge", "k_b-huge",
+        "steps", "deep"])
 def test_api_hand_edited_config_values_are_refused(files, tmp_path: Path, edit: str, message: str) -> None:
     """A18: config.json values of the wrong type or range, a 5000-digit number and 100k-deep nesting give a
     ModelFolderError naming the value, not a traceback or a wrong image."""
@@ -896,3 +901,24 @@ def test_a_huge_compressed_strip_is_refused_before_it_is_decoded(files, tmp_path
     from napari_atbsn.io.readers import open_image
 
     assert open_image(tmp_path / "tiled.tif").shape == (1024, 1024)  # tiles of 256x256: accepted
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
+def test_api_sigterm_while_a_denoise_is_planned_says_so(files, tmp_path: Path, monkeypatch, capsys) -> None:
+    """SIGTERM during the planning and calibration of a denoise (before any chunk) used to end with the bare exit
+    status 143 and no word; it now says what stopped and exits 130, like a stop once chunks run."""
+    import napari_atbsn.inference.plan as plan
+
+    def killed(*_a: object, **_k: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM was not handled")
+
+    monkeypatch.setattr(plan, "plan_job", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "o.tif"
+    assert main(["denoise", str(files["ok"]), "-m", str(files["teacher"]), "-o", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "SIGTERM: stopping while the job is planned (nothing written yet)" in err, err
+    assert not out.exists()
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -45,6 +45,7 @@ import numpy as np
 
 from .axes import context_axis
 from .errors import ConfigError, ImageError
+from .filters import flat_pixels
 from .risk import NoiseLevel, estimate_noise_level
 
 MAX_LAG = 6
@@ -105,6 +106,9 @@ class NoiseAnalysis:
     notes: list[str] = field(default_factory=list)
     noise_level: NoiseLevel | None = None  # variance against signal per channel (risk.estimate_noise_level)
     context: PlaneContext | None = None    # neighbouring planes' noise (None: no Z or T axis)
+    #: each channel's own 2-D autocorrelation (C, 2L+1, 2L+1), None for one channel: colour noise after
+    #: demosaicing is more correlated in red and blue than in green (risk.level_statistics whitens by it)
+    channel_autocorrelation_2d: np.ndarray | None = None
 
     @property
     def neighbour(self) -> float:
@@ -231,19 +235,46 @@ def _gaussian_kernel(sigma: float) -> np.ndarray:
     return k / k.sum()
 
 
-def _flat_blocks(res: np.ndarray, smooth: np.ndarray, block: int = RESIDUAL_BLOCK, frac: float = 0.1) -> np.ndarray:
-    """The residual in the flattest blocks (smallest peak gradient of the smoothed image), as (n, block, block)."""
+def _flat_blocks(res: np.ndarray, smooth: np.ndarray, block: int = RESIDUAL_BLOCK, frac: float = 0.1,
+                 blank: np.ndarray | None = None) -> np.ndarray:
+    """The residual in the flattest blocks (smallest peak gradient of the smoothed image), as (n, block, block).
+
+    Blocks holding a ``blank`` pixel (filters.flat_pixels: padding, blank planes, saturated plateaus) are
+    flattest of all and hold no noise: they are left out."""
     h, w = res.shape[-2:]
     res, smooth = res.reshape(-1, h, w), smooth.reshape(-1, h, w)
+    blank = np.zeros(res.shape, dtype=bool) if blank is None else blank.reshape(-1, h, w)
     blocks, scores = [], []
     for p in range(res.shape[0]):
         for y in range(0, h - block + 1, block):
             for x in range(0, w - block + 1, block):
+                if blank[p, y:y + block, x:x + block].any():
+                    continue
                 gy, gx = np.gradient(smooth[p, y:y + block, x:x + block])
                 scores.append(float(np.hypot(gy, gx).max()))
                 blocks.append(res[p, y:y + block, x:x + block])
+    if not blocks:
+        raise ImageError("no noise could be measured: every part of the image is blank, constant or saturated.")
     keep = np.argsort(scores)[:max(8, int(len(scores) * frac))]
     return np.stack([blocks[i] for i in keep])
+
+
+def _residual_acf(planes: np.ndarray) -> tuple[np.ndarray, float]:
+    """The noise's normalised 2-D autocorrelation and variance from single planes (P, C, h, w) of any content."""
+    smooth = _gaussian_blur(planes, RESIDUAL_SIGMA)
+    flat = _flat_blocks(planes - smooth, smooth, blank=flat_pixels(planes))
+    return _deconvolve_residual_acf(_autocovariance(flat, RESIDUAL_MEASURED), RESIDUAL_SIGMA, RESIDUAL_SUPPORT)
+
+
+def _channel_acfs(planes: np.ndarray, acf_of: Any) -> np.ndarray | None:
+    """Each channel's own autocorrelation (C, 2L+1, 2L+1) by ``acf_of`` (one channel's planes (P, 1, h, w) ->
+    acf); None for one channel, or where a channel's cannot be measured (the pooled one serves then)."""
+    if planes.shape[1] < 2:
+        return None
+    try:
+        return np.stack([acf_of(planes[:, c:c + 1]) for c in range(planes.shape[1])])
+    except ImageError:
+        return None
 
 
 def _deconvolve_residual_acf(acf_r: np.ndarray, sigma: float, support: int) -> tuple[np.ndarray, float]:
@@ -342,7 +373,7 @@ def analyze_noise(data: Any, axes: str | None = None, *, max_planes: int = 16, m
             seq = np.stack([p for pair in pairs for p in pair]).astype(np.float64)  # (2P, C, h, w), one scene
             return NoiseAnalysis("plane differences", _radial(acf, MAX_LAG), acf, std, 2 * len(pairs),
                                  source.channels, notes, _level(seq, acf, differences=True) if level else None,
-                                 context)
+                                 context, _channel_acfs(diffs, lambda d: _acf2d(d, MAX_LAG)))
         notes.append(f"neighbouring planes differ in content (long-range correlation {long_range:.2f} of their "
                      f"difference), so residuals of single planes were used")
     rng = np.random.default_rng(seed)
@@ -350,18 +381,20 @@ def analyze_noise(data: Any, axes: str | None = None, *, max_planes: int = 16, m
     planes = np.stack([source.read(int(i), y0, x0, h, w) for i in idx]).astype(np.float64)  # (P, C, h, w)
     if not np.all(np.isfinite(planes)):
         raise ImageError("the image contains NaN or Inf pixels; replace them before analysing.")
-    smooth = _gaussian_blur(planes, RESIDUAL_SIGMA)
-    flat = _flat_blocks(planes - smooth, smooth)
-    acf, var = _deconvolve_residual_acf(_autocovariance(flat, RESIDUAL_MEASURED), RESIDUAL_SIGMA, RESIDUAL_SUPPORT)
+    acf, var = _residual_acf(planes)
+    channel_acfs = _channel_acfs(planes, lambda p: _residual_acf(p)[0])
     return NoiseAnalysis("residuals", _radial(acf, RESIDUAL_SUPPORT), acf, float(np.sqrt(var)), len(idx),
-                         source.channels, notes, _level(planes, acf, differences=False) if level else None, context)
+                         source.channels, notes,
+                         _level(planes, acf, differences=False, whiten=channel_acfs) if level else None, context,
+                         channel_acfs)
 
 
-def _level(planes: np.ndarray, acf: np.ndarray, *, differences: bool) -> NoiseLevel | None:
+def _level(planes: np.ndarray, acf: np.ndarray, *, differences: bool, whiten: np.ndarray | None = None,
+           ) -> NoiseLevel | None:
     """The noise variance against signal; None where the planes are too small or saturated to say."""
     corr = acf if abs(_radial(acf, 1)[1]) >= LENGTH_THRESHOLD else None
     try:
-        return estimate_noise_level(planes, corr, differences=differences)
+        return estimate_noise_level(planes, corr, differences=differences, whiten=None if corr is None else whiten)
     except ImageError:
         return None
 

@@ -50,6 +50,16 @@ class StopFlag:
         return self.requested
 
 
+class StopAtOnce(StopFlag):
+    """SIGINT/SIGTERM while nothing is written yet (planning a denoise, its calibration): say so and stop now, with
+    the exit status of a stopped job (130), not the bare 143 of an unhandled SIGTERM."""
+
+    def _handle(self, signum: int, *_: Any) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\natbsn: {name}: {self.message}", file=sys.stderr)
+        raise KeyboardInterrupt
+
+
 def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
@@ -217,10 +227,12 @@ def cmd_denoise(args: argparse.Namespace) -> int:
                                compile=args.compile)
     k_b = args.k_b[0] if args.k_b and len(args.k_b) == 1 else args.k_b
     workers = default_workers(args.scheduler, args.workers)
-    job = plan_job(source, model, args.output, k_b=k_b, roi=args.roi, chunk=args.chunk, window=args.window,
-                   halo=args.halo, batch_size=args.batch_size, dtype=args.dtype, overwrite=args.overwrite,
-                   workers=workers, noise_map=args.save_noise_map,
-                   worker_device=worker_device_for(args.scheduler, args.device))
+    with StopAtOnce("stopping while the job is planned (nothing written yet); run the same command to start "
+                    "again"):
+        job = plan_job(source, model, args.output, k_b=k_b, roi=args.roi, chunk=args.chunk, window=args.window,
+                       halo=args.halo, batch_size=args.batch_size, dtype=args.dtype, overwrite=args.overwrite,
+                       workers=workers, noise_map=args.save_noise_map,
+                       worker_device=worker_device_for(args.scheduler, args.device))
     print(f"atbsn: {model.kind} model, output(s) {_outputs_label(job.ks)}, window {job.window} (halo {job.halo}), "
           f"chunk {job.chunk}, "
           f"{len(job.units())} chunks, scheduler {args.scheduler}", file=sys.stderr)
@@ -253,8 +265,8 @@ def _report_quality(cal: Any) -> None:
         print("atbsn: warning: the output is estimated to be WORSE than the input; keep the input, or train "
               "longer / with a larger k_a (see 'atbsn analyze').", file=sys.stderr)
     elif cal.gain_db is None:
-        print("atbsn: warning: the output's gain over the input could not be estimated; it is the model's plain "
-              "output.", file=sys.stderr)
+        print("atbsn: warning: the output's gain over the input could not be estimated, so the default output is "
+              "the input unchanged (see the line above for the plain output's flag).", file=sys.stderr)
 
 
 def _check_output_first(src: str, dst: str) -> None:

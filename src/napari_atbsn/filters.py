@@ -32,3 +32,25 @@ def box_mean(x: np.ndarray, window: int) -> np.ndarray:
     s = c[..., window:window + h, window:window + w] - c[..., :h, window:window + w] \
         - c[..., window:window + h, :w] + c[..., :h, :w]
     return s / window**2
+
+
+#: Side of the square a pixel must share one exact value with to count as flat. Noise never repeats one value
+#: over 25 pixels, except where the signal is so low that the noise is negligible (Poisson counts below ~0.2).
+FLAT_SIDE = 5
+
+
+def flat_pixels(x: np.ndarray, side: int = FLAT_SIDE) -> np.ndarray:
+    """Pixels of (..., H, W) that lie in a ``side`` x ``side`` square of one exact value: blank planes, the zero or
+    constant fill of a padded canvas, saturated plateaus. They carry no noise, so a noise measurement must leave
+    them out; a denoiser must return them as they are."""
+    x = np.asarray(x)
+    if x.shape[-2] < side or x.shape[-1] < side:
+        return np.zeros(x.shape, dtype=bool)
+    w = np.lib.stride_tricks.sliding_window_view(x, (side, side), axis=(-2, -1))
+    const = w.min(axis=(-2, -1)) == w.max(axis=(-2, -1))  # (..., H - side + 1, W - side + 1): square starting here
+    # a pixel is flat if any constant square covers it: dilate the square starts back over the square
+    out = np.zeros(x.shape, dtype=bool)
+    for dy in range(side):
+        for dx in range(side):
+            out[..., dy:dy + const.shape[-2], dx:dx + const.shape[-1]] |= const
+    return out

@@ -176,12 +176,7 @@ def _check_values(cfg_path: Path, cfg: dict[str, Any]) -> None:
         multiple = ATBSN_PRESETS[preset].multiple if cfg["kind"] == "atbsn" and preset in ATBSN_PRESETS else 1
         if patch % multiple:
             problems.append(f"patch={patch} must be a multiple of {multiple} for preset {preset}")
-    for key in ("k_a", "k_b"):
-        k = cfg.get(key)
-        if k is not None and not (key == "k_b" and k == AUTO_K_B) and \
-                not (_is_int(k) and k >= 0 and (k == 0 or k % 2 == 1)):
-            also = " or 'auto'" if key == "k_b" else ""
-            problems.append(f"{key}={k!r} must be 0 or a positive odd whole number{also}")
+    problems += [m for key in ("k_a", "k_b") if key in cfg and (m := _blind_spot_problem(cfg, key, patch))]
     for key in ("halo", "steps"):
         v = cfg.get(key)
         if v is not None and not (_is_int(v) and v >= 0):
@@ -189,6 +184,22 @@ def _check_values(cfg_path: Path, cfg: dict[str, Any]) -> None:
     if problems:
         raise ModelFolderError(f"{cfg_path}: {problems[0]}; the file was edited by hand or damaged. Restore the "
                                f"original or re-train.")
+
+
+def _blind_spot_problem(cfg: dict[str, Any], key: str, patch: Any) -> str | None:
+    """What is wrong with the stored blind spot ``key`` (k_a or k_b), or None."""
+    k = cfg[key]
+    if k is None and key == "k_b" and cfg["kind"] != "atbsn":
+        return None  # a student's or D-BSN's record of "no blind spot"
+    if key == "k_b" and k == AUTO_K_B:
+        return None
+    if not (_is_int(k) and k >= 0 and (k == 0 or k % 2 == 1)):
+        return f"{key}={k!r} must be 0 or a positive odd whole number{' or ' + repr(AUTO_K_B) if key == 'k_b' else ''}"
+    if _is_int(patch) and cfg["kind"] == "atbsn" and (k + 1) // 2 >= patch:
+        # the blind spot's shift must leave pixels of the window to predict from
+        return (f"{key}={k} is a blind spot as wide as the training patch ({patch} px); it must be smaller than "
+                f"{2 * patch - 1}")
+    return None
 
 
 def build_model(cfg: dict[str, Any]) -> nn.Module:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageError
+from .filters import flat_pixels
 from .risk import NoiseLevel, estimate_noise_level
 
 
@@ -55,21 +56,90 @@ class PlaneNoise:
         return {**self.pooled.to_dict(), "per_plane": [lv.to_dict() for lv in self.planes]}
 
 
+#: Blocks (side, pixels) and the quantile of their residual energy that :func:`residual_floor` reads.
+FLOOR_BLOCK = 16
+FLOOR_QUANTILE = 0.25
+#: The patch estimate is raised only where it reads below 1/1.5 of the residual's floor (SIDD's red and blue: 1/3):
+#: nearer, raising it cost the light sample 0.25 dB and turned the sample's estimate 1 dB optimistic.
+FLOOR_TRIGGER = 1.5
+#: ... and only where, in those blocks, the widest blind spot's residual is within this factor of the best one's:
+#: outputs that agree there see little signal to miss, so the residual is the noise's (SIDD: 1.1; PolyU, where
+#: each blind spot is 6-10 dB worse than the input, 2: there the residual is the network's error).
+FLOOR_AGREEMENT = 1.25
+
+
+def residual_floor(noise: NoiseLevel | PlaneNoise, f: np.ndarray, y: np.ndarray, groups: Any = None, *,
+                   wide: np.ndarray | None = None) -> NoiseLevel | PlaneNoise:
+    """``noise`` raised, per channel (and per separate image), to what a blind output f says of the noise where f
+    is best (``wide``: the output of a wider blind spot, which must agree with f there).
+
+    For an output f whose blind spot covers the noise correlation, E(f − y)² = E(f − x)² + σ² (Noise2Self): in
+    the blocks where f is close to the clean image (flat background, the bulk of heavy-noise data) the residual's
+    energy is the noise's. The patch estimate reads heavy, clipped, demosaiced noise low (SIDD: 0.3x in red and
+    blue), which makes the blend keep the noisy input; the lower quartile over 16x16 blocks of the residual's
+    energy against the model's variance (both at each block's signal) is a factor that the model is raised by
+    (:data:`FLOOR_TRIGGER`, :data:`FLOOR_AGREEMENT` say where). It errs low by the spread of a block's energy and
+    high by what f misses in its best quarter of blocks (docs/never-worse-research.md, "σ̂² on heavy noise")."""
+    if wide is None:
+        return noise
+    f, y, wide = (np.asarray(a, dtype=np.float64) for a in (f, y, wide))
+    b = FLOOR_BLOCK
+    h, w = (y.shape[-2] // b) * b, (y.shape[-1] // b) * b
+    if h == 0 or w == 0:
+        return noise
+    var = noise.variance(f)
+
+    def blocks(a: np.ndarray) -> np.ndarray:  # (P, C, H, W) -> (P, C, n) block means
+        a = a[..., :h, :w]
+        return a.reshape(*a.shape[:2], h // b, b, w // b, b).mean(axis=(3, 5)).reshape(*a.shape[:2], -1)
+
+    d_best, d_wide = blocks((f - y) ** 2), blocks((wide - y) ** 2)
+    ratio = d_best / np.maximum(blocks(var), 1e-12)
+    flat = blocks(flat_pixels(y).astype(np.float64)) > 0  # blocks touching blank pixels say nothing
+    groups = np.zeros(len(y), dtype=int) if groups is None or not isinstance(noise, PlaneNoise) else np.asarray(groups)
+    factors: dict[Any, np.ndarray] = {}
+    for g in np.unique(groups):
+        sel = groups == g
+        fac = []
+        for c in range(y.shape[1]):
+            keep = ~flat[sel, c]
+            r = ratio[sel, c][keep]
+            if r.size < 8:
+                fac.append(1.0)
+                continue
+            q = float(np.quantile(r, FLOOR_QUANTILE))
+            best = r <= q
+            agree = d_wide[sel, c][keep][best].mean() / max(d_best[sel, c][keep][best].mean(), 1e-12)
+            fac.append(q if q > FLOOR_TRIGGER and agree < FLOOR_AGREEMENT else 1.0)
+        factors[g] = np.array(fac)
+    if isinstance(noise, PlaneNoise):
+        return PlaneNoise(tuple(_scaled_channels(lv, factors[g]) for lv, g in zip(noise.planes, groups, strict=True)),
+                          _scaled_channels(noise.pooled, np.min(np.stack(list(factors.values())), axis=0)))
+    return _scaled_channels(noise, factors[0])
+
+
+def _scaled_channels(level: NoiseLevel, factors: np.ndarray) -> NoiseLevel:
+    """``level`` with channel c's variances times ``factors[c]``."""
+    return NoiseLevel(level.levels, tuple(tuple(float(fc) * v for v in vv)
+                                          for fc, vv in zip(factors, level.variances, strict=True)),
+                      level.correlation_length)
+
+
 def estimate_noise_levels(planes: np.ndarray, groups: Any, correlation: np.ndarray | None = None, *,
-                          differences: bool = False) -> NoiseLevel | PlaneNoise:
+                          differences: bool = False, whiten: np.ndarray | None = None) -> NoiseLevel | PlaneNoise:
     """:func:`estimate_noise_level` for each group of ``planes`` (P, C, H, W) separately: ``groups[p]`` names
     the image plane p belongs to (its index along S). One group: the plain estimate. A group whose planes
     are too few or too saturated to measure takes the pooled estimate; plane differences need two planes
     of a group (else its planes are measured one by one)."""
     groups = np.asarray(groups)
-    pooled = estimate_noise_level(planes, correlation, differences=differences)
+    pooled = estimate_noise_level(planes, correlation, differences=differences, whiten=whiten)
     if groups.shape != (len(planes),) or len(np.unique(groups)) < 2:
         return pooled
     own: dict[Any, NoiseLevel] = {}
     for g in np.unique(groups):
         sel = np.asarray(planes)[groups == g]
         try:
-            own[g] = estimate_noise_level(sel, correlation, differences=differences and len(sel) > 1)
+            own[g] = estimate_noise_level(sel, correlation, differences=differences and len(sel) > 1, whiten=whiten)
         except ImageError:
             own[g] = pooled
     return PlaneNoise(tuple(own[g] for g in groups), pooled)

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 
 from .errors import ImageError
-from .filters import box_mean, gaussian_kernel, separable
+from .patch_noise import channel_patches, local_mean_without_centre, pca_noise_variance, whitener
 
 if TYPE_CHECKING:
     from .plane_noise import PlaneNoise
@@ -65,9 +65,7 @@ BLEND_WINDOW: int | None = None
 LOCAL_WINDOW = 9
 #: An autocorrelation below this is "uncorrelated" (as analysis.LENGTH_THRESHOLD).
 LENGTH_THRESHOLD = 0.1
-SIGNAL_SIGMA = 2.0     # Gaussian of the signal level a patch is binned by
 PATCH = 6              # patch side of the PCA estimate (36 dimensions)
-STRIDE = 2             # patch spacing (overlapping patches: more samples, same cost per eigenproblem)
 N_LEVELS = 8           # signal levels (quantile bins) of the variance model
 AFFINE_TOLERANCE = 0.25  # "auto" keeps the line a·x + b if it is this close to every level
 VAR_FLOOR = 1e-12
@@ -164,74 +162,21 @@ def valid_blind_spots(ks: Any, length: int) -> list[int]:
 
 # ------------------------------------------------------------------------------------ the estimator
 
-def _whitener(correlation: np.ndarray | None, patch: int) -> np.ndarray:
-    """Ρ^(-1/2) for the patch's noise correlation matrix Ρ (from the normalised 2-D autocorrelation).
-
-    Whitened, correlated noise becomes white with the same variance per pixel, which is what the
-    eigenvalue test of :func:`_pca_noise_variance` assumes.
-    """
-    if correlation is None:
-        return np.eye(patch * patch)
-    acf = np.asarray(correlation, dtype=np.float64)
-    lag = acf.shape[0] // 2
-    iy, ix = np.divmod(np.arange(patch * patch), patch)
-    dy, dx = iy[:, None] - iy[None], ix[:, None] - ix[None]
-    inside = (np.abs(dy) <= lag) & (np.abs(dx) <= lag)
-    m = np.where(inside, acf[np.clip(dy + lag, 0, 2 * lag), np.clip(dx + lag, 0, 2 * lag)], 0.0)
-    w, v = np.linalg.eigh((m + m.T) / 2)
-    w = np.maximum(w, 1e-3 * w.max())  # a measured acf need not be positive definite
-    return (v * w**-0.5) @ v.T
-
-
-def _pca_noise_variance(patches: np.ndarray) -> float:
-    """Noise variance of whitened patches (n, d): the mean of the eigenvalues that carry no signal.
-
-    Texture lives in a few principal directions of the patches; the rest hold noise alone, whose
-    eigenvalues scatter around σ². Drop the largest eigenvalue until the mean of those left is
-    no larger than their median (Chen, Zhu & Heng, ICCV 2015). Unlike a residual in "flat" blocks,
-    this does not mistake fine texture for noise when the noise is light.
-    """
-    x = patches - patches.mean(0)
-    lam = np.linalg.eigvalsh(x.T @ x / max(len(x) - 1, 1))[::-1]
-    for i in range(len(lam)):
-        tail = lam[i:]
-        if tail.mean() <= np.median(tail):
-            return float(max(tail.mean(), 0.0))
-    return float(max(lam[-1], 0.0))
-
-
-def _patches(a: np.ndarray, patch: int) -> np.ndarray:
-    """(..., H, W) -> (n, patch*patch): overlapping patches every STRIDE pixels."""
-    w = np.lib.stride_tricks.sliding_window_view(a, (patch, patch), axis=(-2, -1))
-    return w[..., ::STRIDE, ::STRIDE, :, :].reshape(-1, patch * patch)
-
-
-def _channel_patches(ch: np.ndarray, differences: bool, patch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-carrying patches of one channel's planes (P, H, W) and their signal levels, unsaturated only."""
-    if differences:
-        d = (ch[1:] - ch[:-1]) / np.sqrt(2.0)
-        values = d - d.mean(axis=(-2, -1), keepdims=True)
-        signal = separable((ch[1:] + ch[:-1]) / 2, gaussian_kernel(SIGNAL_SIGMA))
-        raw = _patches(ch[1:], patch)
-    else:
-        values, signal = ch, separable(ch, gaussian_kernel(SIGNAL_SIGMA))
-        raw = _patches(ch, patch)
-    # saturated or zero-clipped patches carry no noise
-    ok = (raw.min(-1) > ch.min()) & (raw.max(-1) < ch.max())
-    return _patches(values, patch)[ok], _patches(signal, patch).mean(-1)[ok]
-
-
 def level_statistics(planes: np.ndarray, correlation: np.ndarray | None = None, *, differences: bool = False,
-                     levels: int = N_LEVELS, patch: int = PATCH,
+                     levels: int = N_LEVELS, patch: int = PATCH, whiten: np.ndarray | None = None,
                      ) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float]]]:
     """Per channel, (signal levels, noise variances, (lowest, highest) signal) at ``levels`` quantile bins.
 
     ``differences``: the planes repeat one scene (a time series of a static field), so the
     difference of neighbouring planes is pure noise (variance 2σ², pair means removed for drift
     or bleaching) and its variance at each level is the estimate. Otherwise patches of the
-    planes, whitened with ``correlation``, are binned by their smoothed level and each bin's
-    noise variance is found by :func:`_pca_noise_variance` (all patches: keeping only the
-    flatter half read 5-10 % low on W2S, FMD and the sample, where every percent counts).
+    planes, whitened with ``correlation`` (or with each channel's own, ``whiten`` (C, 2L+1, 2L+1):
+    demosaiced colour noise is more correlated in red and blue than in green, and one pooled
+    correlation left SIDD's red and blue noise at 0.1-0.3 of its variance), are binned by their
+    level (read from a ring around each, patch_noise.channel_patches) and each bin's noise variance
+    is found by patch_noise.pca_noise_variance (all patches: keeping only the flatter half read
+    5-10 % low on W2S, FMD and the sample). Measured against clean references in
+    docs/never-worse-research.md ("σ̂² on heavy noise").
     """
     y = np.asarray(planes, dtype=np.float64)
     if y.ndim != 4:
@@ -242,17 +187,20 @@ def level_statistics(planes: np.ndarray, correlation: np.ndarray | None = None, 
         raise ImageError(f"planes of {y.shape[-2]}x{y.shape[-1]} are too small to estimate the noise.")
     if differences and y.shape[0] < 2:
         raise ImageError("plane differences need at least two planes of the same scene.")
-    white = _whitener(None if differences else correlation, patch)
+    if whiten is not None and (np.ndim(whiten) != 3 or len(whiten) != y.shape[1]):
+        raise ImageError(f"one correlation per channel expected ({y.shape[1]}), got shape {np.shape(whiten)}.")
     out = []
     for c in range(y.shape[1]):
-        win, lv = _channel_patches(y[:, c], differences, patch)
+        white = whitener(None if differences else (correlation if whiten is None else whiten[c]), patch)
+        win, lv = channel_patches(y[:, c], differences, patch)
         if lv.size < levels * 4 * patch * patch:
-            raise ImageError("too few unsaturated pixels to estimate the noise (a tiny or saturated image?).")
+            raise ImageError("too few pixels that carry noise to estimate it: the image is tiny, or mostly blank, "
+                             "constant or saturated.")
         edges = np.quantile(lv, np.linspace(0, 1, levels + 1))
         which = np.clip(np.searchsorted(edges, lv, side="right") - 1, 0, levels - 1)
         means = np.array([lv[which == b].mean() for b in range(levels)])
         variances = np.array([float(win[which == b].var()) if differences
-                              else _pca_noise_variance(win[which == b] @ white) for b in range(levels)])
+                              else pca_noise_variance(win[which == b] @ white) for b in range(levels)])
         out.append((means, variances, (float(lv.min()), float(lv.max()))))
     return out
 
@@ -268,7 +216,8 @@ def _fit_affine(level: np.ndarray, var: np.ndarray) -> tuple[float, float] | Non
 
 
 def estimate_noise_level(planes: np.ndarray, correlation: np.ndarray | None = None, *,
-                         differences: bool = False, model: str = "auto") -> NoiseLevel:
+                         differences: bool = False, model: str = "auto", whiten: np.ndarray | None = None,
+                         ) -> NoiseLevel:
     """Estimate the noise variance model of noisy ``planes`` (P, C, H, W), from the data alone.
 
     Parameters
@@ -281,6 +230,9 @@ def estimate_noise_level(planes: np.ndarray, correlation: np.ndarray | None = No
         correlation length.
     differences
         The planes repeat one static scene (``NoiseAnalysis.method == "plane differences"``).
+    whiten
+        Each channel's own correlation (``NoiseAnalysis.channel_autocorrelation_2d``), to whiten
+        that channel's patches with instead of ``correlation``.
     model
         ``"affine"``: var = a·x + b (Poisson-Gaussian), fitted to the levels; ``"table"``: the
         measured levels, interpolated (sRGB tone curves, clipping); ``"constant"``: one variance;
@@ -294,7 +246,7 @@ def estimate_noise_level(planes: np.ndarray, correlation: np.ndarray | None = No
     if model not in ("auto", "affine", "table", "constant"):
         raise ImageError(f"model={model!r}; choose auto, affine, table or constant.")
     levels, variances = [], []
-    stats = level_statistics(planes, correlation, differences=differences)
+    stats = level_statistics(planes, correlation, differences=differences, whiten=whiten)
     for lv, vv, (_lo, hi) in stats:
         if model == "constant":
             lv, vv = lv[:1] * 0, np.array([vv.mean()])
@@ -318,13 +270,6 @@ def _check_pair(f: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if f.shape != y.shape or f.ndim != 4:
         raise ImageError(f"output {f.shape} and input {y.shape} must both be (P, C, H, W) of one shape.")
     return f, y
-
-
-def _local_mean_without_centre(x: np.ndarray, window: int, hole: int) -> np.ndarray:
-    """Mean over a window x window square minus its central hole x hole square."""
-    if hole <= 0:
-        return box_mean(x, window)
-    return (box_mean(x, window) * window**2 - box_mean(x, hole) * hole**2) / (window**2 - hole**2)
 
 
 _REUSE = threading.local()
@@ -370,7 +315,7 @@ def _noise_variance_map(f: np.ndarray, y: np.ndarray, noise_level: Noise) -> np.
     the mean back without seeing n_i.
     """
     hole = 2 * noise_level.correlation_length - 1
-    return noise_level.variance(f + _local_mean_without_centre(y - f, hole + 4, hole))
+    return noise_level.variance(f + local_mean_without_centre(y - f, hole + 4, hole))
 
 
 def blend_weights(f: np.ndarray, y: np.ndarray, noise_level: Noise, *, window: int | None = BLEND_WINDOW,
@@ -395,7 +340,7 @@ def blend_weights(f: np.ndarray, y: np.ndarray, noise_level: Noise, *, window: i
                          f"correlation's extent).")
     # the local risk of f, R̂ = ring mean of (f − y)² − σ̂², against this pixel's own σ̂²: with
     # signal-dependent noise the ring's noise is not the pixel's
-    r_local = _local_mean_without_centre(d2 - var, window, hole)
+    r_local = local_mean_without_centre(d2 - var, window, hole)
     return np.clip(var / np.maximum(var + r_local, VAR_FLOOR), 0.0, 1.0)
 
 

@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..analysis import analyze_noise
+from ..analysis import NoiseAnalysis, analyze_noise
 from ..axes import context_note, context_unused
 from ..config import BLIND_ESTIMATE, DEFAULT_KS, OutputKey
 from ..errors import ImageError
 from ..events import drain
-from ..plane_noise import estimate_noise_levels
+from ..plane_noise import estimate_noise_levels, residual_floor
 from ..risk import (
     BLEND_SAFETY,
     LENGTH_THRESHOLD,
+    MAX_GAIN_DB,
     PROBE_SCALE,
     estimate_noise_level,
     estimated_gain_db,
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 #: A D-BSN's fusion gives way to the blend of mu only when that is estimated better by this much: on heavy noise
 #: both estimates carry the same bias of σ̂² (a few dB, docs/never-worse-research.md), so closer calls are noise.
 FUSION_MARGIN_DB = 1.0
+#: How much better a blind spot narrower than the noise correlation must be estimated than the best covering one.
+NARROWER_MARGIN_DB = 0.5
 SAMPLE_PLANES = 8    # planes of a stack the calibration looks at (evenly spaced)
 SAMPLE_SIDE = 512    # the centre crop of each (the noise analysis' own maximum)
 
@@ -73,6 +76,24 @@ class Calibration:
     #: the noise's measured 2-D autocorrelation (None: uncorrelated or unmeasured), kept so that later estimates
     #: on the same data (the distillation report) need not analyse the noise again
     correlation: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: separate images (S) of the sample, each calibrated on its own: (S index, its α per channel, its estimated
+    #: gain). Images outside the sample take the smallest α of these per channel (the input's side).
+    images: tuple[tuple[int, tuple[float, ...], float | None], ...] = ()
+
+    def alpha_for(self, image: int | None) -> tuple[float, ...]:
+        """The blend weights of one separate image (its index along S; None: no S axis)."""
+        if not self.images:
+            return self.alpha
+        own = {s: a for s, a, _ in self.images}
+        if image is not None and image in own:
+            return own[image]
+        return tuple(float(min(col)) for col in zip(*own.values(), strict=True))
+
+    @property
+    def worst_image(self) -> tuple[int, float] | None:
+        """(S index, estimated gain) of the sample's worst separate image; None without separate images."""
+        scored = [(s, g) for s, _, g in self.images if g is not None]
+        return min(scored, key=lambda t: t[1]) if scored else None
 
     def gain_of(self, k: Any) -> float | None:
         """The estimated gain of blind spot ``k`` alone (None: k is too small to rank, or was not run)."""
@@ -82,14 +103,17 @@ class Calibration:
     def method(self) -> str:
         """What the output is: ``k_b=K, blend=global alpha=...``, a D-BSN's fusion or mu blend, a student's."""
         alphas = "/".join(f"{a:.2f}" for a in self.alpha)
+        if self.gain_db is None and not any(self.alpha):
+            return "the input unchanged"
+        if self.images:
+            return f"k_b={self.k_b}, blend=alpha per image" if self.model_kind == "atbsn" else \
+                f"{'student' if self.model_kind == 'student' else 'D-BSN Bayes fusion'}, per image"
         if self.model_kind == "student":
             return "student"
         if self.k_b is None:
             return "D-BSN Bayes fusion"
         if self.k_b == BLIND_ESTIMATE:
             return f"D-BSN blind-spot estimate mu, blend=global alpha={alphas} (the fusion was estimated worse)"
-        if self.gain_db is None:
-            return f"k_b={self.k_b}, not blended"
         return f"k_b={self.k_b}, blend=global alpha={alphas}"
 
     def to_record(self) -> dict[str, Any]:
@@ -99,28 +123,45 @@ class Calibration:
         return {"k_b": self.k_b, "output": self.method, "blend": "global", "alpha": [round(a, 6) for a in self.alpha],
                 "estimated_gain_db": r(self.gain_db), "estimated_gain_db_unblended": r(self.raw_gain_db),
                 "noise_level": self.noise_level, "valid_k_b": list(self.valid_ks), "reliable": self.reliable,
-                "sample": self.sample, "estimated_gain_db_by_k_b": {str(k): r(g) for k, g in self.candidates}}
+                "sample": self.sample, "estimated_gain_db_by_k_b": {str(k): r(g) for k, g in self.candidates},
+                "images": [{"S": s, "alpha": [round(a, 6) for a in al], "estimated_gain_db": r(g)}
+                           for s, al, g in self.images]}
 
     def line(self) -> str:
         """``estimated gain: +X.XX dB over the input (k_b=K, blend=...)``, what the CLI prints."""
         if self.gain_db is None:
-            return f"estimated gain: unavailable, {self.sample} ({self.method})"
+            plain = f"--k-b {self.k_b}" if self.model_kind == "atbsn" else "--k-b default"
+            return (f"estimated gain: unknown ({self.sample.removeprefix('no estimate: ')}) - the output may be worse "
+                    f"than the input, so the default is the input unchanged; use {plain} for the model's plain output")
         text = f"estimated gain: {self.gain_db:+.2f} dB over the input ({self.method})"
+        if self.worst_image is not None:
+            s, g = self.worst_image
+            text += f"; worst image: {g:+.2f} dB (S={s})"
         if not self.reliable:
             text += "; unreliable: the noise correlation reaches further than the estimate covers"
         return text
 
     @property
     def worse(self) -> bool:
-        """Whether the output is estimated worse than the input."""
-        return self.gain_db is not None and self.gain_db < 0
+        """Whether the output, or one separate image of it, is estimated worse than the input."""
+        worst = self.worst_image
+        return (self.gain_db is not None and self.gain_db < 0) or (worst is not None and worst[1] < 0)
 
-    def apply(self, raw: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """The blend of ``out`` (C, h, w), the k_b output, with ``raw`` (C, h, w), the input, in data units."""
-        if all(a == 1.0 for a in self.alpha):  # nothing to blend (a D-BSN's fusion): the output bit for bit
-            return out.astype(np.float32, copy=False)
-        a = np.asarray(self.alpha, dtype=np.float32).reshape(-1, 1, 1)
-        return (raw + a * (out - raw)).astype(np.float32, copy=False)
+    def apply(self, raw: np.ndarray, out: np.ndarray, flat: np.ndarray | None = None, image: int | None = None,
+              ) -> np.ndarray:
+        """The blend of ``out`` (C, h, w), the k_b output, with ``raw`` (C, h, w), the input, in data units.
+        ``flat`` (C, h, w): pixels that carry no noise (filters.flat_pixels: a blank plane, a padded canvas's fill,
+        a saturated plateau), returned as they are: a network fills them with content it invents. ``image``: the
+        plane's index along S, whose own weights apply (:meth:`alpha_for`)."""
+        alpha = self.alpha_for(image)
+        if all(a == 1.0 for a in alpha):  # nothing to blend (a D-BSN's fusion): the output bit for bit
+            res = out.astype(np.float32, copy=False)
+        else:
+            a = np.asarray(alpha, dtype=np.float32).reshape(-1, 1, 1)
+            res = (raw + a * (out - raw)).astype(np.float32, copy=False)
+        if flat is not None and flat.any():
+            res = np.where(flat, raw, res).astype(np.float32, copy=False)
+        return res
 
 
 def sample_planes(data: Any, axes: str, context: int = 0, *, single_plane: bool = False) -> tuple[np.ndarray, str]:
@@ -171,14 +212,16 @@ def calibrate(model: Denoiser, data: Any, axes: str, *, window: int | None = Non
     # blend are the plane's own; the neighbours only go to the network (their noise is independent of it)
     own, context = planes[:, :model.in_channels], planes[:, model.in_channels:]
     try:
-        level, corr = measure_noise(data, axes, own, sample_groups(data, axes))
+        groups = sample_groups(data, axes)
+        level, corr = measure_noise(data, axes, own, groups)
     except ImageError as e:
         return unmeasured(model, str(e))
     with reusing_variance_maps():
         if model.kind == "atbsn":
             return calibrate_teacher(model, own, level, corr, sample, window=window or model.patch,
-                                     batch_size=batch_size, context=context)
-        return calibrate_seeing(model, own, level, corr, sample, batch_size=batch_size, context=context)
+                                     batch_size=batch_size, context=context, groups=groups)
+        return calibrate_seeing(model, own, level, corr, sample, batch_size=batch_size, context=context,
+                                groups=groups)
 
 
 def run_sample(model: Denoiser, y: np.ndarray, context: np.ndarray | None, keys: list[Any], batch_size: int,
@@ -198,32 +241,39 @@ def measure_noise(data: Any, axes: str, planes: np.ndarray, groups: np.ndarray |
     """The noise of ``data``: its level (variance against signal, per channel), measured on ``planes`` (the
     calibration's sample, :func:`sample_planes`), and its 2-D correlation (None: uncorrelated). With ``groups``
     (:func:`sample_groups`), the planes of each separate image get their own level. Raises ImageError where
-    it cannot be measured (planes under 64x64, a constant or saturated image, NaN pixels)."""
-    corr, differences = noise_correlation(data, axes)
+    it cannot be measured (planes under 64x64, a blank, constant or saturated image, NaN pixels)."""
+    noise = analyze_noise(data, axes, level=False)  # the level is measured on the calibration's own sample
+    corr, differences = noise_correlation_of(noise)
+    whiten = None if corr is None else noise.channel_autocorrelation_2d
     y = planes.astype(np.float64)
     if groups is None:
-        return estimate_noise_level(y, corr, differences=differences), corr
-    return estimate_noise_levels(y, groups, corr, differences=differences), corr
+        return estimate_noise_level(y, corr, differences=differences, whiten=whiten), corr
+    return estimate_noise_levels(y, groups, corr, differences=differences, whiten=whiten), corr
 
 
 def noise_correlation(data: Any, axes: str) -> tuple[np.ndarray | None, bool]:
     """The noise's measured 2-D autocorrelation (None: uncorrelated, as risk.correlation_length decides), and
     whether it came from differences of planes of one scene."""
-    noise = analyze_noise(data, axes, level=False)  # the level is measured on the calibration's own sample
+    return noise_correlation_of(analyze_noise(data, axes, level=False))
+
+
+def noise_correlation_of(noise: NoiseAnalysis) -> tuple[np.ndarray | None, bool]:
+    """:func:`noise_correlation` of an analysis already made."""
     corr = noise.autocorrelation_2d if noise.neighbour >= LENGTH_THRESHOLD else None
     return corr, noise.method == "plane differences"
 
 
 def unmeasured(model: Denoiser, reason: str) -> Calibration:
-    """No estimate: the model's plain output (a teacher's fixed k_b, unblended)."""
+    """No estimate: the input's safe side, the input itself (α = 0), which :meth:`Calibration.line` says, with the
+    flag that gives the model's plain output instead (a teacher's fixed k_b; a student's or D-BSN's own)."""
     key = model.k_b if model.kind == "atbsn" else None
-    return Calibration(key, (1.0,) * model.in_channels, None, None, {}, (), False,
+    return Calibration(key, (0.0,) * model.in_channels, None, None, {}, (), False,
                        f"no estimate: {reason.rstrip('.')}", model_kind=model.kind)
 
 
 def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: Noise, correlation: np.ndarray | None,
                       sample: str, *, window: int, batch_size: int = 4, context: np.ndarray | None = None,
-                      ) -> Calibration:
+                      groups: np.ndarray | None = None) -> Calibration:
     """Choose k_b and the blend with the input by the lowest estimated risk.
 
     A blind spot that covers the noise correlation keeps none of its pixel's noise (Noise2Self). A narrower
@@ -243,22 +293,34 @@ def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: Noise, correla
         return dict(zip(which, run_sample(model, x, context, list(which), batch_size), strict=True))
 
     outputs = run(y, keys)
+    if reliable:  # the best output that keeps none of its pixel's noise says how strong that noise is
+        best = min(valid, key=lambda kk: float(np.mean((outputs[kk] - y) ** 2)))
+        level = residual_floor(level, outputs[best], y, groups,
+                               wide=outputs[max(valid)] if max(valid) != best else None)
     leaks: dict[int, Any] = {k: 0.0 for k in covering}
+    probes: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k -> (its output for the probed input, the probe)
     if narrower:
         probe = noise_probe(outputs[max(keys)], y, level, correlation)
         probed = run(y + PROBE_SCALE * probe, narrower)
         leaks |= {k: leak(outputs[k], probed[k], probe) for k in narrower}
+        probes = {k: (probed[k], probe) for k in narrower}
     alphas = {k: channel_alpha(outputs[k], y, level, leaks[k]) for k in keys}
     blended = {k: estimated_gain_db(outputs[k], y, level, np.broadcast_to(alphas[k].reshape(1, -1, 1, 1), y.shape),
                                     leaks[k]) for k in keys}
-    k = max(keys, key=blended.__getitem__)
+    # separate images: each k_b is ranked by the gain of its blends image by image, the default's own
+    by_image = {k: per_image(outputs[k], y, level, leaks[k], groups, blend=True, probed=probes.get(k)) for k in keys}
+    blended = {k: blended[k] if by_image[k][1] is None else by_image[k][1] for k in keys}
+    # an output that sees some of its pixel's noise is estimated through the probe as well as σ̂², so it must win
+    # by a margin: on W2S a 3 % lower σ̂² ranked k_b 0 0.4 dB above the blind k_b 1, which was 0.3 dB better
+    k = max(keys, key=lambda kk: blended[kk] - (NARROWER_MARGIN_DB if kk in narrower else 0.0))
     gains = tuple((kk, estimated_gain_db(outputs[kk], y, level, 1.0, leaks[kk])) for kk in keys)
     return Calibration(k, tuple(float(a) for a in alphas[k]), blended[k], dict(gains)[k], level.to_dict(),
-                       tuple(keys), reliable, sample, gains, correlation=correlation)
+                       tuple(keys), reliable, sample, gains, correlation=correlation, images=by_image[k][0])
 
 
 def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: Noise, correlation: np.ndarray | None,
-                     sample: str, *, batch_size: int = 4, context: np.ndarray | None = None) -> Calibration:
+                     sample: str, *, batch_size: int = 4, context: np.ndarray | None = None,
+                     groups: np.ndarray | None = None) -> Calibration:
     """Outputs that see the pixel they denoise (a student; a D-BSN's fusion, which weighs the pixel in): their
     risk is E(f − y)² − σ² + 2·E[f_i n_i], the last term measured by a probe of the noise's covariance
     (:func:`napari_atbsn.risk.leak`, SURE), so the same estimate answers for every method.
@@ -275,7 +337,8 @@ def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: Noise, correlat
 
     outs = run(y)
     probe = noise_probe(outs[0], y, level, correlation)
-    leaks = [leak(f, fp, probe) for f, fp in zip(outs, run(y + PROBE_SCALE * probe), strict=True)]
+    probed = run(y + PROBE_SCALE * probe)
+    leaks = [leak(f, fp, probe) for f, fp in zip(outs, probed, strict=True)]
     reliable = correlation is None or correlation_fits(correlation)
     ones = tuple(1.0 for _ in range(y.shape[1]))
     gain = estimated_gain_db(outs[0], y, level, 1.0, leaks[0])
@@ -288,10 +351,54 @@ def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: Noise, correlat
         # a fusion worse than the input gives way to the blend whenever that is better: at worst α = 0, the input
         if blend_gain > max(gain + FUSION_MARGIN_DB, 0.0) or (gain < 0 and blend_gain > gain) or \
                 fusion_loses_at_the_upper_noise(outs, y, level, leaks, full):
-            return Calibration(BLIND_ESTIMATE, tuple(float(a) for a in alpha), blend_gain, gain, level.to_dict(),
-                               (1,), reliable, sample, candidates, model_kind=model.kind, correlation=correlation)
-    return Calibration(None, ones, gain, gain, level.to_dict(), (), reliable, sample, candidates,
-                       model_kind=model.kind, correlation=correlation)
+            images, g = per_image(outs[1], y, level, leaks[1], groups, blend=True, probed=(probed[1], probe))
+            return Calibration(BLIND_ESTIMATE, tuple(float(a) for a in alpha), blend_gain if g is None else g, gain,
+                               level.to_dict(), (1,), reliable, sample, candidates, model_kind=model.kind,
+                               correlation=correlation, images=images)
+    images, g = per_image(outs[0], y, level, leaks[0], groups, blend=False, probed=(probed[0], probe))
+    return Calibration(None, ones, gain if g is None else g, gain, level.to_dict(), (), reliable, sample, candidates,
+                       model_kind=model.kind, correlation=correlation, images=images)
+
+
+def per_image(f: np.ndarray, y: np.ndarray, level: Noise, leak_c: Any, groups: np.ndarray | None, *, blend: bool,
+              probed: tuple[np.ndarray, np.ndarray] | None = None,
+              ) -> tuple[tuple[tuple[int, tuple[float, ...], float | None], ...], float | None]:
+    """Each separate image's (S index, α per channel, estimated gain) for output f of the sample, and the whole
+    sample's gain with those weights; ((), None) without two images or more.
+
+    Separate images rarely share a noise level or a gain from the network (σ 5, 20 and 80 in one stack: one α
+    for all lost 7.7 dB on the quietest), so each gets its own risk-optimal weight (``blend``). An output that is
+    not blended (a student's, a D-BSN's fusion) keeps α = 1 where its image's estimate is positive and gives that
+    image the input (α = 0) where it is negative. ``probed`` (f for the probed input, the probe): an output that
+    sees its pixel keeps part of its noise, which is measured per image (it scales with each image's noise; one
+    pooled figure read W2S's quieter images 5 dB low and would read louder ones high)."""
+    if groups is None or len(np.unique(groups)) < 2:
+        return (), None
+    var = noise_variance_map(f, y, level)
+    d2 = (f - y) ** 2
+    pooled_c = np.ravel(np.broadcast_to(leak_c, (1, f.shape[1], 1, 1)))
+    full = np.ones((len(y), f.shape[1], 1, 1))
+    leak_map = np.zeros((len(y), f.shape[1], 1, 1))
+    out = []
+    for s in np.unique(groups):
+        sel = np.asarray(groups) == s
+        c = pooled_c if probed is None else np.ravel(leak(f[sel], probed[0][sel], probed[1][sel]))
+        leak_map[sel] = c.reshape(1, -1, 1, 1)
+        v, dd = var[sel].mean(axis=(0, 2, 3)), d2[sel].mean(axis=(0, 2, 3))
+        alpha = np.clip((v - c) / np.maximum(dd, 1e-12), 0.0, 1.0) if blend else np.ones_like(v)
+        gain = _gain(v, dd, c, alpha)
+        if gain < 0:  # estimated worse than the input: the input (α = 0, gain 0)
+            alpha, gain = np.zeros_like(alpha), 0.0
+        full[sel] = alpha.reshape(1, -1, 1, 1)
+        out.append((int(s), tuple(float(a) for a in alpha), gain))
+    total = estimated_gain_db(f, y, level, np.broadcast_to(full, f.shape), leak_map)
+    return tuple(out), total
+
+
+def _gain(v: np.ndarray, d2: np.ndarray, c: np.ndarray, alpha: np.ndarray) -> float:
+    """10·log10(σ̂² / R̂) from per-channel means: R̂ = α² E(f − y)² − 2α (σ̂² − c) + σ̂² (risk.risk)."""
+    r, n = float(np.mean(alpha**2 * d2 - 2 * alpha * (v - c) + v)), float(np.mean(v))
+    return float(10 * np.log10(n / max(r, n * 10 ** (-MAX_GAIN_DB / 10))))
 
 
 def fusion_loses_at_the_upper_noise(outs: list[np.ndarray], y: np.ndarray, level: Noise, leaks: list[Any],

@@ -12,6 +12,7 @@ import numpy as np
 from ..config import AUTO_K_B, OutputKey
 from ..device import is_oom
 from ..errors import ConfigError, DeviceError, ImageError
+from ..filters import FLAT_SIDE, flat_pixels
 from ..io.outputs import to_dtype
 from ..tiling import Box, PlaneGrid, iter_box
 from .geometry import Geometry, from_cyx
@@ -95,9 +96,11 @@ class Runtime:
             # the blend is with the plane itself (a stack-context unit's first channels), not its neighbours
             y = raw[:self.model.in_channels, box.y0 - oy:box.y1 - oy, box.x0 - ox:box.x1 - ox]
             y = y.astype(np.float32, copy=False)
+            flat = flat_in_box(raw[:self.model.in_channels], origin, box)
+            image = self.geom.plane_index(plane).get("S") if plane is not None and self.calibration.images else None
             for i, k in enumerate(self.ks):
                 if k == AUTO_K_B:
-                    result[i][...] = self.calibration.apply(y, result[i])
+                    result[i][...] = self.calibration.apply(y, result[i], flat, image)
         return result
 
     def _iter_unit_on_host(self, raw: np.ndarray, origin: tuple[int, int], box: Box,
@@ -226,3 +229,15 @@ def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
     import torch
 
     torch.from_numpy(dst).copy_(torch.from_numpy(src))
+
+
+def flat_in_box(raw: np.ndarray, origin: tuple[int, int], box: Box) -> np.ndarray:
+    """filters.flat_pixels of ``box`` in ``raw`` (C, h, w) at ``origin``, measured with the pixels around the box
+    that ``raw`` holds (a unit's halo), so that a chunked job finds the same flat pixels as an in-memory one."""
+    m = FLAT_SIDE - 1
+    oy, ox = origin
+    ry0, rx0 = max(box.y0 - oy - m, 0), max(box.x0 - ox - m, 0)
+    ry1, rx1 = min(box.y1 - oy + m, raw.shape[-2]), min(box.x1 - ox + m, raw.shape[-1])
+    flat = flat_pixels(raw[:, ry0:ry1, rx0:rx1])
+    y0, x0 = box.y0 - oy - ry0, box.x0 - ox - rx0
+    return flat[:, y0:y0 + box.y1 - box.y0, x0:x0 + box.x1 - box.x0]
