@@ -46,6 +46,7 @@ import numpy as np
 from .axes import context_axis
 from .errors import ConfigError, ImageError
 from .filters import flat_pixels
+from .residual_acf import deconvolve_residual_acf
 from .risk import NoiseLevel, estimate_noise_level
 
 MAX_LAG = 6
@@ -229,12 +230,6 @@ RESIDUAL_SUPPORT = 3   # noise correlation assumed zero beyond this lag (single-
 RESIDUAL_MEASURED = 6  # lags of the residual's autocorrelation used to solve for it
 
 
-def _gaussian_kernel(sigma: float) -> np.ndarray:
-    r = int(3 * sigma)
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    return k / k.sum()
-
-
 def _flat_blocks(res: np.ndarray, smooth: np.ndarray, block: int = RESIDUAL_BLOCK, frac: float = 0.1,
                  blank: np.ndarray | None = None) -> np.ndarray:
     """The residual in the flattest blocks (smallest peak gradient of the smoothed image), as (n, block, block).
@@ -263,7 +258,7 @@ def _residual_acf(planes: np.ndarray) -> tuple[np.ndarray, float]:
     """The noise's normalised 2-D autocorrelation and variance from single planes (P, C, h, w) of any content."""
     smooth = _gaussian_blur(planes, RESIDUAL_SIGMA)
     flat = _flat_blocks(planes - smooth, smooth, blank=flat_pixels(planes))
-    return _deconvolve_residual_acf(_autocovariance(flat, RESIDUAL_MEASURED), RESIDUAL_SIGMA, RESIDUAL_SUPPORT)
+    return deconvolve_residual_acf(_autocovariance(flat, RESIDUAL_MEASURED), RESIDUAL_SIGMA, RESIDUAL_SUPPORT)
 
 
 def _channel_acfs(planes: np.ndarray, acf_of: Any) -> np.ndarray | None:
@@ -275,36 +270,6 @@ def _channel_acfs(planes: np.ndarray, acf_of: Any) -> np.ndarray | None:
         return np.stack([acf_of(planes[:, c:c + 1]) for c in range(planes.shape[1])])
     except ImageError:
         return None
-
-
-def _deconvolve_residual_acf(acf_r: np.ndarray, sigma: float, support: int) -> tuple[np.ndarray, float]:
-    """Noise autocovariance (lags <= support) whose residual (delta - G) filtering gives ``acf_r``.
-
-    ``acf_r`` is the residual's autocovariance at lags -L..L. Returns the noise's normalised
-    autocorrelation on -support..support and its variance.
-    """
-    k = _gaussian_kernel(sigma)
-    f = -np.outer(k, k)
-    r = len(k) // 2
-    f[r, r] += 1.0
-    lr = acf_r.shape[0] // 2
-    n = 2 * (2 * r + lr + support) + 1
-    pad = np.zeros((n, n))
-    pad[:f.shape[0], :f.shape[1]] = f
-    h = np.fft.fftshift(np.real(np.fft.ifft2(np.abs(np.fft.fft2(pad)) ** 2)))  # the filter's autocorrelation
-    c = n // 2
-    ms = [(a, b) for a in range(-support, support + 1) for b in range(-support, support + 1)]
-    ls = [(a, b) for a in range(-lr, lr + 1) for b in range(-lr, lr + 1)]
-    design = np.array([[h[c + la - ma, c + lb - mb] for ma, mb in ms] for la, lb in ls])
-    target = np.array([acf_r[lr + la, lr + lb] for la, lb in ls])
-    sol, *_ = np.linalg.lstsq(design, target, rcond=None)
-    out = np.zeros((2 * support + 1, 2 * support + 1))
-    for v, (a, b) in zip(sol, ms, strict=True):
-        out[support + a, support + b] = v
-    var = float(out[support, support])
-    if var <= 0:
-        raise ImageError("no noise could be measured (a blank or synthetic-looking image?); nothing to analyse.")
-    return out / var, var
 
 
 def _autocovariance(x: np.ndarray, lag: int) -> np.ndarray:

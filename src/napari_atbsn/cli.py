@@ -265,8 +265,10 @@ def _report_quality(cal: Any) -> None:
         print("atbsn: warning: the output is estimated to be WORSE than the input; keep the input, or train "
               "longer / with a larger k_a (see 'atbsn analyze').", file=sys.stderr)
     elif cal.gain_db is None:
-        print("atbsn: warning: the output's gain over the input could not be estimated, so the default output is "
-              "the input unchanged (see the line above for the plain output's flag).", file=sys.stderr)
+        print("atbsn: warning: the output's gain over the input could not be estimated: " +
+              ("the default output is the input unchanged (the line above names the flag for the plain output)."
+               if cal.model_kind == "atbsn" else "it may be worse than the input; check it before use."),
+              file=sys.stderr)
 
 
 def _check_output_first(src: str, dst: str) -> None:

@@ -64,14 +64,20 @@ def _patches(a: np.ndarray, patch: int) -> np.ndarray:
     return w[..., ::STRIDE, ::STRIDE, :, :].reshape(-1, patch * patch)
 
 
-def channel_patches(ch: np.ndarray, differences: bool, patch: int) -> tuple[np.ndarray, np.ndarray]:
+def channel_patches(ch: np.ndarray, differences: bool, patch: int, *, guarded: bool = False,
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Noise-carrying patches of one channel's planes (P, H, W) and their signal levels.
 
     Patches that touch a flat pixel (:func:`~napari_atbsn.filters.flat_pixels`: a blank plane, a padded canvas's
     fill, a saturated plateau) carry no noise and are left out. Patches are never chosen by whether their noisy
     values reach the image's minimum or maximum: that keeps the patches whose noise happened to be small, and read
     heavy noise clipped at 0 (SIDD: a quarter of the pixels) at a tenth of its variance and photon counts as
-    "saturated"."""
+    "saturated".
+
+    ``guarded``: the other selection, whose estimate :func:`napari_atbsn.risk.level_statistics` takes where it is
+    lower: patches binned by their own smoothed mean, and those that reach the image's minimum or maximum left
+    out. It reads heavy clipped noise low, but light noise over texture lower than the above, which reads the
+    brightest, most textured patches as noise (a light 64x64 sample: 2-5x at the top levels)."""
     flat = flat_pixels(ch)
     if differences:
         d = (ch[1:] - ch[:-1]) / np.sqrt(2.0)
@@ -79,6 +85,10 @@ def channel_patches(ch: np.ndarray, differences: bool, patch: int) -> tuple[np.n
         signal = separable((ch[1:] + ch[:-1]) / 2, gaussian_kernel(SIGNAL_SIGMA))
         flat = flat[1:] | flat[:-1]
         level = _patches(signal, patch).mean(-1)
+    elif guarded:
+        values = ch
+        level = _patches(separable(ch, gaussian_kernel(SIGNAL_SIGMA)), patch).mean(-1)
+        flat = flat | (ch <= ch.min()) | (ch >= ch.max())
     else:
         values = ch
         # the level a patch is binned by is read from a ring around it, not from its own pixels: binning by the

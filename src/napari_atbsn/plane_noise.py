@@ -66,6 +66,10 @@ FLOOR_TRIGGER = 1.5
 #: outputs that agree there see little signal to miss, so the residual is the noise's (SIDD: 1.1; PolyU, where
 #: each blind spot is 6-10 dB worse than the input, 2: there the residual is the network's error).
 FLOOR_AGREEMENT = 1.25
+#: ... and only where the blocks' residual energies agree (median / lower quartile below this): noise spreads a
+#: block's energy by its chi-square alone (SIDD: 1.1-1.3), a network's error on texture far more (a light-noise
+#: 64x64 sample with a tiny teacher: 3.7, where raising σ̂² 2.3x turned a +0.5 dB blend into +0.0).
+FLOOR_SPREAD = 1.5
 
 
 def residual_floor(noise: NoiseLevel | PlaneNoise, f: np.ndarray, y: np.ndarray, groups: Any = None, *,
@@ -110,7 +114,8 @@ def residual_floor(noise: NoiseLevel | PlaneNoise, f: np.ndarray, y: np.ndarray,
             q = float(np.quantile(r, FLOOR_QUANTILE))
             best = r <= q
             agree = d_wide[sel, c][keep][best].mean() / max(d_best[sel, c][keep][best].mean(), 1e-12)
-            fac.append(q if q > FLOOR_TRIGGER and agree < FLOOR_AGREEMENT else 1.0)
+            spread = float(np.quantile(r, 0.5)) / max(q, 1e-12)
+            fac.append(q if q > FLOOR_TRIGGER and agree < FLOOR_AGREEMENT and spread < FLOOR_SPREAD else 1.0)
         factors[g] = np.array(fac)
     if isinstance(noise, PlaneNoise):
         return PlaneNoise(tuple(_scaled_channels(lv, factors[g]) for lv, g in zip(noise.planes, groups, strict=True)),

@@ -192,17 +192,37 @@ def level_statistics(planes: np.ndarray, correlation: np.ndarray | None = None, 
     out = []
     for c in range(y.shape[1]):
         white = whitener(None if differences else (correlation if whiten is None else whiten[c]), patch)
-        win, lv = channel_patches(y[:, c], differences, patch)
-        if lv.size < levels * 4 * patch * patch:
+        stats = _bins(*channel_patches(y[:, c], differences, patch), differences, levels, white)
+        if stats is None:
             raise ImageError("too few pixels that carry noise to estimate it: the image is tiny, or mostly blank, "
                              "constant or saturated.")
-        edges = np.quantile(lv, np.linspace(0, 1, levels + 1))
-        which = np.clip(np.searchsorted(edges, lv, side="right") - 1, 0, levels - 1)
-        means = np.array([lv[which == b].mean() for b in range(levels)])
-        variances = np.array([float(win[which == b].var()) if differences
-                              else pca_noise_variance(win[which == b] @ white) for b in range(levels)])
-        out.append((means, variances, (float(lv.min()), float(lv.max()))))
+        guard = None if differences else _bins(*channel_patches(y[:, c], False, patch, guarded=True), False,
+                                                 levels, white)
+        out.append(stats if guard is None else _lower(stats, guard))
     return out
+
+
+def _bins(win: np.ndarray, lv: np.ndarray, differences: bool, levels: int, white: np.ndarray,
+          ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]] | None:
+    """(levels, variances, (lowest, highest)) of noise patches ``win`` at signal levels ``lv``; None if too few."""
+    if lv.size < levels * 4 * win.shape[-1]:
+        return None
+    edges = np.quantile(lv, np.linspace(0, 1, levels + 1))
+    which = np.clip(np.searchsorted(edges, lv, side="right") - 1, 0, levels - 1)
+    means = np.array([lv[which == b].mean() for b in range(levels)])
+    variances = np.array([float(win[which == b].var()) if differences
+                          else pca_noise_variance(win[which == b] @ white) for b in range(levels)])
+    return means, variances, (float(lv.min()), float(lv.max()))
+
+
+def _lower(a: tuple[np.ndarray, np.ndarray, tuple[float, float]],
+           b: tuple[np.ndarray, np.ndarray, tuple[float, float]]) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Two variance tables against the signal merged into the lower of the two at every level of either: both
+    read low where they fail, so the lower errs on the safe side (what a network's residual then raises where
+    it has evidence, plane_noise.residual_floor)."""
+    levels = np.union1d(a[0], b[0])
+    low = np.minimum(np.interp(levels, a[0], a[1]), np.interp(levels, b[0], b[1]))
+    return levels, low, (min(a[2][0], b[2][0]), max(a[2][1], b[2][1]))
 
 
 def _fit_affine(level: np.ndarray, var: np.ndarray) -> tuple[float, float] | None:

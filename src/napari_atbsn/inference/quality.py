@@ -130,9 +130,11 @@ class Calibration:
     def line(self) -> str:
         """``estimated gain: +X.XX dB over the input (k_b=K, blend=...)``, what the CLI prints."""
         if self.gain_db is None:
-            plain = f"--k-b {self.k_b}" if self.model_kind == "atbsn" else "--k-b default"
-            return (f"estimated gain: unknown ({self.sample.removeprefix('no estimate: ')}) - the output may be worse "
-                    f"than the input, so the default is the input unchanged; use {plain} for the model's plain output")
+            why = self.sample.removeprefix("no estimate: ")
+            if self.model_kind == "atbsn":
+                return (f"estimated gain: unknown ({why}) - the output may be worse than the input, so the default is "
+                        f"the input unchanged; use --k-b {self.k_b} for the model's plain output")
+            return f"estimated gain: unknown ({why}) - the output ({self.method}) may be worse than the input"
         text = f"estimated gain: {self.gain_db:+.2f} dB over the input ({self.method})"
         if self.worst_image is not None:
             s, g = self.worst_image
@@ -264,10 +266,12 @@ def noise_correlation_of(noise: NoiseAnalysis) -> tuple[np.ndarray | None, bool]
 
 
 def unmeasured(model: Denoiser, reason: str) -> Calibration:
-    """No estimate: the input's safe side, the input itself (α = 0), which :meth:`Calibration.line` says, with the
-    flag that gives the model's plain output instead (a teacher's fixed k_b; a student's or D-BSN's own)."""
+    """No estimate. A teacher's default is then the input's safe side, the input itself (α = 0; ``--k-b K`` gives
+    its plain output); a student's or D-BSN's is its own output (it has no other to ask for), and the line says
+    that it may be worse than the input (:meth:`Calibration.line`)."""
     key = model.k_b if model.kind == "atbsn" else None
-    return Calibration(key, (0.0,) * model.in_channels, None, None, {}, (), False,
+    alpha = 0.0 if model.kind == "atbsn" else 1.0
+    return Calibration(key, (alpha,) * model.in_channels, None, None, {}, (), False,
                        f"no estimate: {reason.rstrip('.')}", model_kind=model.kind)
 
 
