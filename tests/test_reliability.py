@@ -471,7 +471,7 @@ def test_documented_cases_match_the_tests() -> None:
 # R78, the TIFF metadata and the units of pixel sizes, in test_pipeline.py)
 ROUND2_TESTS = ["R69", "R71", "R72", "R73", "R74", "R75", "R76", "R77", "R78"]
 API_IDS = ["A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A09", "A10", "A11", "A12", "A13", "A14",
-           "A15", "A16", "A17", "A18"]
+           "A15", "A16", "A17", "A18", "A19", "A20", "A21"]
 
 
 def test_api_errors_are_specific_exception_types(files, tmp_path: Path) -> None:
