@@ -21,7 +21,6 @@ def local_mean_without_centre(x: np.ndarray, window: int, hole: int) -> np.ndarr
     return (box_mean(x, window) * window**2 - box_mean(x, hole) * hole**2) / (window**2 - hole**2)
 
 
-
 def whitener(correlation: np.ndarray | None, patch: int) -> np.ndarray:
     """Ρ^(-1/2) for the patch's noise correlation matrix Ρ (from the normalised 2-D autocorrelation).
 

@@ -105,22 +105,22 @@ class Calibration:
         alphas = "/".join(f"{a:.2f}" for a in self.alpha)
         if self.gain_db is None and not any(self.alpha):
             return "the input unchanged"
-        if self.images:
-            return f"k_b={self.k_b}, blend=alpha per image" if self.model_kind == "atbsn" else \
-                f"{'student' if self.model_kind == 'student' else 'D-BSN Bayes fusion'}, per image"
+        each = ", per image" if self.images else ""
+        weights = "alpha per image" if self.images else f"global alpha={alphas}"
         if self.model_kind == "student":
-            return "student"
+            return f"student{each}"
         if self.k_b is None:
-            return "D-BSN Bayes fusion"
+            return f"D-BSN Bayes fusion{each}"
         if self.k_b == BLIND_ESTIMATE:
-            return f"D-BSN blind-spot estimate mu, blend=global alpha={alphas} (the fusion was estimated worse)"
-        return f"k_b={self.k_b}, blend=global alpha={alphas}"
+            return f"D-BSN blind-spot estimate mu, blend={weights} (the fusion was estimated worse)"
+        return f"k_b={self.k_b}, blend={weights}"
 
     def to_record(self) -> dict[str, Any]:
         def r(v: float | None) -> float | None:
             return None if v is None else round(v, 3)
 
-        return {"k_b": self.k_b, "output": self.method, "blend": "global", "alpha": [round(a, 6) for a in self.alpha],
+        return {"k_b": self.k_b, "output": self.method, "blend": "per image" if self.images else "global",
+                "alpha": [round(a, 6) for a in self.alpha],
                 "estimated_gain_db": r(self.gain_db), "estimated_gain_db_unblended": r(self.raw_gain_db),
                 "noise_level": self.noise_level, "valid_k_b": list(self.valid_ks), "reliable": self.reliable,
                 "sample": self.sample, "estimated_gain_db_by_k_b": {str(k): r(g) for k, g in self.candidates},
@@ -389,7 +389,7 @@ def per_image(f: np.ndarray, y: np.ndarray, level: Noise, leak_c: Any, groups: n
         c = pooled_c if probed is None else np.ravel(leak(f[sel], probed[0][sel], probed[1][sel]))
         leak_map[sel] = c.reshape(1, -1, 1, 1)
         v, dd = var[sel].mean(axis=(0, 2, 3)), d2[sel].mean(axis=(0, 2, 3))
-        alpha = np.clip((v - c) / np.maximum(dd, 1e-12), 0.0, 1.0) if blend else np.ones_like(v)
+        alpha = alpha_of_means(v, dd, c) if blend else np.ones_like(v)
         gain = _gain(v, dd, c, alpha)
         if gain < 0:  # estimated worse than the input: the input (α = 0, gain 0)
             alpha, gain = np.zeros_like(alpha), 0.0
@@ -434,10 +434,14 @@ def channel_alpha(f: np.ndarray, y: np.ndarray, level: Noise, leak: np.ndarray |
     """One weight per channel for all planes: (σ̂² − c) / E (f − y)² pooled over the sample (c the noise f keeps
     of its pixel, 0 for a blind spot), clipped to [0, 1] (the global weight of
     :func:`napari_atbsn.risk.blend_weights`, with its safety factor)."""
-    var = BLEND_SAFETY * noise_variance_map(f, y, level)
-    d2 = (f - y) ** 2
-    num = var.mean(axis=(0, 2, 3)) - np.ravel(np.broadcast_to(leak, (1, f.shape[1], 1, 1)))
-    return np.clip(num / np.maximum(d2.mean(axis=(0, 2, 3)), 1e-12), 0.0, 1.0)
+    return alpha_of_means(noise_variance_map(f, y, level).mean(axis=(0, 2, 3)), ((f - y) ** 2).mean(axis=(0, 2, 3)),
+                          np.ravel(np.broadcast_to(leak, (1, f.shape[1], 1, 1))))
+
+
+def alpha_of_means(var: np.ndarray, d2: np.ndarray, leak: np.ndarray) -> np.ndarray:
+    """The blend weight per channel from per-channel means of σ̂², (f − y)² and the leak c:
+    (BLEND_SAFETY·σ̂² − c) / E (f − y)², clipped to [0, 1]."""
+    return np.clip((BLEND_SAFETY * var - leak) / np.maximum(d2, 1e-12), 0.0, 1.0)
 
 
 __all__ = ["Calibration", "calibrate", "calibrate_seeing", "calibrate_teacher", "candidate_ks", "channel_alpha",
