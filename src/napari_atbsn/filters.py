@@ -46,11 +46,26 @@ def flat_pixels(x: np.ndarray, side: int = FLAT_SIDE) -> np.ndarray:
     x = np.asarray(x)
     if x.shape[-2] < side or x.shape[-1] < side:
         return np.zeros(x.shape, dtype=bool)
-    w = np.lib.stride_tricks.sliding_window_view(x, (side, side), axis=(-2, -1))
-    const = w.min(axis=(-2, -1)) == w.max(axis=(-2, -1))  # (..., H - side + 1, W - side + 1): square starting here
+    # boolean runs, separable: a denoise runs this on every unit of the default output, where a 5x5
+    # sliding-window min/max took 1 s per 3 Mpixel (3 Mpixel/s, below the student's throughput) and this 15 ms
+    eq_h = x[..., :, 1:] == x[..., :, :-1]
+    run = eq_h[..., :, :eq_h.shape[-1] - side + 2].copy()  # run[j]: x[j .. j + side - 1] of one value
+    for d in range(1, side - 1):
+        run &= eq_h[..., :, d:d + run.shape[-1]]
+    if not run.any():
+        return np.zeros(x.shape, dtype=bool)
+    h = run.shape[-2] - side + 1
+    eq_v = x[..., 1:, :run.shape[-1]] == x[..., :-1, :run.shape[-1]]
+    const = run[..., :h, :].copy()  # const[i, j]: the square starting at (i, j) is of one value
+    for d in range(1, side):
+        const &= run[..., d:d + h, :]
+    for d in range(side - 1):
+        const &= eq_v[..., d:d + h, :]
     # a pixel is flat if any constant square covers it: dilate the square starts back over the square
+    rows = np.zeros((*x.shape[:-1], const.shape[-1]), dtype=bool)
+    for d in range(side):
+        rows[..., d:d + h, :] |= const
     out = np.zeros(x.shape, dtype=bool)
-    for dy in range(side):
-        for dx in range(side):
-            out[..., dy:dy + const.shape[-2], dx:dx + const.shape[-1]] |= const
+    for d in range(side):
+        out[..., :, d:d + rows.shape[-1]] |= rows
     return out
