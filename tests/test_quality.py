@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import napari_atbsn
+from napari_atbsn.block_blend import block_alpha
 from napari_atbsn.cli import main
 from napari_atbsn.errors import BlindSpotError
 from napari_atbsn.events import drain
@@ -36,8 +37,14 @@ def test_auto_picks_a_valid_blind_spot_and_blends_towards_the_input(auto_result,
     assert cal.gain_db == max(cal.gain_db, *(g for _, g in cal.candidates))  # the blend beats every k_b alone
     assert all(0.0 <= a <= 1.0 for a in cal.alpha)
     raw = drain(iter_denoise_outputs(model, noisy, "ZYX", ks=[cal.k_b]))[0]
-    expected = noisy + np.float32(cal.alpha[0]) * (raw - noisy)  # (1 - alpha) y + alpha f, per channel
-    np.testing.assert_allclose(outs[0], expected, rtol=0, atol=1e-3)
+    # (1 - alpha) y + alpha f with alpha per 128-px block and channel (one block per 128² plane here), each the
+    # block's own (σ̂² - c) / mean (f - y)²
+    y = noisy.astype(np.float32)
+    for p in range(len(y)):
+        a = block_alpha(raw[p][None], y[p][None], cal.model_for(None), np.asarray(cal.leak_ratio),
+                        np.asarray(cal.alpha))
+        assert a.min() == a.max() and 0.0 <= a.min() <= 1.0
+        np.testing.assert_allclose(outs[0][p], y[p] + a[0] * (raw[p] - y[p]), rtol=0, atol=1e-3)
 
 
 def test_auto_is_chunk_invariant_and_the_same_lazily(auto_result, tiny_teacher, sample_stack, tmp_path: Path) -> None:
@@ -103,7 +110,7 @@ def test_cli_denoise_auto_reports_the_estimated_gain(tiny_teacher, sample_stack,
     out = capsys.readouterr()
     assert rc == 0
     line = out.out.strip().splitlines()[-1]
-    assert line.startswith("estimated gain: +") and "dB over the input (k_b=" in line and "blend=global" in line
+    assert line.startswith("estimated gain: +") and "dB over the input (k_b=" in line and "blend=alpha per 128-px block" in line
     assert "estimated gain" in out.err
 
 
@@ -154,7 +161,7 @@ def test_the_students_estimate_is_printed_when_it_denoises(tiny_student, sample_
     tifffile.imwrite(tmp_path / "in.tif", noisy, metadata={"axes": "ZYX"}, photometric="minisblack")
     assert main(["denoise", str(tmp_path / "in.tif"), "-m", str(tiny_student), "-o", str(tmp_path / "o.tif")]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith("estimated gain: ") and line.endswith("dB over the input (student)")
+    assert line.startswith("estimated gain: ") and line.endswith("dB over the input (student, alpha per 128-px block)")
 
 
 def test_light_noise_student_is_not_worse_than_the_input(tiny_teacher, tmp_path: Path) -> None:
@@ -184,4 +191,8 @@ def test_separate_images_are_calibrated_with_their_own_noise_level(tiny_teacher,
     assert len(per) == 4
     var = [float(np.mean(p["variances"][0])) for p in per]
     assert 5 < var[1] / var[0] < 14 and 5 < var[3] / var[2] < 14, var
-    assert "per_plane" not in calibrate(model, data, "ZYX").noise_level
+    # as planes of one Z stack they differ as much (per_unit.planes_differ), so they are calibrated one by one too
+    planes = calibrate(model, data, "ZYX")
+    assert planes.unit == "plane" and [p for p, _, _ in planes.images] == [0, 1, 2, 3]
+    assert "worst plane:" in planes.line()
+    assert "per_plane" not in calibrate(model, noisy, "ZYX").noise_level  # planes with one noise stay together

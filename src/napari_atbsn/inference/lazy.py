@@ -67,7 +67,7 @@ def lazy_denoise(source: Any, model: Denoiser, *, axes: str | None = None, k_b: 
         plane = {a: loc[a][0] for a in geom.plane_axes}
         n = int(np.ravel_multi_index([plane[a] for a in geom.plane_axes], geom.plane_shape)) if plane else 0
         b = Box(r.y0 + loc["Y"][0], r.y0 + loc["Y"][1], r.x0 + loc["X"][0], r.x0 + loc["X"][1])
-        rr = rt.grid.read_box(b)
+        rr = rt.read_box(b)
         raw = geom.read_unit(data, n, rr.y0, rr.y1, rr.x0, rr.x1)
         res = drain(rt.iter_unit(raw, (rr.y0, rr.x0), b, plane=n))
         outs = [from_cyx(to_dtype(x, out_dtype), geom) for x in res]

@@ -10,21 +10,21 @@ paths (and a resumed job) compute the same output; it is part of a written job's
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..analysis import NoiseAnalysis, analyze_noise
 from ..axes import context_note, context_unused
+from ..block_blend import BLOCK, block_alpha
 from ..config import BLIND_ESTIMATE, DEFAULT_KS, OutputKey
 from ..errors import ImageError
 from ..events import drain
-from ..plane_noise import estimate_noise_levels, residual_floor
+from ..plane_noise import estimate_noise_levels, pooled_level, residual_floor
 from ..risk import (
     BLEND_SAFETY,
     LENGTH_THRESHOLD,
-    MAX_GAIN_DB,
     PROBE_SCALE,
     estimate_noise_level,
     estimated_gain_db,
@@ -36,10 +36,11 @@ from ..risk import (
     valid_blind_spots,
 )
 from ..sampling import plane_source
+from .per_unit import block_models_of, per_image, planes_differ, sample_flat, sample_weights
 from .runtime import iter_array
 
 if TYPE_CHECKING:
-    from ..risk import Noise
+    from ..risk import Noise, NoiseLevel
     from .denoiser import Denoiser
 
 #: A D-BSN's fusion gives way to the blend of mu only when that is estimated better by this much: on heavy noise
@@ -79,6 +80,26 @@ class Calibration:
     #: separate images (S) of the sample, each calibrated on its own: (S index, its α per channel, its estimated
     #: gain). Images outside the sample take the smallest α of these per channel (the input's side).
     images: tuple[tuple[int, tuple[float, ...], float | None], ...] = ()
+    #: the noise model each block's σ̂² comes from (block_blend): (S index, model) per separate image of the
+    #: sample, or (None, model) for all planes; empty: one weight per channel (``alpha_for``), no blocks
+    block_models: tuple[tuple[int | None, NoiseLevel], ...] = field(default=(), compare=False, repr=False)
+    #: c / σ̂² per channel, the share of its pixel's noise the output keeps (0 for a covering blind spot)
+    leak_ratio: tuple[float, ...] = ()
+    #: what ``images`` index: "S", separate images; "plane", the planes of a stack whose noise differs
+    #: (per_unit.planes_differ), by their number in the stack
+    unit: str = "S"
+
+    def model_for(self, image: int | None) -> NoiseLevel | None:
+        """The noise model of one separate image's blocks (None: no blocks). An image outside the sample takes the
+        quietest sampled model: a lower σ̂² weighs the input more, the safe side."""
+        if not self.block_models:
+            return None
+        own = dict(self.block_models)
+        if image in own:
+            return own[image]
+        if None in own:
+            return own[None]
+        return min(own.values(), key=lambda lv: float(np.mean([np.mean(v) for v in lv.variances])))
 
     def alpha_for(self, image: int | None) -> tuple[float, ...]:
         """The blend weights of one separate image (its index along S; None: no S axis)."""
@@ -105,8 +126,11 @@ class Calibration:
         alphas = "/".join(f"{a:.2f}" for a in self.alpha)
         if self.gain_db is None and not any(self.alpha):
             return "the input unchanged"
-        each = ", per image" if self.images else ""
-        weights = "alpha per image" if self.images else f"global alpha={alphas}"
+        each = f", per {'image' if self.unit == 'S' else 'plane'}" if self.images else ""
+        weights = f"alpha{each.removeprefix(',')}" if self.images else f"global alpha={alphas}"
+        if self.block_models:
+            weights = f"alpha per {BLOCK}-px block{each}"
+            each = f"{each}, alpha per {BLOCK}-px block"
         if self.model_kind == "student":
             return f"student{each}"
         if self.k_b is None:
@@ -119,12 +143,14 @@ class Calibration:
         def r(v: float | None) -> float | None:
             return None if v is None else round(v, 3)
 
-        return {"k_b": self.k_b, "output": self.method, "blend": "per image" if self.images else "global",
+        blend = f"per {BLOCK}-px block" if self.block_models else f"per {self.unit}" if self.images else "global"
+        return {"k_b": self.k_b, "output": self.method, "blend": blend,
+                "leak_ratio": [round(c, 6) for c in self.leak_ratio],
                 "alpha": [round(a, 6) for a in self.alpha],
                 "estimated_gain_db": r(self.gain_db), "estimated_gain_db_unblended": r(self.raw_gain_db),
                 "noise_level": self.noise_level, "valid_k_b": list(self.valid_ks), "reliable": self.reliable,
                 "sample": self.sample, "estimated_gain_db_by_k_b": {str(k): r(g) for k, g in self.candidates},
-                "images": [{"S": s, "alpha": [round(a, 6) for a in al], "estimated_gain_db": r(g)}
+                "images": [{self.unit: s, "alpha": [round(a, 6) for a in al], "estimated_gain_db": r(g)}
                            for s, al, g in self.images]}
 
     def line(self) -> str:
@@ -138,7 +164,8 @@ class Calibration:
         text = f"estimated gain: {self.gain_db:+.2f} dB over the input ({self.method})"
         if self.worst_image is not None:
             s, g = self.worst_image
-            text += f"; worst image: {g:+.2f} dB (S={s})"
+            text += f"; worst image: {g:+.2f} dB (S={s})" if self.unit == "S" else \
+                f"; worst plane: {g:+.2f} dB (plane {s})"
         if not self.reliable:
             text += "; unreliable: the noise correlation reaches further than the estimate covers"
         return text
@@ -149,14 +176,20 @@ class Calibration:
         worst = self.worst_image
         return (self.gain_db is not None and self.gain_db < 0) or (worst is not None and worst[1] < 0)
 
-    def apply(self, raw: np.ndarray, out: np.ndarray, flat: np.ndarray | None = None, image: int | None = None,
-              ) -> np.ndarray:
+    def apply(self, raw: np.ndarray, out: np.ndarray, flat: np.ndarray | None = None, image: int | None = None, *,
+              at: tuple[int, int] = (0, 0), size: tuple[int, int] | None = None) -> np.ndarray:
         """The blend of ``out`` (C, h, w), the k_b output, with ``raw`` (C, h, w), the input, in data units.
         ``flat`` (C, h, w): pixels that carry no noise (filters.flat_pixels: a blank plane, a padded canvas's fill,
         a saturated plateau), returned as they are: a network fills them with content it invents. ``image``: the
-        plane's index along S, whose own weights apply (:meth:`alpha_for`)."""
+        plane's index along S, whose own weights apply (:meth:`alpha_for`). With block weights (block_blend),
+        ``at`` is out's offset from the output region's corner and ``size`` the region's (height, width): out
+        covers whole blocks."""
         alpha = self.alpha_for(image)
-        if all(a == 1.0 for a in alpha):  # nothing to blend (a D-BSN's fusion): the output bit for bit
+        model = self.model_for(image)
+        if model is not None and any(alpha):  # an image estimated worse than its input keeps the input
+            a = block_alpha(out, raw, model, np.asarray(self.leak_ratio), np.asarray(alpha), flat, at, size)
+            res = np.where(a == 1.0, out, raw + a * (out - raw)).astype(np.float32, copy=False)
+        elif all(a == 1.0 for a in alpha):  # nothing to blend (a D-BSN's fusion): the output bit for bit
             res = out.astype(np.float32, copy=False)
         else:
             a = np.asarray(alpha, dtype=np.float32).reshape(-1, 1, 1)
@@ -214,16 +247,22 @@ def calibrate(model: Denoiser, data: Any, axes: str, *, window: int | None = Non
     # blend are the plane's own; the neighbours only go to the network (their noise is independent of it)
     own, context = planes[:, :model.in_channels], planes[:, model.in_channels:]
     try:
-        groups = sample_groups(data, axes)
+        groups, unit = sample_groups(data, axes), "S"
+        if groups is None and len(own) > 1:  # planes of a stack: one by one where their noise differs
+            groups, unit = sampled_plane_numbers(plane_source(data, axes).n_planes), "plane"
         level, corr = measure_noise(data, axes, own, groups)
+        if unit == "plane" and not planes_differ(level, own.astype(np.float64)):
+            level, groups = pooled_level(level), None
     except ImageError as e:
         return unmeasured(model, str(e))
     with reusing_variance_maps():
         if model.kind == "atbsn":
-            return calibrate_teacher(model, own, level, corr, sample, window=window or model.patch,
-                                     batch_size=batch_size, context=context, groups=groups)
-        return calibrate_seeing(model, own, level, corr, sample, batch_size=batch_size, context=context,
-                                groups=groups)
+            cal = calibrate_teacher(model, own, level, corr, sample, window=window or model.patch,
+                                    batch_size=batch_size, context=context, groups=groups)
+        else:
+            cal = calibrate_seeing(model, own, level, corr, sample, batch_size=batch_size, context=context,
+                                   groups=groups)
+    return replace(cal, unit=unit)
 
 
 def run_sample(model: Denoiser, y: np.ndarray, context: np.ndarray | None, keys: list[Any], batch_size: int,
@@ -302,24 +341,24 @@ def calibrate_teacher(model: Denoiser, planes: np.ndarray, level: Noise, correla
         level = residual_floor(level, outputs[best], y, groups,
                                wide=outputs[max(valid)] if max(valid) != best else None)
     leaks: dict[int, Any] = {k: 0.0 for k in covering}
-    probes: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k -> (its output for the probed input, the probe)
     if narrower:
         probe = noise_probe(outputs[max(keys)], y, level, correlation)
         probed = run(y + PROBE_SCALE * probe, narrower)
         leaks |= {k: leak(outputs[k], probed[k], probe) for k in narrower}
-        probes = {k: (probed[k], probe) for k in narrower}
     alphas = {k: channel_alpha(outputs[k], y, level, leaks[k]) for k in keys}
-    blended = {k: estimated_gain_db(outputs[k], y, level, np.broadcast_to(alphas[k].reshape(1, -1, 1, 1), y.shape),
-                                    leaks[k]) for k in keys}
+    flat = sample_flat(y)
+    weights = {k: sample_weights(outputs[k], y, level, leaks[k], alphas[k], flat) for k in keys}
+    blended = {k: estimated_gain_db(outputs[k], y, level, weights[k].alpha, weights[k].leak) for k in keys}
     # separate images: each k_b is ranked by the gain of its blends image by image, the default's own
-    by_image = {k: per_image(outputs[k], y, level, leaks[k], groups, blend=True, probed=probes.get(k)) for k in keys}
+    by_image = {k: per_image(outputs[k], y, level, weights[k], groups) for k in keys}
     blended = {k: blended[k] if by_image[k][1] is None else by_image[k][1] for k in keys}
     # an output that sees some of its pixel's noise is estimated through the probe as well as σ̂², so it must win
     # by a margin: on W2S a 3 % lower σ̂² ranked k_b 0 0.4 dB above the blind k_b 1, which was 0.3 dB better
     k = max(keys, key=lambda kk: blended[kk] - (NARROWER_MARGIN_DB if kk in narrower else 0.0))
     gains = tuple((kk, estimated_gain_db(outputs[kk], y, level, 1.0, leaks[kk])) for kk in keys)
     return Calibration(k, tuple(float(a) for a in alphas[k]), blended[k], dict(gains)[k], level.to_dict(),
-                       tuple(keys), reliable, sample, gains, correlation=correlation, images=by_image[k][0])
+                       tuple(keys), reliable, sample, gains, correlation=correlation, images=by_image[k][0],
+                       block_models=block_models_of(level, groups), leak_ratio=weights[k].ratio)
 
 
 def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: Noise, correlation: np.ndarray | None,
@@ -345,64 +384,29 @@ def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: Noise, correlat
     leaks = [leak(f, fp, probe) for f, fp in zip(outs, probed, strict=True)]
     reliable = correlation is None or correlation_fits(correlation)
     ones = tuple(1.0 for _ in range(y.shape[1]))
+    flat = sample_flat(y)
+    models = block_models_of(level, groups)
     gain = estimated_gain_db(outs[0], y, level, 1.0, leaks[0])
+    own = sample_weights(outs[0], y, level, leaks[0], np.ones(y.shape[1]), flat)
+    kept = estimated_gain_db(outs[0], y, level, own.alpha, own.leak)  # with its blocks' weights
     candidates: tuple[tuple[Any, float], ...] = ((None, gain),)
     if model.kind == "dbsn":
         candidates += ((BLIND_ESTIMATE, estimated_gain_db(outs[1], y, level, 1.0, leaks[1])),)
         alpha = channel_alpha(outs[1], y, level, leaks[1])
         full = np.broadcast_to(alpha.reshape(1, -1, 1, 1), y.shape)
-        blend_gain = estimated_gain_db(outs[1], y, level, full, leaks[1])
+        mu = sample_weights(outs[1], y, level, leaks[1], alpha, flat)
+        blend_gain = estimated_gain_db(outs[1], y, level, mu.alpha, mu.leak)
         # a fusion worse than the input gives way to the blend whenever that is better: at worst α = 0, the input
-        if blend_gain > max(gain + FUSION_MARGIN_DB, 0.0) or (gain < 0 and blend_gain > gain) or \
+        if blend_gain > max(kept + FUSION_MARGIN_DB, 0.0) or (kept < 0 and blend_gain > kept) or \
                 fusion_loses_at_the_upper_noise(outs, y, level, leaks, full):
-            images, g = per_image(outs[1], y, level, leaks[1], groups, blend=True, probed=(probed[1], probe))
+            images, g = per_image(outs[1], y, level, mu, groups)
             return Calibration(BLIND_ESTIMATE, tuple(float(a) for a in alpha), blend_gain if g is None else g, gain,
                                level.to_dict(), (1,), reliable, sample, candidates, model_kind=model.kind,
-                               correlation=correlation, images=images)
-    images, g = per_image(outs[0], y, level, leaks[0], groups, blend=False, probed=(probed[0], probe))
-    return Calibration(None, ones, gain if g is None else g, gain, level.to_dict(), (), reliable, sample, candidates,
-                       model_kind=model.kind, correlation=correlation, images=images)
-
-
-def per_image(f: np.ndarray, y: np.ndarray, level: Noise, leak_c: Any, groups: np.ndarray | None, *, blend: bool,
-              probed: tuple[np.ndarray, np.ndarray] | None = None,
-              ) -> tuple[tuple[tuple[int, tuple[float, ...], float | None], ...], float | None]:
-    """Each separate image's (S index, α per channel, estimated gain) for output f of the sample, and the whole
-    sample's gain with those weights; ((), None) without two images or more.
-
-    Separate images rarely share a noise level or a gain from the network (σ 5, 20 and 80 in one stack: one α
-    for all lost 7.7 dB on the quietest), so each gets its own risk-optimal weight (``blend``). An output that is
-    not blended (a student's, a D-BSN's fusion) keeps α = 1 where its image's estimate is positive and gives that
-    image the input (α = 0) where it is negative. ``probed`` (f for the probed input, the probe): an output that
-    sees its pixel keeps part of its noise, which is measured per image (it scales with each image's noise; one
-    pooled figure read W2S's quieter images 5 dB low and would read louder ones high)."""
-    if groups is None or len(np.unique(groups)) < 2:
-        return (), None
-    var = noise_variance_map(f, y, level)
-    d2 = (f - y) ** 2
-    pooled_c = np.ravel(np.broadcast_to(leak_c, (1, f.shape[1], 1, 1)))
-    full = np.ones((len(y), f.shape[1], 1, 1))
-    leak_map = np.zeros((len(y), f.shape[1], 1, 1))
-    out = []
-    for s in np.unique(groups):
-        sel = np.asarray(groups) == s
-        c = pooled_c if probed is None else np.ravel(leak(f[sel], probed[0][sel], probed[1][sel]))
-        leak_map[sel] = c.reshape(1, -1, 1, 1)
-        v, dd = var[sel].mean(axis=(0, 2, 3)), d2[sel].mean(axis=(0, 2, 3))
-        alpha = alpha_of_means(v, dd, c) if blend else np.ones_like(v)
-        gain = _gain(v, dd, c, alpha)
-        if gain < 0:  # estimated worse than the input: the input (α = 0, gain 0)
-            alpha, gain = np.zeros_like(alpha), 0.0
-        full[sel] = alpha.reshape(1, -1, 1, 1)
-        out.append((int(s), tuple(float(a) for a in alpha), gain))
-    total = estimated_gain_db(f, y, level, np.broadcast_to(full, f.shape), leak_map)
-    return tuple(out), total
-
-
-def _gain(v: np.ndarray, d2: np.ndarray, c: np.ndarray, alpha: np.ndarray) -> float:
-    """10·log10(σ̂² / R̂) from per-channel means: R̂ = α² E(f − y)² − 2α (σ̂² − c) + σ̂² (risk.risk)."""
-    r, n = float(np.mean(alpha**2 * d2 - 2 * alpha * (v - c) + v)), float(np.mean(v))
-    return float(10 * np.log10(n / max(r, n * 10 ** (-MAX_GAIN_DB / 10))))
+                               correlation=correlation, images=images, block_models=models, leak_ratio=mu.ratio)
+    images, g = per_image(outs[0], y, level, own, groups)
+    return Calibration(None, ones, kept if g is None else g, gain, level.to_dict(), (), reliable, sample, candidates,
+                       model_kind=model.kind, correlation=correlation, images=images, block_models=models,
+                       leak_ratio=own.ratio)
 
 
 def fusion_loses_at_the_upper_noise(outs: list[np.ndarray], y: np.ndarray, level: Noise, leaks: list[Any],

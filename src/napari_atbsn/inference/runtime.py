@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..block_blend import expand_to_blocks
 from ..config import AUTO_K_B, OutputKey
 from ..device import is_oom
 from ..errors import ConfigError, DeviceError, ImageError
@@ -39,6 +40,14 @@ class Runtime:
         self.batch_size = batch_size
         self.on_backoff = on_backoff
         self._lock = threading.Lock()
+
+    def compute_box(self, box: Box) -> Box:
+        """The box a unit computes for ``box`` (:func:`compute_box`)."""
+        return compute_box(box, self.geom.region, self.ks, self.calibration)
+
+    def read_box(self, box: Box) -> Box:
+        """The source pixels a unit needs for ``box``: its windows' reach around :meth:`compute_box`."""
+        return self.grid.read_box(self.compute_box(box))
 
     def windows(self, tiles: np.ndarray) -> np.ndarray:
         """(B, C, w, w) normalised windows -> (K, B, C, w, w), in sub-batches of the current batch size."""
@@ -87,21 +96,40 @@ class Runtime:
                 where += f" or its {2 * self.geom.context} neighbouring plane(s)"
             raise ImageError(f"the image contains NaN or Inf pixels{where} near rows {box.y0}..{box.y1}, columns "
                              f"{box.x0}..{box.x1}; replace them (e.g. with the local median) before denoising.")
-        oy, ox = origin
+        cbox = self.compute_box(box)
+        into = out if cbox == box else None
         if self.model.windows_on_device:
-            result = yield from self._iter_unit_on_device(raw, origin, box, out)
+            result = yield from self._iter_unit_on_device(raw, origin, cbox, into)
         else:
-            result = yield from self._iter_unit_on_host(raw, origin, box, out)
+            result = yield from self._iter_unit_on_host(raw, origin, cbox, into)
         if self.calibration is not None and AUTO_K_B in self.ks:
-            # the blend is with the plane itself (a stack-context unit's first channels), not its neighbours
-            y = raw[:self.model.in_channels, box.y0 - oy:box.y1 - oy, box.x0 - ox:box.x1 - ox]
-            y = y.astype(np.float32, copy=False)
-            flat = flat_in_box(raw[:self.model.in_channels], origin, box)
-            image = self.geom.plane_index(plane).get("S") if plane is not None and self.calibration.images else None
-            for i, k in enumerate(self.ks):
-                if k == AUTO_K_B:
-                    result[i][...] = self.calibration.apply(y, result[i], flat, image)
+            self._blend(raw, origin, cbox, plane, result)
+        if cbox != box:  # the unit's own pixels of the whole blocks it computed
+            cut = np.s_[:, box.y0 - cbox.y0:box.y1 - cbox.y0, box.x0 - cbox.x0:box.x1 - cbox.x0]
+            if out is None:
+                return [np.ascontiguousarray(r[cut]) for r in result]
+            for o, r in zip(out, result, strict=True):
+                o[...] = r[cut]
+            return out
         return result
+
+    def _blend(self, raw: np.ndarray, origin: tuple[int, int], box: Box, plane: int | None,
+               result: Sequence[np.ndarray]) -> None:
+        """``auto``'s outputs in ``result`` blended with the input, in place (Calibration.apply)."""
+        assert self.calibration is not None
+        oy, ox = origin
+        # the blend is with the plane itself (a stack-context unit's first channels), not its neighbours
+        y = raw[:self.model.in_channels, box.y0 - oy:box.y1 - oy, box.x0 - ox:box.x1 - ox]
+        y = y.astype(np.float32, copy=False)
+        flat = flat_in_box(raw[:self.model.in_channels], origin, box)
+        image = None
+        if plane is not None and self.calibration.images:  # its own weights: by S index, or by plane number
+            image = plane if self.calibration.unit == "plane" else self.geom.plane_index(plane).get("S")
+        r = self.geom.region
+        at, size = (box.y0 - r.y0, box.x0 - r.x0), (r.y1 - r.y0, r.x1 - r.x0)
+        for i, k in enumerate(self.ks):
+            if k == AUTO_K_B:
+                result[i][...] = self.calibration.apply(y, result[i], flat, image, at=at, size=size)
 
     def _iter_unit_on_host(self, raw: np.ndarray, origin: tuple[int, int], box: Box,
                            out: Sequence[np.ndarray] | None) -> Generator[int, None, Any]:
@@ -130,6 +158,17 @@ class Runtime:
         return (yield from iter_box_on_device(self.model, self.net_ks, self.grid, region, (rb.y0, rb.x0), box,
                                               batch_size=lambda: self.batch_size, on_oom=self._back_off,
                                               staging=staging, out=out))
+
+
+def compute_box(box: Box, region: Box, ks: Sequence[OutputKey], calibration: Calibration | None) -> Box:
+    """The box a unit computes for ``box``: where ``auto``'s blend weighs each block of the region on its own
+    (block_blend), ``box`` widened to the whole blocks it touches, so that any chunking computes the same weights
+    (a chunk that is a multiple of the block, as plans choose, is widened only at the region's end)."""
+    if AUTO_K_B not in ks or calibration is None or not calibration.block_models:
+        return box
+    y0, y1 = expand_to_blocks(box.y0 - region.y0, box.y1 - region.y0, region.y1 - region.y0)
+    x0, x1 = expand_to_blocks(box.x0 - region.x0, box.x1 - region.x0, region.x1 - region.x0)
+    return Box(region.y0 + y0, region.y0 + y1, region.x0 + x0, region.x0 + x1)
 
 
 def counted(gen: Generator[int, None, np.ndarray], done: int, total: int,

@@ -20,7 +20,7 @@ from ..tiling import Box, PlaneGrid
 from .denoiser import load_model
 from .geometry import Geometry
 from .output_kinds import output_dtype
-from .runtime import Runtime
+from .runtime import Runtime, compute_box
 
 if TYPE_CHECKING:
     from .denoiser import Denoiser
@@ -192,7 +192,7 @@ def run_sync(job: Plan, spec: UnitSpec, todo: list[tuple[int, Box]], scheduler: 
     data = job.source.data
 
     def read(n: int, box: Box) -> tuple[np.ndarray, tuple[int, int]]:
-        r = rt.grid.read_box(box)
+        r = rt.read_box(box)
         return job.geom.read_unit(data, n, r.y0, r.y1, r.x0, r.x1), (r.y0, r.x0)
 
     if not todo:
@@ -264,7 +264,7 @@ def unit_task(job: Plan, spec: UnitSpec, grid: PlaneGrid, data: Any, n: int, box
     """A delayed :func:`run_unit` whose source region is a dask slice, so reads are tasks on the workers too."""
     import dask
 
-    r = grid.read_box(box)
+    r = grid.read_box(compute_box(box, job.geom.region, job.ks, job.calibration))
     regions = [data[i] for i in job.geom.unit_indexes(n, r.y0, r.y1, r.x0, r.x1)]
     return dask.delayed(run_unit, pure=False)(spec, n, box, (r.y0, r.x0), regions,
                                               dask_key_name=f"atbsn-unit-{unit_key(n, box)}")
