@@ -110,7 +110,8 @@ def test_cli_denoise_auto_reports_the_estimated_gain(tiny_teacher, sample_stack,
     out = capsys.readouterr()
     assert rc == 0
     line = out.out.strip().splitlines()[-1]
-    assert line.startswith("estimated gain: +") and "dB over the input (k_b=" in line and "blend=alpha per 128-px block" in line
+    assert line.startswith("estimated gain: +") and "dB over the input (k_b=" in line
+    assert "blend=alpha per 128-px block" in line
     assert "estimated gain" in out.err
 
 
@@ -161,7 +162,7 @@ def test_the_students_estimate_is_printed_when_it_denoises(tiny_student, sample_
     tifffile.imwrite(tmp_path / "in.tif", noisy, metadata={"axes": "ZYX"}, photometric="minisblack")
     assert main(["denoise", str(tmp_path / "in.tif"), "-m", str(tiny_student), "-o", str(tmp_path / "o.tif")]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith("estimated gain: ") and line.endswith("dB over the input (student, alpha per 128-px block)")
+    assert line.startswith("estimated gain: ") and line.endswith("dB over the input (student)")
 
 
 def test_light_noise_student_is_not_worse_than_the_input(tiny_teacher, tmp_path: Path) -> None:

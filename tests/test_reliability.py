@@ -471,7 +471,7 @@ def test_documented_cases_match_the_tests() -> None:
 # R78, the TIFF metadata and the units of pixel sizes, in test_pipeline.py)
 ROUND2_TESTS = ["R69", "R71", "R72", "R73", "R74", "R75", "R76", "R77", "R78"]
 API_IDS = ["A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A09", "A10", "A11", "A12", "A13", "A14",
-           "A15", "A16", "A17", "A18", "A19", "A20", "A21"]
+           "A15", "A16", "A17", "A18", "A19", "A20", "A21", "A22", "A23"]
 
 
 def test_api_errors_are_specific_exception_types(files, tmp_path: Path) -> None:
@@ -766,7 +766,10 @@ def test_api_sigterm_during_training_saves_a_checkpoint(files, tmp_path: Path) -
     ('"patch": NaN', r"patch=nan must be a whole number of pixels"),
     ('"patch": "32"', r"patch='32' must be a whole number"),
     ('"patch": 32.5', r"patch=32\.5 must be a whole number"),
-    ('"patch": 36', r"patch=36 must be a multiple of 8 for preset tiny"),
+    ('"patch": 36', r"patch=36 must be a multiple of 8 for a network of depth 3"),
+    ('"patch": 4096', r"patch=4096 but the model was trained with train\.patch=32"),
+    ('"patch": 65536', r"patch=65536 must be a whole number of pixels from 1 to 8192"),
+    ('"preset": "small"', r"arch\.preset='small' but the model was trained with train\.preset='tiny'"),
     ('"patch": 1' + "0" * 5000, r"is not valid JSON .*digits"),
     ('"k_a": -1', r"k_a=-1 must be 0 or a positive odd whole number"),
     ('"k_b": 4', r"k_b=4 must be 0 or a positive odd"),
@@ -775,11 +778,13 @@ def test_api_sigterm_during_training_saves_a_checkpoint(files, tmp_path: Path) -
     ('"k_b": 999', r"config\.json: k_b=999 is a blind spot as wide as the training patch"),
     ('"steps": -3', r"steps=-3 must be a whole number >= 0"),
     ("deep", r"is not valid JSON .*recursion"),
-], ids=["nan", "string", "float", "not-multiple", "5000-digits", "k_a", "k_b", "k_b-null", "k_a-huge", "k_b-huge",
+], ids=["nan", "string", "float", "not-multiple", "patch-edited", "patch-huge", "preset-edited",
+        "5000-digits", "k_a", "k_b", "k_b-null", "k_a-huge", "k_b-huge",
         "steps", "deep"])
 def test_api_hand_edited_config_values_are_refused(files, tmp_path: Path, edit: str, message: str) -> None:
-    """A18: config.json values of the wrong type or range, a 5000-digit number and 100k-deep nesting give a
-    ModelFolderError naming the value, not a traceback or a wrong image."""
+    """A18, A22: config.json values of the wrong type or range, values that contradict the training settings the
+    file recorded, a 5000-digit number and 100k-deep nesting give a ModelFolderError naming the value, not a
+    traceback or a wrong image."""
     model = _copy_model(files["teacher"], tmp_path / "model")
     text = (model / CONFIG).read_text()
     if edit == "deep":

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .risk import BLEND_SAFETY, _noise_variance_map, noise_variance_map
+from .risk import BLEND_SAFETY, noise_variance_map, noise_variance_map_of
 
 if TYPE_CHECKING:
     from .risk import NoiseLevel
@@ -82,7 +82,7 @@ def weights_of_block(f: np.ndarray, y: np.ndarray, noise: NoiseLevel, ratio: np.
                      flat: np.ndarray | None) -> np.ndarray:
     """(C, 1, 1): (BLEND_SAFETY·σ̂² − c) / mean (f − y)² per channel over the block's pixels that carry noise."""
     f64, y64 = f.astype(np.float64), y.astype(np.float64)
-    var = _noise_variance_map(f64[None], y64[None], noise)[0]  # not cached: a block's arrays are used once
+    var = noise_variance_map_of(f64[None], y64[None], noise)[0]  # not cached: a block's arrays are used once
     d2 = (f64 - y64) ** 2
     keep = np.ones_like(d2, dtype=bool) if flat is None else ~flat
     n = keep.sum(axis=(1, 2))

@@ -169,14 +169,19 @@ def _check_values(cfg_path: Path, cfg: dict[str, Any]) -> None:
     or ``k_a: -1`` is refused here, not met as a traceback or a wrong image later."""
     patch = cfg["patch"]
     problems = []
-    if not (_is_int(patch) and 1 <= patch <= 1 << 16):
-        problems.append(f"patch={patch!r} must be a whole number of pixels from 1 to 65536")
+    if not (_is_int(patch) and 1 <= patch <= MAX_PATCH):
+        problems.append(f"patch={patch!r} must be a whole number of pixels from 1 to {MAX_PATCH}")
     else:
-        preset = cfg["arch"].get("preset") if isinstance(cfg["arch"], dict) else None
-        multiple = ATBSN_PRESETS[preset].multiple if cfg["kind"] == "atbsn" and preset in ATBSN_PRESETS else 1
+        arch = cfg["arch"] if isinstance(cfg["arch"], dict) else {}
+        preset = arch.get("preset")
+        # the network's own depth where the file stores it (presets can be overridden), else its preset's
+        depth = arch.get("depth") if _is_int(arch.get("depth")) else \
+            ATBSN_PRESETS[preset].depth if preset in ATBSN_PRESETS else 0
+        multiple = 2 ** min(depth, 16) if cfg["kind"] == "atbsn" else 1
         if patch % multiple:
-            problems.append(f"patch={patch} must be a multiple of {multiple} for preset {preset}")
+            problems.append(f"patch={patch} must be a multiple of {multiple} for a network of depth {depth}")
     problems += [m for key in ("k_a", "k_b") if key in cfg and (m := _blind_spot_problem(cfg, key, patch))]
+    problems += _disagreements(cfg)
     for key in ("halo", "steps"):
         v = cfg.get(key)
         if v is not None and not (_is_int(v) and v >= 0):
@@ -184,6 +189,27 @@ def _check_values(cfg_path: Path, cfg: dict[str, Any]) -> None:
     if problems:
         raise ModelFolderError(f"{cfg_path}: {problems[0]}; the file was edited by hand or damaged. Restore the "
                                f"original or re-train.")
+
+
+#: No network is trained on patches larger than this (the paper's are 256): a larger stored patch, which a
+#: teacher's denoise uses as its window, is an edited file.
+MAX_PATCH = 8192
+
+
+def _disagreements(cfg: dict[str, Any]) -> list[str]:
+    """What the file's top-level values say against the training settings it recorded (``train``): the patch the
+    windows use, the blind spot k_a and the architecture's preset name were all written from them, so a
+    difference is a hand edit (a stored patch of 65,536 ran a teacher in 65,536-pixel windows)."""
+    train = cfg.get("train")
+    if not isinstance(train, dict):
+        return []
+    arch = cfg["arch"] if isinstance(cfg["arch"], dict) else {}
+    pairs = [("patch", cfg.get("patch"), train.get("patch")), ("k_a", cfg.get("k_a"), train.get("k_a"))]
+    if cfg["kind"] == "atbsn":
+        pairs.append(("arch.preset", arch.get("preset"), train.get("preset")))
+    return [f"{key}={mine!r} but the model was trained with train.{key.split('.')[-1]}={theirs!r}"
+            for key, mine, theirs in pairs
+            if type(mine) is type(theirs) and isinstance(mine, int | str) and mine != theirs]
 
 
 def _blind_spot_problem(cfg: dict[str, Any], key: str, patch: Any) -> str | None:

@@ -309,15 +309,15 @@ def reusing_variance_maps() -> Iterator[None]:
 
 
 def noise_variance_map(f: np.ndarray, y: np.ndarray, noise_level: Noise) -> np.ndarray:
-    """σ_i² at every pixel (:func:`_noise_variance_map`); computed once per (f, y, level) inside
+    """σ_i² at every pixel (:func:`noise_variance_map_of`); computed once per (f, y, level) inside
     :func:`reusing_variance_maps`. Callers must not change the returned array."""
     maps = getattr(_REUSE, "maps", None)
     if maps is None:
-        return _noise_variance_map(f, y, noise_level)
+        return noise_variance_map_of(f, y, noise_level)
     for ff, yy, lv, var in maps:
         if ff is f and yy is y and lv is noise_level:
             return var
-    var = _noise_variance_map(f, y, noise_level)
+    var = noise_variance_map_of(f, y, noise_level)
     maps.append((f, y, noise_level, var))
     del maps[:-MAPS_KEPT]
     return var
@@ -326,8 +326,8 @@ def noise_variance_map(f: np.ndarray, y: np.ndarray, noise_level: Noise) -> np.n
 MAPS_KEPT = 16  # a calibration's candidates (7 blind spots, their probes) and then some
 
 
-def _noise_variance_map(f: np.ndarray, y: np.ndarray, noise_level: Noise) -> np.ndarray:
-    """σ_i² at every pixel, evaluated at f corrected by the local mean of y − f around i.
+def noise_variance_map_of(f: np.ndarray, y: np.ndarray, noise_level: Noise) -> np.ndarray:
+    """σ_i² at every pixel (never cached), evaluated at f corrected by the local mean of y − f around i.
 
     Not at y (it holds n_i) and not at f alone: a network trained with an L1 loss estimates the
     median, which for Poisson noise lies below the mean (measured on W2S: σ² at f read 0.84-0.93

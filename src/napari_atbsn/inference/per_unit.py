@@ -50,6 +50,15 @@ def sample_weights(f: np.ndarray, y: np.ndarray, level: Noise, leak_c: Any, fall
     return SampleWeights(alpha.astype(np.float64), c, tuple(float(r) for r in ratio))
 
 
+def plain_weights(f: np.ndarray, y: np.ndarray, level: Noise, leak_c: Any, flat: np.ndarray) -> SampleWeights:
+    """An output that is its own default (a student's, a D-BSN's fusion: α = 1 but at flat pixels, which come
+    back as they are). Not weighed per block: its exported graphs must give the same image (docs/export.md)."""
+    ratio = leak_ratio_of(leak_c, f, y, level)
+    alpha = np.where(flat, 0.0, 1.0)
+    c = ratio.reshape(1, -1, 1, 1) * noise_variance_map(f, y, level)
+    return SampleWeights(alpha, c, tuple(float(r) for r in ratio))
+
+
 def block_models_of(level: Noise, groups: np.ndarray | None) -> tuple[tuple[int | None, NoiseLevel], ...]:
     """Calibration.block_models: each separate image's model where the sample's images were measured one by one,
     else the one model of all planes."""
@@ -97,5 +106,5 @@ def planes_differ(level: Noise, y: np.ndarray) -> bool:
     return max(r) / max(min(r), 1e-12) > PLANES_DIFFER
 
 
-__all__ = ["PLANES_DIFFER", "SampleWeights", "block_models_of", "per_image", "planes_differ", "sample_flat",
-           "sample_weights"]
+__all__ = ["PLANES_DIFFER", "SampleWeights", "block_models_of", "per_image", "plain_weights", "planes_differ",
+           "sample_flat", "sample_weights"]

@@ -36,7 +36,7 @@ from ..risk import (
     valid_blind_spots,
 )
 from ..sampling import plane_source
-from .per_unit import block_models_of, per_image, planes_differ, sample_flat, sample_weights
+from .per_unit import block_models_of, per_image, plain_weights, planes_differ, sample_flat, sample_weights
 from .runtime import iter_array
 
 if TYPE_CHECKING:
@@ -387,8 +387,8 @@ def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: Noise, correlat
     flat = sample_flat(y)
     models = block_models_of(level, groups)
     gain = estimated_gain_db(outs[0], y, level, 1.0, leaks[0])
-    own = sample_weights(outs[0], y, level, leaks[0], np.ones(y.shape[1]), flat)
-    kept = estimated_gain_db(outs[0], y, level, own.alpha, own.leak)  # with its blocks' weights
+    own = plain_weights(outs[0], y, level, leaks[0], flat)
+    kept = estimated_gain_db(outs[0], y, level, own.alpha, own.leak)  # flat pixels come back as they are
     candidates: tuple[tuple[Any, float], ...] = ((None, gain),)
     if model.kind == "dbsn":
         candidates += ((BLIND_ESTIMATE, estimated_gain_db(outs[1], y, level, 1.0, leaks[1])),)
@@ -405,8 +405,7 @@ def calibrate_seeing(model: Denoiser, planes: np.ndarray, level: Noise, correlat
                                correlation=correlation, images=images, block_models=models, leak_ratio=mu.ratio)
     images, g = per_image(outs[0], y, level, own, groups)
     return Calibration(None, ones, kept if g is None else g, gain, level.to_dict(), (), reliable, sample, candidates,
-                       model_kind=model.kind, correlation=correlation, images=images, block_models=models,
-                       leak_ratio=own.ratio)
+                       model_kind=model.kind, correlation=correlation, images=images, leak_ratio=own.ratio)
 
 
 def fusion_loses_at_the_upper_noise(outs: list[np.ndarray], y: np.ndarray, level: Noise, leaks: list[Any],
