@@ -123,3 +123,12 @@ def test_block_weights_do_not_depend_on_the_chunking(tiny_teacher, sample_stack,
     lazy = napari_atbsn.denoise(y, model, None, axes="ZYX", chunk=100)
     np.testing.assert_array_equal(np.asarray(lazy), out)
     assert BLOCK == 128
+
+
+def test_planned_chunks_are_multiples_of_the_block_and_the_core() -> None:
+    from napari_atbsn.inference.plan import block_aligned
+
+    assert block_aligned(1184, 32) == 1152          # 37 cores: down to 9 blocks, no block computed twice
+    assert block_aligned(2048, 32) == 2048
+    assert block_aligned(1000, 96) == 768           # lcm(96, 128) = 384
+    assert block_aligned(96, 32) == 96              # under one block: as it was

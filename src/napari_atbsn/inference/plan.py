@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..axes import context_axis, context_note, context_unused
+from ..block_blend import BLOCK
 from ..config import AUTO_K_B, OutputKey
 from ..errors import BlindSpotError, ConfigError, ImageError, WriteError
 from ..io.fs import refuse_overlap
@@ -248,8 +250,7 @@ def plan_job(source: Any, model: Denoiser, out: str | os.PathLike, *, axes: str 
     if AUTO_K_B in t.ks:  # decided once, from a sample of the data, and part of the job's identity
         calibration = calibrate(model, t.cropped, t.geom.axes, window=t.window)
         record["quality"] = calibration.to_record()
-    chunk_now = chunk or auto_chunk(t.window, t.halo, t.geom.channels, len(t.ks), workers, t.geom.region,
-                                     context=t.geom.context)
+    chunk_now = chunk or planned_chunk(t, workers, calibration)
     batch_now = batch_size or auto_batch_size(model)
     seen = tuple(s.job() for s in stores)
     chunk_now, batch_now, resumed = adopt_partials(stores, t.ks, record, chunk_now, batch_now,
@@ -335,6 +336,21 @@ def auto_chunk(window: int, halo: int, channels: int, n_outputs: int, workers: i
         best = c
         c += core
     return best if side >= core else side
+
+
+def planned_chunk(t: Target, workers: int, calibration: Calibration | None) -> int:
+    """The chunk side when none is given: :func:`auto_chunk`, aligned to the blend's blocks where it has them."""
+    chunk = auto_chunk(t.window, t.halo, t.geom.channels, len(t.ks), workers, t.geom.region, context=t.geom.context)
+    blocks = calibration is not None and bool(calibration.block_models)
+    return block_aligned(chunk, t.window - 2 * t.halo) if blocks else chunk
+
+
+def block_aligned(chunk: int, core: int) -> int:
+    """``chunk`` rounded down to a multiple of both the window's kept core and the blend's block (block_blend):
+    a unit that cuts a block computes the whole block, so unaligned chunks would compute the blocks on their
+    edges twice. Chunks under one such multiple stay as they are."""
+    step = math.lcm(core, BLOCK)
+    return chunk // step * step if chunk >= step else chunk
 
 
 def human_bytes(n: int) -> str:

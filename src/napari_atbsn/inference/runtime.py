@@ -163,7 +163,8 @@ class Runtime:
 def compute_box(box: Box, region: Box, ks: Sequence[OutputKey], calibration: Calibration | None) -> Box:
     """The box a unit computes for ``box``: where ``auto``'s blend weighs each block of the region on its own
     (block_blend), ``box`` widened to the whole blocks it touches, so that any chunking computes the same weights
-    (a chunk that is a multiple of the block, as plans choose, is widened only at the region's end)."""
+    (a chunk that is a multiple of the block, as plans choose by default (plan.block_aligned), is widened only at
+    the region's end)."""
     if AUTO_K_B not in ks or calibration is None or not calibration.block_models:
         return box
     y0, y1 = expand_to_blocks(box.y0 - region.y0, box.y1 - region.y0, region.y1 - region.y0)
