@@ -434,9 +434,13 @@ def noise_mse(f: np.ndarray, y: np.ndarray, noise_level: Noise) -> float:
 def estimated_gain_db(f: np.ndarray, y: np.ndarray, noise_level: Noise,
                       alpha: np.ndarray | float = 1.0, leak: np.ndarray | float = 0.0) -> float:
     """10·log10(σ̂² / R̂): estimated PSNR gain over the noisy input of f or of its blend."""
-    r, n = risk(f, y, noise_level, alpha, leak), noise_mse(f, y, noise_level)
-    # R̂ is unbiased, not positive: an estimate at or below zero says "at least MAX_GAIN_DB"
-    return float(10 * np.log10(n / max(r, n * 10 ** (-MAX_GAIN_DB / 10))))
+    return gain_of_risk(noise_mse(f, y, noise_level), risk(f, y, noise_level, alpha, leak))
+
+
+def gain_of_risk(noise: float, r: float) -> float:
+    """10·log10(σ̂² / R̂) from the mean noise variance and an estimated risk R̂. R̂ is unbiased, not positive: an
+    estimate at or below zero says "at least MAX_GAIN_DB"."""
+    return float(10 * np.log10(noise / max(r, noise * 10 ** (-MAX_GAIN_DB / 10))))
 
 
 def choose_k_b(outputs: dict[int, np.ndarray], y: np.ndarray, noise_level: Noise,

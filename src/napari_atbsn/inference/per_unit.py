@@ -12,7 +12,7 @@ import numpy as np
 from ..block_blend import block_alpha, leak_ratio_of
 from ..filters import flat_pixels
 from ..plane_noise import PlaneNoise, levels_by_image, pooled_level
-from ..risk import MAX_GAIN_DB, noise_variance_map
+from ..risk import gain_of_risk, noise_variance_map
 
 if TYPE_CHECKING:
     from ..risk import Noise, NoiseLevel
@@ -42,21 +42,24 @@ def sample_flat(y: np.ndarray) -> np.ndarray:
 def sample_weights(f: np.ndarray, y: np.ndarray, level: Noise, leak_c: Any, fallback: np.ndarray,
                    flat: np.ndarray) -> SampleWeights:
     """The block weights (block_blend) output ``f`` of the sample ``y`` gets, as the denoise will give them."""
-    ratio = leak_ratio_of(leak_c, f, y, level)
+    ratio, c = _leak(f, y, level, leak_c)
     planes = level.planes if isinstance(level, PlaneNoise) else [level] * len(y)
     alpha = np.stack([block_alpha(f[p], y[p], planes[p], ratio, fallback, flat[p]) for p in range(len(y))])
     alpha[flat] = 0.0
-    c = ratio.reshape(1, -1, 1, 1) * noise_variance_map(f, y, level)
     return SampleWeights(alpha.astype(np.float64), c, tuple(float(r) for r in ratio))
 
 
 def plain_weights(f: np.ndarray, y: np.ndarray, level: Noise, leak_c: Any, flat: np.ndarray) -> SampleWeights:
     """An output that is its own default (a student's, a D-BSN's fusion: α = 1 but at flat pixels, which come
     back as they are). Not weighed per block: its exported graphs must give the same image (docs/export.md)."""
+    ratio, c = _leak(f, y, level, leak_c)
+    return SampleWeights(np.where(flat, 0.0, 1.0), c, tuple(float(r) for r in ratio))
+
+
+def _leak(f: np.ndarray, y: np.ndarray, level: Noise, leak_c: Any) -> tuple[np.ndarray, np.ndarray]:
+    """c / σ̂² per channel (block_blend.leak_ratio_of) and the leak c it gives each pixel (P, C, h, w)."""
     ratio = leak_ratio_of(leak_c, f, y, level)
-    alpha = np.where(flat, 0.0, 1.0)
-    c = ratio.reshape(1, -1, 1, 1) * noise_variance_map(f, y, level)
-    return SampleWeights(alpha, c, tuple(float(r) for r in ratio))
+    return ratio, ratio.reshape(1, -1, 1, 1) * noise_variance_map(f, y, level)
 
 
 def block_models_of(level: Noise, groups: np.ndarray | None) -> tuple[tuple[int | None, NoiseLevel], ...]:
@@ -82,17 +85,12 @@ def per_image(f: np.ndarray, y: np.ndarray, level: Noise, weights: SampleWeights
     out = []
     for s in np.unique(groups):
         sel = np.asarray(groups) == s
-        gain = _db(float(var[sel].mean()), float(r[sel].mean()))
+        gain = gain_of_risk(float(var[sel].mean()), float(r[sel].mean()))
         alpha = a[sel].mean(axis=(0, 2, 3))
         if gain < 0:  # estimated worse than the input: the input
             alpha, gain, r[sel] = np.zeros_like(alpha), 0.0, var[sel]
         out.append((int(s), tuple(float(x) for x in alpha), gain))
-    return tuple(out), _db(float(var.mean()), float(r.mean()))
-
-
-def _db(noise: float, r: float) -> float:
-    """10·log10(σ̂² / R̂), R̂ floored at :data:`~napari_atbsn.risk.MAX_GAIN_DB` below σ̂² (risk.estimated_gain_db)."""
-    return float(10 * np.log10(noise / max(r, noise * 10 ** (-MAX_GAIN_DB / 10))))
+    return tuple(out), gain_of_risk(float(var.mean()), float(r.mean()))
 
 
 def planes_differ(level: Noise, y: np.ndarray) -> bool:
